@@ -1,0 +1,30 @@
+"""Alembic environment: the URL comes from the settings, the target from the ORM metadata."""
+
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+from services.models import Base
+from services.settings import get_settings
+
+
+def run_migrations() -> None:
+    url = context.config.attributes.get("database_url") or get_settings().database_url
+    if context.is_offline_mode():
+        context.configure(url=url, target_metadata=Base.metadata, literal_binds=True)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    engine = create_engine(url, poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=Base.metadata,
+            render_as_batch=connection.dialect.name == "sqlite",
+            compare_type=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+run_migrations()

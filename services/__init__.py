@@ -1,0 +1,1 @@
+"""twotier: a two-tier LLM cascade served as an async job system."""

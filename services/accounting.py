@@ -1,0 +1,75 @@
+"""The cost ledger: what each model call cost, recorded once per query and tier."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from services.llm.base import Generation
+from services.models import ModelCall, Tier
+from services.settings import TierSettings
+
+PER_MILLION = Decimal(1_000_000)
+
+
+def call_cost(tier_settings: TierSettings, *, input_tokens: int, output_tokens: int) -> Decimal:
+    input_price = Decimal(str(tier_settings.price_input_per_mtok))
+    output_price = Decimal(str(tier_settings.price_output_per_mtok))
+    return (input_tokens * input_price + output_tokens * output_price) / PER_MILLION
+
+
+def record_model_call(
+    session: Session,
+    *,
+    query_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    tier: Tier,
+    tier_settings: TierSettings,
+    generation: Generation,
+    latency_ms: int,
+) -> bool:
+    """Charge a call unless this query was already charged on this tier; True if charged.
+
+    The caller holds the query's row lock, so the check and the insert cannot interleave with a
+    redelivered task; the unique constraint (query_id, tier) backs it up.
+    """
+    already = session.scalar(
+        select(ModelCall.id).where(ModelCall.query_id == query_id, ModelCall.tier == tier)
+    )
+    if already is not None:
+        return False
+    session.add(
+        ModelCall(
+            query_id=query_id,
+            tenant_id=tenant_id,
+            tier=tier,
+            model=tier_settings.model,
+            input_tokens=generation.input_tokens,
+            output_tokens=generation.output_tokens,
+            cost=call_cost(
+                tier_settings,
+                input_tokens=generation.input_tokens,
+                output_tokens=generation.output_tokens,
+            ),
+            latency_ms=latency_ms,
+        )
+    )
+    return True
+
+
+def costs_by_query(
+    session: Session, query_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, Decimal]]:
+    """Cost so far of each query, per tier."""
+    rows = session.execute(
+        select(ModelCall.query_id, ModelCall.tier, func.sum(ModelCall.cost))
+        .where(ModelCall.query_id.in_(query_ids))
+        .group_by(ModelCall.query_id, ModelCall.tier)
+    ).all()
+    costs: dict[uuid.UUID, dict[str, Decimal]] = {query_id: {} for query_id in query_ids}
+    for query_id, tier, cost in rows:
+        costs[query_id][tier] = Decimal(cost)
+    return costs

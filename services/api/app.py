@@ -1,0 +1,51 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from services.api import queries
+from services.api.errors import install_error_handlers
+from services.db import database_is_reachable
+from services.dispatch import Dispatcher
+from services.logs import configure_logging
+from services.settings import get_settings
+
+
+def create_app(dispatcher: Dispatcher) -> FastAPI:
+    app = FastAPI(
+        title="twotier",
+        version="0.1.0",
+        description="A small model answers every query; unsure queries escalate to a large one.",
+    )
+    app.state.dispatcher = dispatcher
+    install_error_handlers(app)
+    app.include_router(queries.router)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz(request: Request) -> JSONResponse:
+        """The database and the broker are reachable."""
+        checks = {
+            "database": database_is_reachable(),
+            "broker": request.app.state.dispatcher.is_reachable(),
+        }
+        ready = all(checks.values())
+        body = {"status": "ready" if ready else "not_ready", "checks": checks}
+        return JSONResponse(status_code=200 if ready else 503, content=body)
+
+    return app
+
+
+def create_default_app() -> FastAPI:
+    """The app wired to Celery, for ``uvicorn --factory`` and ``twotier api``."""
+    from workers.dispatch import CeleryDispatcher  # noqa: PLC0415 - keeps services free of Celery
+
+    settings = get_settings()
+    configure_logging(level=settings.log_level, json=settings.log_json)
+    return create_app(CeleryDispatcher())

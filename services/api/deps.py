@@ -1,0 +1,48 @@
+"""Dependencies shared by the routes: one session per request, the calling tenant."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+import structlog
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from services.db import session_factory
+from services.dispatch import Dispatcher
+from services.errors import InvalidApiKey
+from services.models import Tenant
+from services.settings import Settings, get_settings
+from services.tenants import authenticate
+
+bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <api key>`")
+
+
+def get_session() -> Iterator[Session]:
+    """A session that rolls back unless the route commits."""
+    with session_factory()() as session:
+        yield session
+
+
+def get_tenant(
+    session: Annotated[Session, Depends(get_session)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Tenant:
+    if credentials is None:
+        raise InvalidApiKey("send the API key as `Authorization: Bearer <api key>`")
+    tenant = authenticate(session, credentials.credentials)
+    structlog.contextvars.bind_contextvars(tenant_id=str(tenant.id))
+    return tenant
+
+
+def get_dispatcher(request: Request) -> Dispatcher:
+    dispatcher: Dispatcher = request.app.state.dispatcher
+    return dispatcher
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+TenantDep = Annotated[Tenant, Depends(get_tenant)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]

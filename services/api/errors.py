@@ -1,0 +1,91 @@
+"""One error body shape, ``{"error": {"code", "message", "details"}}``, for every failure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException
+
+from services import errors
+from services.api.schemas import ErrorBody
+
+log = structlog.get_logger(__name__)
+
+HTTP_STATUS = {
+    errors.InvalidRequest: 422,
+    errors.NotFound: 404,
+    errors.IdempotencyConflict: 409,
+    errors.QueryAlreadyFinished: 409,
+    errors.InvalidApiKey: 401,
+    errors.TenantDisabled: 403,
+}
+
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    404: "not_found",
+    405: "method_not_allowed",
+}
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in {
+        401: "Missing, malformed, unknown or revoked API key.",
+        403: "The tenant is disabled.",
+        422: "The request is invalid; `error.details` says where.",
+    }.items()
+}
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: Any = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "details": details}}
+    return JSONResponse(status_code=status, content=body, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(errors.TwotierError)
+    async def _domain_error(_: Request, exc: errors.TwotierError) -> JSONResponse:
+        status = HTTP_STATUS.get(type(exc), 400)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return error_response(status, exc.code, exc.message, exc.details, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            {"location": list(e["loc"]), "message": e["msg"], "type": e["type"]}
+            for e in exc.errors()
+        ]
+        where = ", ".join(".".join(str(p) for p in d["location"]) for d in details)
+        return error_response(422, "invalid_request", f"invalid fields: {where}", details)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(OperationalError)
+    async def _database_down(_: Request, exc: OperationalError) -> JSONResponse:
+        log.error("database_unavailable", error=str(exc.orig))
+        return error_response(
+            503,
+            "database_unavailable",
+            "the database is unreachable; retry shortly",
+            headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled_error")
+        return error_response(500, "internal_error", "an unexpected error occurred")

@@ -1,0 +1,103 @@
+"""Routes for a tenant's queries: submit, poll, list, cancel."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+import structlog
+from fastapi import APIRouter, Header, Query, Response, status
+
+from services import queries
+from services.accounting import costs_by_query
+from services.api.deps import DispatcherDep, SessionDep, SettingsDep, TenantDep
+from services.api.errors import ERROR_RESPONSES
+from services.api.schemas import ErrorBody, QueryCreate, QueryList, QueryView
+from services.models import Query as QueryRow
+from services.models import QueryStatus, Tier
+
+log = structlog.get_logger(__name__)
+router = APIRouter(prefix="/v1/queries", tags=["queries"], responses=ERROR_RESPONSES)
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "No such query for this tenant."}
+}
+
+
+def _view(session: SessionDep, query: QueryRow) -> QueryView:
+    return QueryView.of(query, costs_by_query(session, [query.id])[query.id])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        409: {"model": ErrorBody, "description": "Idempotency-Key reused with another body."}
+    },
+)
+def submit_query(
+    body: QueryCreate,
+    response: Response,
+    session: SessionDep,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    dispatcher: DispatcherDep,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+) -> QueryView:
+    """Accept a query; poll `Location` for its answer."""
+    submitted = queries.submit_query(
+        session,
+        tenant_id=tenant.id,
+        request=queries.NewQuery(
+            prompt=body.prompt,
+            max_new_tokens=body.max_new_tokens,
+            task=body.task,
+            metadata=body.metadata,
+        ),
+        idempotency_key=idempotency_key,
+        settings=settings,
+    )
+    session.commit()
+    query = submitted.query
+    if submitted.created:
+        try:
+            dispatcher.enqueue(Tier.SMALL, query.id)
+        except Exception:
+            log.exception("enqueue_failed", query_id=str(query.id))
+    response.headers["Location"] = f"/v1/queries/{query.id}"
+    return _view(session, query)
+
+
+@router.get("/{query_id}", responses=NOT_FOUND)
+def get_query(query_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> QueryView:
+    return _view(session, queries.get_query(session, tenant_id=tenant.id, query_id=query_id))
+
+
+@router.get("")
+def list_queries(
+    session: SessionDep,
+    tenant: TenantDep,
+    status: QueryStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> QueryList:
+    """The tenant's queries, newest first."""
+    page = queries.list_queries(
+        session, tenant_id=tenant.id, status=status, limit=limit, cursor=cursor
+    )
+    costs = costs_by_query(session, [query.id for query in page.queries])
+    return QueryList(
+        data=[QueryView.of(query, costs[query.id]) for query in page.queries],
+        next_cursor=page.next_cursor,
+    )
+
+
+@router.delete(
+    "/{query_id}",
+    responses={**NOT_FOUND, 409: {"model": ErrorBody, "description": "Already finished."}},
+)
+def cancel_query(query_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> QueryView:
+    """Cancel a query that has not finished; a model call already running is still paid."""
+    query = queries.cancel_query(session, tenant_id=tenant.id, query_id=query_id)
+    session.commit()
+    return _view(session, query)

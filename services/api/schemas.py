@@ -1,0 +1,120 @@
+"""Request and response bodies of the public API."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.models import Query, QueryStatus
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. `invalid_request`.")
+    message: str = Field(description="What went wrong and what to do about it.")
+    details: Any = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class QueryCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, description="The text the model answers.")
+    max_new_tokens: int | None = Field(
+        default=None, ge=1, description="Most tokens to generate; the server default if absent."
+    )
+    task: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="Task label: queries with the same label share one escalation threshold.",
+    )
+    metadata: dict[str, Any] | None = Field(
+        default=None, description="Free-form JSON object stored with the query."
+    )
+
+
+class QueryCost(BaseModel):
+    total: Decimal
+    small: Decimal
+    large: Decimal
+
+
+class QueryError(BaseModel):
+    code: str
+    message: str
+
+
+class QueryTimestamps(BaseModel):
+    created_at: datetime
+    small_started_at: datetime | None
+    small_finished_at: datetime | None
+    escalated_at: datetime | None
+    large_started_at: datetime | None
+    finished_at: datetime | None
+
+
+class QueryView(BaseModel):
+    id: uuid.UUID
+    status: QueryStatus
+    task: str | None
+    max_new_tokens: int
+    metadata: dict[str, Any] | None
+    answer: str | None
+    tier: str | None = Field(description="The tier that answered: `small` or `large`.")
+    escalated: bool | None
+    margin: float | None = Field(description="First-token margin of the small model.")
+    threshold: float | None = Field(description="The threshold the margin was compared with.")
+    threshold_version: int | None = Field(
+        description="Size of the margin history the threshold was computed from."
+    )
+    target_escalation_rate: float | None
+    decision: str | None = Field(
+        description="`warmup`, `below_threshold` (escalated) or `at_or_above_threshold`."
+    )
+    cost: QueryCost
+    error: QueryError | None
+    timestamps: QueryTimestamps
+
+    @classmethod
+    def of(cls, query: Query, costs: dict[str, Decimal]) -> QueryView:
+        small, large = costs.get("small", Decimal(0)), costs.get("large", Decimal(0))
+        return cls(
+            id=query.id,
+            status=QueryStatus(query.status),
+            task=query.task_label,
+            max_new_tokens=query.max_new_tokens,
+            metadata=query.request_metadata,
+            answer=query.answer,
+            tier=query.answered_by,
+            escalated=None if query.decision is None else query.escalated_at is not None,
+            margin=query.margin,
+            threshold=query.threshold,
+            threshold_version=query.threshold_version,
+            target_escalation_rate=query.target_escalation_rate,
+            decision=query.decision,
+            cost=QueryCost(total=small + large, small=small, large=large),
+            error=QueryError(code=query.error_code, message=query.error_message or "")
+            if query.error_code
+            else None,
+            timestamps=QueryTimestamps(
+                created_at=query.created_at,
+                small_started_at=query.small_started_at,
+                small_finished_at=query.small_finished_at,
+                escalated_at=query.escalated_at,
+                large_started_at=query.large_started_at,
+                finished_at=query.finished_at,
+            ),
+        )
+
+
+class QueryList(BaseModel):
+    data: list[QueryView]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at end.")

@@ -1,0 +1,201 @@
+"""One tier's work on one query: claim it, call the model, record the answer and the cost.
+
+Each step is its own short transaction around the query's row lock, and the model call runs
+outside any transaction. A redelivered task therefore finds the query already answered (and
+does nothing), or finds it mid-call under another worker's lease (and waits), or takes it over
+once that lease has expired. The ledger keeps one row per query and tier, so a call is charged
+at most once however often the task runs.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+import structlog
+from sqlalchemy.orm import Session
+
+from services import threshold
+from services.accounting import record_model_call
+from services.db import session_scope
+from services.llm.base import Generation, ModelError, TransientModelError
+from services.llm.margin import MarginUnavailable, first_token_margin
+from services.llm.registry import backend_for, model_pair
+from services.models import TERMINAL_STATUSES, Query, QueryStatus, Tenant, Tier, utcnow
+from services.settings import Settings, get_settings
+
+log = structlog.get_logger(__name__)
+
+
+class Outcome(enum.StrEnum):
+    ANSWERED = "answered"  # the query succeeded on this tier
+    ESCALATE = "escalate"  # the caller must enqueue the large tier
+    FAILED = "failed"
+    SKIPPED = "skipped"  # nothing to do: finished, cancelled, or not at this tier
+    BUSY = "busy"  # another delivery holds the lease; try again after ``retry_in_s``
+
+
+@dataclass(frozen=True)
+class TierResult:
+    outcome: Outcome
+    retry_in_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Claim:
+    prompt: str
+    max_new_tokens: int
+
+
+CLAIMABLE = {
+    Tier.SMALL: frozenset({QueryStatus.QUEUED, QueryStatus.RUNNING}),
+    Tier.LARGE: frozenset({QueryStatus.ESCALATED}),
+}
+
+
+def answer_on_tier(query_id: uuid.UUID, tier: Tier) -> TierResult:
+    """Run ``tier`` for the query. Raises TransientModelError when the caller should retry."""
+    settings = get_settings()
+    claim = _claim(query_id, tier, settings)
+    if isinstance(claim, TierResult):
+        return claim
+    started = time.perf_counter()
+    try:
+        generation = backend_for(tier).generate(claim.prompt, max_new_tokens=claim.max_new_tokens)
+    except TransientModelError:
+        _release_lease(query_id)  # so that the task's retry is not kept waiting
+        raise
+    except ModelError as exc:
+        fail_query(query_id, code="model_error", message=str(exc))
+        return TierResult(Outcome.FAILED)
+    latency_ms = round((time.perf_counter() - started) * 1000)
+    with session_scope() as session:
+        query = _locked(session, query_id)
+        tier_settings = settings.small if tier is Tier.SMALL else settings.large
+        charged = record_model_call(
+            session,
+            query_id=query.id,
+            tenant_id=query.tenant_id,
+            tier=tier,
+            tier_settings=tier_settings,
+            generation=generation,
+            latency_ms=latency_ms,
+        )
+        log.info("model_call", tier=tier, charged=charged, latency_ms=latency_ms)
+        if query.status not in CLAIMABLE[tier]:
+            return TierResult(Outcome.SKIPPED)
+        if tier is Tier.SMALL:
+            return _decide(session, query, generation, settings)
+        _succeed(query, generation.text, Tier.LARGE)
+        return TierResult(Outcome.ANSWERED)
+
+
+def fail_query(query_id: uuid.UUID, *, code: str, message: str) -> None:
+    with session_scope() as session:
+        query = _locked(session, query_id)
+        if query.status not in TERMINAL_STATUSES:
+            _mark_failed(query, code, message)
+
+
+def _mark_failed(query: Query, code: str, message: str) -> TierResult:
+    now = utcnow()
+    query.status = QueryStatus.FAILED
+    query.error_code = code
+    query.error_message = message
+    query.finished_at = now
+    query.updated_at = now
+    query.lease_expires_at = None
+    log.warning("query_failed", error_code=code, error=message)
+    return TierResult(Outcome.FAILED)
+
+
+def _claim(query_id: uuid.UUID, tier: Tier, settings: Settings) -> _Claim | TierResult:
+    with session_scope() as session:
+        query = session.get(Query, query_id, with_for_update=True, populate_existing=True)
+        if query is None or query.status not in CLAIMABLE[tier]:
+            return TierResult(Outcome.SKIPPED)
+        now = utcnow()
+        if query.lease_expires_at is not None and query.lease_expires_at > now:
+            return TierResult(Outcome.BUSY, (query.lease_expires_at - now).total_seconds())
+        query.delivery_attempts += 1
+        if query.delivery_attempts > settings.max_delivery_attempts:
+            return _mark_failed(
+                query,
+                "delivery_attempts_exhausted",
+                f"delivered {settings.max_delivery_attempts} times without finishing",
+            )
+        if tier is Tier.SMALL:
+            query.status = QueryStatus.RUNNING
+            query.small_started_at = query.small_started_at or now
+        else:
+            query.large_started_at = query.large_started_at or now
+        query.lease_expires_at = now + timedelta(seconds=settings.task_lease_s)
+        query.updated_at = now
+        return _Claim(prompt=query.prompt, max_new_tokens=query.max_new_tokens)
+
+
+def _decide(
+    session: Session, query: Query, generation: Generation, settings: Settings
+) -> TierResult:
+    now = utcnow()
+    query.small_answer = generation.text
+    query.small_finished_at = now
+    try:
+        margin = first_token_margin(
+            generation.first_token_candidates,
+            kind=settings.margin_kind,
+            skip_surface_variants=settings.margin_skip_surface_variants,
+        )
+    except MarginUnavailable as exc:
+        message = f"{exc}; is the server's --max-top-n-tokens at least 2?"
+        return _mark_failed(query, "margin_unavailable", message)
+    tenant = session.get_one(Tenant, query.tenant_id)
+    decision = threshold.decide(
+        session,
+        tenant_id=query.tenant_id,
+        model_pair=model_pair(),
+        task_label=query.task_label,
+        query_id=query.id,
+        margin=margin,
+        target_escalation_rate=tenant.target_escalation_rate,
+        warmup=settings.warmup_queries,
+    )
+    query.margin = margin
+    query.scope_id = decision.scope_id
+    query.threshold = decision.threshold
+    query.threshold_version = decision.threshold_version
+    query.target_escalation_rate = decision.target_escalation_rate
+    query.decision = decision.reason
+    log.info("decision", margin=margin, threshold=decision.threshold, reason=decision.reason)
+    if not decision.escalate:
+        _succeed(query, generation.text, Tier.SMALL)
+        return TierResult(Outcome.ANSWERED)
+    query.status = QueryStatus.ESCALATED
+    query.escalated_at = now
+    query.updated_at = now
+    query.lease_expires_at = None
+    return TierResult(Outcome.ESCALATE)
+
+
+def _succeed(query: Query, answer: str, tier: Tier) -> None:
+    now = utcnow()
+    query.status = QueryStatus.SUCCEEDED
+    query.answer = answer
+    query.answered_by = tier
+    query.finished_at = now
+    query.updated_at = now
+    query.lease_expires_at = None
+
+
+def _release_lease(query_id: uuid.UUID) -> None:
+    with session_scope() as session:
+        query = _locked(session, query_id)
+        query.lease_expires_at = None
+        query.updated_at = utcnow()
+
+
+def _locked(session: Session, query_id: uuid.UUID) -> Query:
+    return session.get_one(Query, query_id, with_for_update=True, populate_existing=True)

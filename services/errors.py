@@ -1,0 +1,38 @@
+"""Domain errors. Each carries a stable machine-readable code; the API maps them to HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TwotierError(Exception):
+    code = "error"
+
+    def __init__(self, message: str, *, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class InvalidRequest(TwotierError):
+    code = "invalid_request"
+
+
+class NotFound(TwotierError):
+    code = "not_found"
+
+
+class IdempotencyConflict(TwotierError):
+    code = "idempotency_key_reused"
+
+
+class QueryAlreadyFinished(TwotierError):
+    code = "query_already_finished"
+
+
+class InvalidApiKey(TwotierError):
+    code = "invalid_api_key"
+
+
+class TenantDisabled(TwotierError):
+    code = "tenant_disabled"

@@ -1,0 +1,36 @@
+"""What every backend returns, and the two kinds of failure the cascade tells apart."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class TokenCandidate:
+    token_id: int
+    text: str
+    logprob: float
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    first_token_candidates: tuple[TokenCandidate, ...]
+    input_tokens: int
+    output_tokens: int
+    finish_reason: str
+
+
+class ModelError(Exception):
+    """The model server refused or broke the request; trying again will not help."""
+
+
+class TransientModelError(ModelError):
+    """Timeout, connection failure, overload or 5xx: the same call may succeed later."""
+
+
+class Backend(Protocol):
+    model: str
+
+    def generate(self, prompt: str, *, max_new_tokens: int) -> Generation: ...

@@ -1,0 +1,184 @@
+"""ORM mapping of the schema. The schema itself is created only by Alembic migrations."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class QueryStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    ESCALATED = "escalated"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset({QueryStatus.SUCCEEDED, QueryStatus.FAILED, QueryStatus.CANCELLED})
+
+
+class Tier(enum.StrEnum):
+    SMALL = "small"
+    LARGE = "large"
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    target_escalation_rate: Mapped[float] = mapped_column(Float)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key is ``tt_<prefix>_<secret>``; only its SHA-256 is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"), index=True)
+    prefix: Mapped[str] = mapped_column(String(32), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ThresholdScope(Base):
+    """One margin history: tenant x model pair x task label ('' when none)."""
+
+    __tablename__ = "threshold_scopes"
+    __table_args__ = (UniqueConstraint("tenant_id", "model_pair", "task_label"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    model_pair: Mapped[str] = mapped_column(String(400))
+    task_label: Mapped[str] = mapped_column(String(100))
+    margin_count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class MarginRecord(Base):
+    """One margin of the history H; ``seq`` is its 1-based position in the scope."""
+
+    __tablename__ = "margin_history"
+    __table_args__ = (
+        UniqueConstraint("scope_id", "seq"),
+        Index("ix_margin_history_scope_id_margin", "scope_id", "margin"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    scope_id: Mapped[int] = mapped_column(ForeignKey("threshold_scopes.id"))
+    seq: Mapped[int] = mapped_column(Integer)
+    query_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("queries.id"), unique=True)
+    margin: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Query(Base):
+    __tablename__ = "queries"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key"),
+        CheckConstraint(
+            "status IN ('queued', 'running', 'escalated', 'succeeded', 'failed', 'cancelled')",
+            name="status",
+        ),
+        Index("ix_queries_tenant_id_created_at", "tenant_id", "created_at", "id"),
+        Index("ix_queries_status_updated_at", "status", "updated_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    status: Mapped[str] = mapped_column(String(16), default=QueryStatus.QUEUED)
+    prompt: Mapped[str] = mapped_column(Text)
+    max_new_tokens: Mapped[int] = mapped_column(Integer)
+    task_label: Mapped[str | None] = mapped_column(String(100))
+    request_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+
+    answer: Mapped[str | None] = mapped_column(Text)
+    answered_by: Mapped[str | None] = mapped_column(String(16))
+    small_answer: Mapped[str | None] = mapped_column(Text)
+    margin: Mapped[float | None] = mapped_column(Float)
+    scope_id: Mapped[int | None] = mapped_column(ForeignKey("threshold_scopes.id"))
+    threshold: Mapped[float | None] = mapped_column(Float)
+    threshold_version: Mapped[int | None] = mapped_column(Integer)
+    target_escalation_rate: Mapped[float | None] = mapped_column(Float)
+    decision: Mapped[str | None] = mapped_column(String(32))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    delivery_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    small_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    small_finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    escalated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    large_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ModelCall(Base):
+    """The cost ledger: one row per model call that was paid for, at most one per tier."""
+
+    __tablename__ = "model_calls"
+    __table_args__ = (
+        UniqueConstraint("query_id", "tier"),
+        Index("ix_model_calls_tenant_id_created_at", "tenant_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    query_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("queries.id"))
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    tier: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(200))
+    input_tokens: Mapped[int] = mapped_column(Integer)
+    output_tokens: Mapped[int] = mapped_column(Integer)
+    cost: Mapped[Decimal] = mapped_column(Numeric(20, 10))
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,183 @@
+"""Submit, read, list and cancel a tenant's queries."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from services.errors import IdempotencyConflict, InvalidRequest, NotFound, QueryAlreadyFinished
+from services.models import TERMINAL_STATUSES, Query, QueryStatus, utcnow
+from services.settings import Settings
+
+
+@dataclass(frozen=True)
+class NewQuery:
+    prompt: str
+    max_new_tokens: int | None
+    task: str | None
+    metadata: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Submitted:
+    query: Query
+    created: bool
+
+
+@dataclass(frozen=True)
+class QueryPage:
+    queries: list[Query]
+    next_cursor: str | None
+
+
+def submit_query(
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    request: NewQuery,
+    idempotency_key: str | None,
+    settings: Settings,
+) -> Submitted:
+    """Store a new query (status queued). The caller commits, then enqueues if ``created``."""
+    max_new_tokens = _validated_max_new_tokens(request, settings)
+    request_hash = _request_hash(request, max_new_tokens)
+    if idempotency_key is not None:
+        earlier = _by_idempotency_key(session, tenant_id, idempotency_key)
+        if earlier is not None:
+            return _replay(earlier, request_hash)
+    query = Query(
+        tenant_id=tenant_id,
+        status=QueryStatus.QUEUED,
+        prompt=request.prompt,
+        max_new_tokens=max_new_tokens,
+        task_label=request.task,
+        request_metadata=request.metadata,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        delivery_attempts=0,
+    )
+    try:
+        with session.begin_nested():
+            session.add(query)
+    except IntegrityError:
+        # A concurrent request with the same Idempotency-Key committed first.
+        earlier = _by_idempotency_key(session, tenant_id, idempotency_key or "")
+        if earlier is None:
+            raise
+        return _replay(earlier, request_hash)
+    return Submitted(query=query, created=True)
+
+
+def get_query(session: Session, *, tenant_id: uuid.UUID, query_id: uuid.UUID) -> Query:
+    query = session.get(Query, query_id)
+    if query is None or query.tenant_id != tenant_id:
+        raise NotFound(f"no query {query_id}")
+    return query
+
+
+def list_queries(
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    status: QueryStatus | None,
+    limit: int,
+    cursor: str | None,
+) -> QueryPage:
+    """The tenant's queries, newest first; ``cursor`` continues after the previous page."""
+    statement = select(Query).where(Query.tenant_id == tenant_id)
+    if status is not None:
+        statement = statement.where(Query.status == status)
+    if cursor is not None:
+        created_at, last_id = decode_cursor(cursor)
+        statement = statement.where(
+            or_(
+                Query.created_at < created_at,
+                and_(Query.created_at == created_at, Query.id < last_id),
+            )
+        )
+    rows = session.scalars(
+        statement.order_by(Query.created_at.desc(), Query.id.desc()).limit(limit + 1)
+    ).all()
+    page = list(rows[:limit])
+    next_cursor = encode_cursor(page[-1]) if len(rows) > limit else None
+    return QueryPage(queries=page, next_cursor=next_cursor)
+
+
+def cancel_query(session: Session, *, tenant_id: uuid.UUID, query_id: uuid.UUID) -> Query:
+    query = session.get(Query, query_id, with_for_update=True, populate_existing=True)
+    if query is None or query.tenant_id != tenant_id:
+        raise NotFound(f"no query {query_id}")
+    if query.status in TERMINAL_STATUSES:
+        raise QueryAlreadyFinished(f"query {query_id} is already {query.status}")
+    now = utcnow()
+    query.status = QueryStatus.CANCELLED
+    query.finished_at = now
+    query.updated_at = now
+    query.lease_expires_at = None
+    return query
+
+
+def encode_cursor(query: Query) -> str:
+    raw = json.dumps([query.created_at.isoformat(), str(query.id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, last_id = json.loads(raw)
+        return datetime.fromisoformat(created_at), uuid.UUID(last_id)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise InvalidRequest("the cursor is not one this API returned") from exc
+
+
+def _validated_max_new_tokens(request: NewQuery, settings: Settings) -> int:
+    if len(request.prompt) > settings.max_prompt_chars:
+        raise InvalidRequest(
+            f"prompt is {len(request.prompt)} characters; the limit is {settings.max_prompt_chars}"
+        )
+    max_new_tokens = request.max_new_tokens or settings.default_max_new_tokens
+    if max_new_tokens > settings.max_new_tokens_limit:
+        raise InvalidRequest(
+            f"max_new_tokens is {max_new_tokens}; the limit is {settings.max_new_tokens_limit}"
+        )
+    return max_new_tokens
+
+
+def _request_hash(request: NewQuery, max_new_tokens: int) -> str:
+    canonical = json.dumps(
+        {
+            "prompt": request.prompt,
+            "max_new_tokens": max_new_tokens,
+            "task": request.task,
+            "metadata": request.metadata,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _by_idempotency_key(session: Session, tenant_id: uuid.UUID, key: str) -> Query | None:
+    return session.scalars(
+        select(Query).where(Query.tenant_id == tenant_id, Query.idempotency_key == key)
+    ).one_or_none()
+
+
+def _replay(earlier: Query, request_hash: str) -> Submitted:
+    if earlier.request_hash != request_hash:
+        raise IdempotencyConflict(
+            "this Idempotency-Key was already used with a different request body",
+            details={"query_id": str(earlier.id)},
+        )
+    return Submitted(query=earlier, created=False)

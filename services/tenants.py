@@ -1,0 +1,68 @@
+"""Tenants and their API keys. A key is shown once; only its SHA-256 is stored."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from services.errors import InvalidApiKey, InvalidRequest, TenantDisabled
+from services.models import ApiKey, Tenant
+
+KEY_SCHEME = "tt"
+
+
+@dataclass(frozen=True)
+class NewTenant:
+    tenant: Tenant
+    api_key: str
+
+
+def hash_key(raw_key: str) -> str:
+    # Keys carry 256 random bits, so a plain SHA-256 resists brute force; no slow KDF needed.
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+def create_tenant(session: Session, *, name: str, target_escalation_rate: float) -> NewTenant:
+    if not name.strip():
+        raise InvalidRequest("tenant name must not be empty")
+    if not 0.0 <= target_escalation_rate <= 1.0:
+        raise InvalidRequest("target escalation rate must be between 0 and 1")
+    if session.scalar(select(Tenant.id).where(Tenant.name == name)) is not None:
+        raise InvalidRequest(f"a tenant named {name!r} already exists")
+    tenant = Tenant(name=name, target_escalation_rate=target_escalation_rate, disabled=False)
+    session.add(tenant)
+    session.flush()
+    return NewTenant(tenant=tenant, api_key=issue_api_key(session, tenant=tenant))
+
+
+def issue_api_key(session: Session, *, tenant: Tenant) -> str:
+    prefix = secrets.token_hex(8)
+    raw_key = f"{KEY_SCHEME}_{prefix}_{secrets.token_urlsafe(32)}"
+    session.add(ApiKey(tenant_id=tenant.id, prefix=prefix, key_hash=hash_key(raw_key)))
+    session.flush()
+    return raw_key
+
+
+def authenticate(session: Session, raw_key: str) -> Tenant:
+    """The tenant that owns ``raw_key``; the comparison is constant-time."""
+    scheme, _, rest = raw_key.partition("_")
+    prefix, _, secret = rest.partition("_")
+    if scheme != KEY_SCHEME or not prefix or not secret:
+        raise InvalidApiKey("the API key is malformed; expected tt_<prefix>_<secret>")
+    row = session.execute(
+        select(ApiKey, Tenant)
+        .join(Tenant, Tenant.id == ApiKey.tenant_id)
+        .where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))
+    ).one_or_none()
+    expected = row[0].key_hash if row else hash_key("")
+    if not hmac.compare_digest(expected, hash_key(raw_key)) or row is None:
+        raise InvalidApiKey("the API key is unknown or revoked")
+    tenant: Tenant = row[1]
+    if tenant.disabled:
+        raise TenantDisabled("this tenant is disabled")
+    return tenant

@@ -1,0 +1,111 @@
+"""Real Celery worker processes for the tests, started and killed like in production."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+from tests.waiting import wait_for
+
+
+class CeleryWorker:
+    def __init__(
+        self,
+        name: str,
+        *,
+        log_dir: Path,
+        queues: str = "small,large,maintenance",
+        concurrency: int = 2,
+    ) -> None:
+        self.name = f"{name}@{socket.gethostname()}"
+        self.queues = queues
+        self.concurrency = concurrency
+        self.log_path = log_dir / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> CeleryWorker:
+        from workers.app import app
+
+        command = [
+            sys.executable, "-m", "celery", "-A", "workers.app", "worker",
+            "--queues", self.queues, "--concurrency", str(self.concurrency),
+            "--hostname", self.name, "--pool", "prefork", "--loglevel", "INFO",
+            "--without-gossip", "--without-mingle",
+        ]  # fmt: skip
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, env=dict(os.environ), stdout=log, stderr=log, start_new_session=True
+            )
+        wait_for(
+            lambda: bool(app.control.ping(destination=[self.name], timeout=0.5)),
+            timeout=60,
+            what=f"worker {self.name} to answer a ping (log: {self.log_path})",
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def pool_pids(self) -> list[int]:
+        return [child.pid for child in psutil.Process(self.pid).children()]
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker: the main process and its pool, no chance to clean up."""
+        os.killpg(self.pid, signal.SIGKILL)
+        assert self.process is not None
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+class CeleryBeat:
+    def __init__(self, *, log_dir: Path) -> None:
+        self.log_path = log_dir / "beat.log"
+        self.schedule = log_dir / "beat-schedule"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> CeleryBeat:
+        command = [
+            sys.executable, "-m", "celery", "-A", "workers.app", "beat",
+            "--loglevel", "INFO", "--schedule", str(self.schedule),
+        ]  # fmt: skip
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, env=dict(os.environ), stdout=log, stderr=log, start_new_session=True
+            )
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+
+
+def wait_until_exited(pid: int, timeout: float = 10) -> None:
+    wait_for(
+        lambda: not psutil.pid_exists(pid) or _is_zombie(pid),
+        timeout=timeout,
+        what=f"pid {pid} to exit",
+    )
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

@@ -1,0 +1,173 @@
+"""Test environment: a fresh PostgreSQL database migrated by Alembic, a Redis database, two
+scripted TGI servers, and (per module) real Celery worker processes."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import make_url
+
+from services.db import forget_engines, get_engine, session_scope
+from services.migrate import upgrade_to_head
+from services.models import TERMINAL_STATUSES
+from services.settings import get_settings
+from services.tenants import create_tenant
+from tests.celery_workers import CeleryWorker
+from tests.scripted_tgi import ScriptedTGI
+from tests.waiting import wait_for
+
+ADMIN_POSTGRES_URL = os.environ.get(
+    "TWOTIER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+TEST_REDIS_URL = os.environ.get("TWOTIER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+WARMUP = 4
+LEASE_S = 3
+
+
+@pytest.fixture(scope="session")
+def small_tgi() -> Iterator[ScriptedTGI]:
+    server = ScriptedTGI("test/small-4bit").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def large_tgi() -> Iterator[ScriptedTGI]:
+    server = ScriptedTGI("test/large").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def environment(small_tgi: ScriptedTGI, large_tgi: ScriptedTGI) -> Iterator[dict[str, str]]:
+    """Point every process (this one and the workers) at throwaway databases."""
+    database = f"twotier_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(ADMIN_POSTGRES_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{database}"')
+    database_url = make_url(ADMIN_POSTGRES_URL).set(
+        drivername="postgresql+psycopg", database=database
+    )
+    env = {
+        "TWOTIER_DATABASE_URL": database_url.render_as_string(hide_password=False),
+        "TWOTIER_BROKER_URL": TEST_REDIS_URL,
+        "TWOTIER_SMALL__URL": small_tgi.url,
+        "TWOTIER_SMALL__MODEL": small_tgi.model_id,
+        "TWOTIER_SMALL__TIMEOUT_S": "30",
+        "TWOTIER_LARGE__URL": large_tgi.url,
+        "TWOTIER_LARGE__MODEL": large_tgi.model_id,
+        "TWOTIER_WARMUP_QUERIES": str(WARMUP),
+        "TWOTIER_TASK_LEASE_S": str(LEASE_S),
+        "TWOTIER_BROKER_VISIBILITY_TIMEOUT_S": "8",
+        "TWOTIER_BROKER_RESTORE_INTERVAL_S": "1",
+        "TWOTIER_STUCK_AFTER_S": "3",
+        "TWOTIER_RECOVERY_INTERVAL_S": "1",
+        "TWOTIER_LOG_JSON": "false",
+    }
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    get_settings.cache_clear()
+    forget_engines()
+    redis.Redis.from_url(TEST_REDIS_URL).flushdb()
+    upgrade_to_head()
+    yield env
+    get_engine().dispose()
+    forget_engines()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    get_settings.cache_clear()
+    with psycopg.connect(ADMIN_POSTGRES_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="module")
+def worker(log_dir: Path) -> Iterator[CeleryWorker]:
+    """One real worker process (prefork, 2 children) consuming every queue."""
+    process = CeleryWorker(f"worker-{uuid.uuid4().hex[:6]}", log_dir=log_dir).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def client() -> Iterator[TestClient]:
+    from services.api.app import create_app
+    from workers.dispatch import CeleryDispatcher
+
+    with TestClient(create_app(CeleryDispatcher())) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def broker() -> redis.Redis:
+    return redis.Redis.from_url(TEST_REDIS_URL)
+
+
+@dataclass
+class TenantApi:
+    """A tenant and the calls it makes through the REST API."""
+
+    client: TestClient
+    tenant_id: uuid.UUID
+    api_key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    def submit(self, prompt: str, **body: Any) -> dict[str, Any]:
+        response = self.client.post(
+            "/v1/queries", json={"prompt": prompt, **body}, headers=self.headers
+        )
+        assert response.status_code == 202, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    def get(self, query_id: str) -> dict[str, Any]:
+        response = self.client.get(f"/v1/queries/{query_id}", headers=self.headers)
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    def wait_finished(self, query_id: str, timeout: float = 60) -> dict[str, Any]:
+        return wait_for(
+            lambda: (q := self.get(query_id))["status"] in TERMINAL_STATUSES and q,
+            timeout=timeout,
+            what=f"query {query_id} to finish",
+        )
+
+
+@pytest.fixture
+def make_tenant(client: TestClient) -> Callable[..., TenantApi]:
+    def make(target_escalation_rate: float = 0.3) -> TenantApi:
+        with session_scope() as session:
+            created = create_tenant(
+                session,
+                name=f"tenant-{uuid.uuid4().hex[:10]}",
+                target_escalation_rate=target_escalation_rate,
+            )
+        return TenantApi(client, created.tenant.id, created.api_key)
+
+    return make
+
+
+@pytest.fixture
+def unique() -> Callable[[str], str]:
+    """Prompts unique to one test, so scripted answers never leak between tests."""
+    run = uuid.uuid4().hex[:8]
+    return lambda text: f"{text} [{run}]"

@@ -1,0 +1,41 @@
+"""Celery configuration, loaded by Celery when the app is first configured."""
+
+from kombu.entity import Queue
+
+from services.settings import get_settings
+
+_settings = get_settings()
+
+broker_url = _settings.broker_url
+broker_connection_retry_on_startup = True
+broker_transport_options = {
+    "visibility_timeout": _settings.broker_visibility_timeout_s,
+    # Scan for the tasks of dead workers every interval (one cheap ZRANGE), not every tenth.
+    "unacked_restore_interval": _settings.broker_restore_interval_s,
+    "unacked_restore_throttle": 1,
+}
+
+task_queues = (Queue("small"), Queue("large"), Queue("maintenance"))
+task_default_queue = "small"
+task_routes = {
+    "twotier.answer_on_small_tier": {"queue": "small"},
+    "twotier.answer_on_large_tier": {"queue": "large"},
+    "twotier.requeue_stuck_queries": {"queue": "maintenance"},
+}
+task_serializer = "json"
+accept_content = ["json"]
+task_ignore_result = True
+# Model calls are slow: a worker reserves one message at a time, so the backlog stays in Redis
+# where other workers (and an autoscaler) can see it.
+worker_prefetch_multiplier = 1
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_hijack_root_logger = False
+worker_send_task_events = False
+
+beat_schedule = {
+    "requeue-stuck-queries": {
+        "task": "twotier.requeue_stuck_queries",
+        "schedule": _settings.recovery_interval_s,
+    }
+}
