@@ -27,7 +27,7 @@ def charges(query_id: str) -> dict[str, int]:
             .where(ModelCall.query_id == uuid.UUID(query_id))
             .group_by(ModelCall.tier)
         )
-        return dict(rows)
+        return dict(rows.all())
 
 
 def active_task_pid(worker: CeleryWorker, query_id: str) -> int:

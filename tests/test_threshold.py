@@ -76,7 +76,7 @@ def test_concurrent_decisions_share_one_history_and_replay_exactly() -> None:
         rows = session.execute(
             select(MarginRecord.seq, MarginRecord.margin).where(MarginRecord.scope_id == scope_id)
         )
-        stored = dict(rows)
+        stored = dict(rows.all())
         for query_id, decision in decisions.items():
             if decision.threshold_version <= 20:
                 assert decision.reason == "warmup"
