@@ -29,7 +29,11 @@ def test_submit_returns_202_with_location_and_enqueues_once(
     assert body["status"] == "queued"
     assert body["task"] == "math"
     assert body["max_new_tokens"] == 8
-    assert body["cost"] == {"total": "0", "small": "0", "large": "0"}
+    assert body["cost"] == {
+        "total": "0.0000000000",
+        "small": "0.0000000000",
+        "large": "0.0000000000",
+    }
     assert broker.llen(SMALL_QUEUE) == before + 1
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 from services.models import Query, QueryStatus
 
@@ -41,10 +41,16 @@ class QueryCreate(BaseModel):
     )
 
 
+# Money is a decimal string in fixed notation with 10 places: "0.0000005000", never "5E-7".
+Money = Annotated[
+    Decimal, PlainSerializer(lambda value: f"{value:.10f}", return_type=str, when_used="json")
+]
+
+
 class QueryCost(BaseModel):
-    total: Decimal
-    small: Decimal
-    large: Decimal
+    total: Money
+    small: Money
+    large: Money
 
 
 class QueryError(BaseModel):
