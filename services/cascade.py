@@ -101,13 +101,9 @@ def fail_query(query_id: uuid.UUID, *, code: str, message: str) -> None:
 
 
 def _mark_failed(query: Query, code: str, message: str) -> TierResult:
-    now = utcnow()
-    query.status = QueryStatus.FAILED
+    query.finish(QueryStatus.FAILED)
     query.error_code = code
     query.error_message = message
-    query.finished_at = now
-    query.updated_at = now
-    query.lease_expires_at = None
     log.warning("query_failed", error_code=code, error=message)
     return TierResult(Outcome.FAILED)
 
@@ -181,13 +177,9 @@ def _decide(
 
 
 def _succeed(query: Query, answer: str, tier: Tier) -> None:
-    now = utcnow()
-    query.status = QueryStatus.SUCCEEDED
+    query.finish(QueryStatus.SUCCEEDED)
     query.answer = answer
     query.answered_by = tier
-    query.finished_at = now
-    query.updated_at = now
-    query.lease_expires_at = None
 
 
 def _release_lease(query_id: uuid.UUID) -> None:

@@ -160,6 +160,15 @@ class Query(Base):
     large_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
+    def finish(self, status: QueryStatus) -> None:
+        """Move to a terminal status; the caller holds the row lock."""
+        assert status in TERMINAL_STATUSES
+        now = utcnow()
+        self.status = status
+        self.finished_at = now
+        self.updated_at = now
+        self.lease_expires_at = None
+
 
 class ModelCall(Base):
     """The cost ledger: one row per model call that was paid for, at most one per tier."""

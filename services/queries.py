@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.errors import IdempotencyConflict, InvalidRequest, NotFound, QueryAlreadyFinished
-from services.models import TERMINAL_STATUSES, Query, QueryStatus, utcnow
+from services.models import TERMINAL_STATUSES, Query, QueryStatus
 from services.settings import Settings
 
 
@@ -119,11 +119,7 @@ def cancel_query(session: Session, *, tenant_id: uuid.UUID, query_id: uuid.UUID)
         raise NotFound(f"no query {query_id}")
     if query.status in TERMINAL_STATUSES:
         raise QueryAlreadyFinished(f"query {query_id} is already {query.status}")
-    now = utcnow()
-    query.status = QueryStatus.CANCELLED
-    query.finished_at = now
-    query.updated_at = now
-    query.lease_expires_at = None
+    query.finish(QueryStatus.CANCELLED)
     return query
 
 
