@@ -3,6 +3,7 @@
 from alembic import context
 from sqlalchemy import create_engine, pool
 
+from services.db import database_url
 from services.models import Base
 from services.settings import get_settings
 
@@ -14,7 +15,7 @@ def run_migrations() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = create_engine(url, poolclass=pool.NullPool)
+    engine = create_engine(database_url(url), poolclass=pool.NullPool)
     with engine.connect() as connection:
         context.configure(
             connection=connection,

@@ -21,9 +21,10 @@ from sqlalchemy.orm import Session
 from services import threshold
 from services.accounting import record_model_call
 from services.db import session_scope
+from services.dispatch import Dispatcher
 from services.llm.base import Generation, ModelError, TransientModelError
 from services.llm.margin import MarginUnavailable, first_token_margin
-from services.llm.registry import backend_for, model_pair
+from services.llm.registry import backend_for, model_pair, tier_settings_of
 from services.models import TERMINAL_STATUSES, Query, QueryStatus, Tenant, Tier, utcnow
 from services.settings import Settings, get_settings
 
@@ -56,6 +57,32 @@ CLAIMABLE = {
 }
 
 
+def deliver(
+    query_id: uuid.UUID, tier: Tier, *, dispatcher: Dispatcher, retries_so_far: int
+) -> float | None:
+    """Handle one delivery of a tier's task and hand on what follows.
+
+    Returns the delay after which the caller should deliver again (a transient model error
+    with retries left), or None when this delivery is done.
+    """
+    structlog.contextvars.bind_contextvars(query_id=str(query_id), tier=tier.value)
+    try:
+        result = answer_on_tier(query_id, tier)
+    except TransientModelError as exc:
+        if retries_so_far >= get_settings().task_retries:
+            fail_query(query_id, code="model_unavailable", message=str(exc))
+            return None
+        return float(min(2**retries_so_far, 300))
+    finally:
+        structlog.contextvars.unbind_contextvars("query_id", "tier")
+    if result.outcome is Outcome.ESCALATE:
+        dispatcher.enqueue(Tier.LARGE, query_id)
+    elif result.outcome is Outcome.BUSY:
+        # Another delivery of this query is mid-call; look again when its lease runs out.
+        dispatcher.enqueue(tier, query_id, delay_s=result.retry_in_s + 0.5)
+    return None
+
+
 def answer_on_tier(query_id: uuid.UUID, tier: Tier) -> TierResult:
     """Run ``tier`` for the query. Raises TransientModelError when the caller should retry."""
     settings = get_settings()
@@ -74,7 +101,7 @@ def answer_on_tier(query_id: uuid.UUID, tier: Tier) -> TierResult:
     latency_ms = round((time.perf_counter() - started) * 1000)
     with session_scope() as session:
         query = _locked(session, query_id)
-        tier_settings = settings.small if tier is Tier.SMALL else settings.large
+        tier_settings = tier_settings_of(tier)
         charged = record_model_call(
             session,
             query_id=query.id,

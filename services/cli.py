@@ -56,9 +56,110 @@ def create_tenant(name: str, target_escalation_rate: float | None) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
+def serve(host: str, port: int) -> None:
+    """Run everything in one process: API, both tiers, SQLite, the local model."""
+    from services.serve import run_embedded  # noqa: PLC0415 - loads torch
+
+    if not get_settings().embedded:
+        raise click.ClickException(
+            "TWOTIER_BROKER_URL is set, so this is a distributed deployment: run `twotier api` "
+            "and `twotier worker` instead (or unset it for the embedded default)."
+        )
+    run_embedded(host=host, port=port)
+
+
+@main.command()
+@click.argument("prompt")
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True, envvar="TWOTIER_URL")
+@click.option("--api-key", envvar="TWOTIER_API_KEY", help="Default: the local demo tenant's key.")
+@click.option("--task", default=None, help="Task label (queries with one label share a threshold).")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=None)
+@click.option("--timeout", type=click.FloatRange(min=1), default=120.0, show_default=True)
+def ask(
+    prompt: str,
+    url: str,
+    api_key: str | None,
+    task: str | None,
+    max_new_tokens: int | None,
+    timeout: float,
+) -> None:
+    """Ask a running twotier server and print the answer, tier, margin and threshold."""
+    from services.ask import ask_and_wait, describe  # noqa: PLC0415
+
+    query = ask_and_wait(
+        prompt, url=url, api_key=api_key, task=task, max_new_tokens=max_new_tokens, timeout=timeout
+    )
+    click.echo(describe(query))
+    if query["status"] != "succeeded":
+        raise SystemExit(1)
+
+
+@main.command("model-server")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8081, show_default=True, type=int)
+@click.option(
+    "--model", "model_spec", default=None, help="Model folder or .gguf (default: bundled)."
+)
+@click.option("--model-id", default=None, help="Name reported by /info.")
+@click.option("--max-top-n-tokens", default=5, show_default=True, type=click.IntRange(min=0))
+@click.option("--raw-prompts", is_flag=True, help="Do not wrap prompts in the chat template.")
+def model_server(
+    host: str,
+    port: int,
+    model_spec: str | None,
+    model_id: str | None,
+    max_top_n_tokens: int,
+    raw_prompts: bool,
+) -> None:
+    """Serve the local model over TGI's HTTP API (/generate, /health, /info, /metrics)."""
+    import uvicorn  # noqa: PLC0415
+    from rich.console import Console  # noqa: PLC0415
+
+    from services.llm.local_model import LocalModel  # noqa: PLC0415
+    from services.llm.model_files import prepare_local_model  # noqa: PLC0415
+    from services.llm.model_server import create_model_server  # noqa: PLC0415
+
+    console = Console(stderr=True)
+    source = prepare_local_model(model_spec, cache_dir=get_settings().cache_dir, console=console)
+    with console.status(f"Loading {source} ..."):
+        model = LocalModel(source, chat_template=not raw_prompts)
+    app = create_model_server(
+        model,
+        model_id=model_id or get_settings().small.model,
+        max_top_n_tokens=max_top_n_tokens,
+    )
+    console.print(f"TGI-compatible model server on http://{host}:{port}")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@main.group()
+def models() -> None:
+    """Manage local models."""
+
+
+@models.command("pull")
+def pull_models() -> None:
+    """Download and convert the local models the settings name (run by `serve` when needed)."""
+    from rich.console import Console  # noqa: PLC0415
+
+    from services.llm.model_files import prepare_local_model  # noqa: PLC0415
+
+    settings = get_settings()
+    console = Console(stderr=True)
+    specs = {
+        tier.local_model for tier in (settings.small, settings.large) if tier.backend == "local"
+    }
+    for spec in specs or {None}:
+        source = prepare_local_model(spec, cache_dir=settings.cache_dir, console=console)
+        click.echo(f"{spec or 'bundled model'}: {source}")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=int)
 def api(host: str, port: int, workers: int) -> None:
-    """Serve the REST API."""
+    """Serve the REST API of a distributed deployment (Celery workers do the work)."""
     import uvicorn  # noqa: PLC0415
 
     uvicorn.run(
@@ -92,3 +193,7 @@ def beat(celery_args: tuple[str, ...]) -> None:
     from workers.app import app  # noqa: PLC0415
 
     app.start(["beat", "--loglevel", get_settings().log_level, *celery_args])
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,6 +19,8 @@ from sqlalchemy.orm import Session
 from services.errors import IdempotencyConflict, InvalidRequest, NotFound, QueryAlreadyFinished
 from services.models import TERMINAL_STATUSES, Query, QueryStatus
 from services.settings import Settings
+
+LONG_POLL_INTERVAL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,23 @@ def get_query(session: Session, *, tenant_id: uuid.UUID, query_id: uuid.UUID) ->
     if query is None or query.tenant_id != tenant_id:
         raise NotFound(f"no query {query_id}")
     return query
+
+
+def wait_until_finished(
+    session: Session, *, tenant_id: uuid.UUID, query_id: uuid.UUID, timeout_s: float
+) -> Query:
+    """The query once it is finished, or as it stands after ``timeout_s`` (a long poll).
+
+    Each look is its own short transaction, so waiting holds no lock between looks.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        session.expire_all()  # read the row afresh
+        query = get_query(session, tenant_id=tenant_id, query_id=query_id)
+        if query.status in TERMINAL_STATUSES or time.monotonic() >= deadline:
+            return query
+        session.rollback()  # hold no transaction (SQLite: no write lock) while sleeping
+        time.sleep(LONG_POLL_INTERVAL_S)
 
 
 def list_queries(

@@ -43,3 +43,19 @@ def claim_stuck_queries(
     for query in stuck:
         query.updated_at = now
     return [(query.id, TIER_OF_STATUS[QueryStatus(query.status)]) for query in stuck]
+
+
+def reclaim_unfinished_queries(session: Session) -> list[tuple[uuid.UUID, Tier]]:
+    """Every unfinished query, with its lease released.
+
+    Only for the embedded default at start-up: it is the one process, so no delivery from
+    before the restart can still be running.
+    """
+    unfinished = session.scalars(
+        select(Query).where(Query.status.in_(list(TIER_OF_STATUS))).order_by(Query.created_at)
+    ).all()
+    now = utcnow()
+    for query in unfinished:
+        query.lease_expires_at = None
+        query.updated_at = now
+    return [(query.id, TIER_OF_STATUS[QueryStatus(query.status)]) for query in unfinished]

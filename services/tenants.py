@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -66,3 +68,30 @@ def authenticate(session: Session, raw_key: str) -> Tenant:
     if tenant.disabled:
         raise TenantDisabled("this tenant is disabled")
     return tenant
+
+
+DEMO_TENANT = "local-demo"
+
+
+def ensure_demo_tenant(session: Session, *, key_file: Path, target_escalation_rate: float) -> str:
+    """The API key of the local demo tenant, kept in ``key_file`` (mode 0600) across starts."""
+    if key_file.is_file():
+        saved = key_file.read_text().strip()
+        try:
+            authenticate(session, saved)
+        except (InvalidApiKey, TenantDisabled):
+            pass  # revoked or from an older database: issue a fresh one below
+        else:
+            return saved
+    tenant = session.scalar(select(Tenant).where(Tenant.name == DEMO_TENANT))
+    if tenant is None:
+        raw_key = create_tenant(
+            session, name=DEMO_TENANT, target_escalation_rate=target_escalation_rate
+        ).api_key
+    else:
+        raw_key = issue_api_key(session, tenant=tenant)
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(raw_key + "\n")
+    return raw_key

@@ -59,9 +59,11 @@ def environment(small_tgi: ScriptedTGI, large_tgi: ScriptedTGI) -> Iterator[dict
     env = {
         "TWOTIER_DATABASE_URL": database_url.render_as_string(hide_password=False),
         "TWOTIER_BROKER_URL": TEST_REDIS_URL,
+        "TWOTIER_SMALL__BACKEND": "tgi",
         "TWOTIER_SMALL__URL": small_tgi.url,
         "TWOTIER_SMALL__MODEL": small_tgi.model_id,
         "TWOTIER_SMALL__TIMEOUT_S": "30",
+        "TWOTIER_LARGE__BACKEND": "tgi",
         "TWOTIER_LARGE__URL": large_tgi.url,
         "TWOTIER_LARGE__MODEL": large_tgi.model_id,
         "TWOTIER_WARMUP_QUERIES": str(WARMUP),

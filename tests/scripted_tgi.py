@@ -9,20 +9,31 @@ tell it from TGI. Only the test side has the scripting methods.
 from __future__ import annotations
 
 import math
-import socket
 import threading
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from services.llm.tgi_wire import (
+    DetailedGeneration,
+    GenerateRequest,
+    ServerLimits,
+    WireToken,
+    error_body,
+    max_new_tokens,
+    response_body,
+    validation_error,
+)
+from tests.server_thread import ServerThread
 
 MAX_TOP_N_TOKENS = 5
-MAX_INPUT_TOKENS = 1024
-MAX_TOTAL_TOKENS = 2048
+LIMITS = ServerLimits(
+    max_input_tokens=1024, max_total_tokens=2048, max_top_n_tokens=MAX_TOP_N_TOKENS
+)
 
 
 @dataclass
@@ -49,12 +60,8 @@ class ScriptedTGI:
         self.calls: Counter[str] = Counter()
         self.arrived: dict[str, threading.Event] = {}
         self.delay_s = 0.0
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._server = uvicorn.Server(
-            uvicorn.Config(self._app(), host="127.0.0.1", port=self.port, log_level="warning")
-        )
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._server = ServerThread(self._app())
+        self.url = self._server.url
 
     # -- test side ---------------------------------------------------------------------------
     def script(
@@ -80,20 +87,14 @@ class ScriptedTGI:
             script.hold.set()
 
     def start(self) -> ScriptedTGI:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("scripted TGI server did not start")
-            time.sleep(0.01)
+        self._server.start()
         return self
 
     def stop(self) -> None:
         for script in self._scripts.values():
             if script.hold is not None:
                 script.hold.set()
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
+        self._server.stop()
 
     # -- server side -------------------------------------------------------------------------
     def _app(self) -> FastAPI:
@@ -112,8 +113,8 @@ class ScriptedTGI:
                 "max_concurrent_requests": 128,
                 "max_best_of": 2,
                 "max_stop_sequences": 4,
-                "max_input_tokens": MAX_INPUT_TOKENS,
-                "max_total_tokens": MAX_TOTAL_TOKENS,
+                "max_input_tokens": LIMITS.max_input_tokens,
+                "max_total_tokens": LIMITS.max_total_tokens,
                 "validation_workers": 2,
                 "max_client_batch_size": 4,
                 "router": "text-generation-router",
@@ -122,94 +123,65 @@ class ScriptedTGI:
                 "docker_label": None,
             }
 
-        @app.post("/generate")
         async def generate(request: Request) -> JSONResponse:
-            body = await request.json()
-            return await self._generate(body)
+            return await self._generate(await request.json())
+
+        app.add_api_route("/generate", generate, methods=["POST"])
+        app.add_api_route("/", generate, methods=["POST"])
 
         return app
 
     async def _generate(self, body: dict[str, Any]) -> JSONResponse:
         import anyio
 
-        prompt = body.get("inputs")
-        params = body.get("parameters") or {}
         with self._lock:
-            self.calls[str(prompt)] += 1
-        error = _validate(prompt, params)
+            self.calls[str(body.get("inputs"))] += 1
+        try:
+            request = GenerateRequest.model_validate(body)
+        except ValidationError as exc:
+            return JSONResponse(error_body(str(exc.errors()[0]["msg"])), status_code=422)
+        prompt = request.inputs
+        error = validation_error(request, input_tokens=len(prompt.split()), limits=LIMITS)
         if error:
-            return JSONResponse({"error": error, "error_type": "validation"}, status_code=422)
+            return JSONResponse(error_body(error), status_code=422)
         with self._lock:
             script = self._scripts.get(prompt) or Script("ok", distribution_with_margin(0.9))
             status = script.failures.pop(0) if script.failures else None
             arrived = self.arrived.setdefault(prompt, threading.Event())
         arrived.set()
         if status is not None:
-            return JSONResponse(
-                {"error": "Model is overloaded", "error_type": "overloaded"}, status
-            )
+            return JSONResponse(error_body("Model is overloaded", "overloaded"), status)
         if script.hold is not None:
             await anyio.to_thread.run_sync(script.hold.wait)
         if self.delay_s:
             await anyio.sleep(self.delay_s)
-        return JSONResponse(_response(prompt, params, script))
+        max_new = max_new_tokens(request, input_tokens=len(prompt.split()), limits=LIMITS)
+        top_n = request.parameters.top_n_tokens or 0
+        generation = _generation(prompt, script, max_new=max_new, top_n=top_n)
+        return JSONResponse(response_body(generation, request.parameters))
 
 
-def _validate(prompt: Any, params: dict[str, Any]) -> str | None:
-    if not isinstance(prompt, str) or not prompt:
-        return "Input validation error: `inputs` cannot be empty"
-    top_n = params.get("top_n_tokens") or 0
-    if not 0 <= top_n <= MAX_TOP_N_TOKENS:
-        return (
-            "Input validation error: `top_n_tokens` must be >= 0 and <= "
-            f"{MAX_TOP_N_TOKENS}. Given: {top_n}"
-        )
-    max_new = params.get("max_new_tokens") or 100
-    if max_new <= 0:
-        return "Input validation error: `max_new_tokens` must be strictly positive"
-    input_tokens = len(prompt.split())
-    if input_tokens + max_new > MAX_TOTAL_TOKENS:
-        return (
-            "Input validation error: `inputs` tokens + `max_new_tokens` must be <= "
-            f"{MAX_TOTAL_TOKENS}. Given: {input_tokens} `inputs` tokens and {max_new} "
-            "`max_new_tokens`"
-        )
-    return None
+def _step(chosen: WireToken, top_n: int) -> list[WireToken]:
+    """A later step: the chosen token first, then unlikely runners-up."""
+    runners_up = [WireToken(900 + j, f" alt{j}", -8.0 - j) for j in range(top_n - 1)]
+    return [chosen, *runners_up][:top_n]
 
 
-def _response(prompt: str, params: dict[str, Any], script: Script) -> dict[str, Any]:
-    max_new = params.get("max_new_tokens") or 100
-    words = [f" {w}" if i else w for i, w in enumerate(script.answer.split())][:max_new] or [""]
-    top_n = params.get("top_n_tokens") or 0
+def _generation(prompt: str, script: Script, *, max_new: int, top_n: int) -> DetailedGeneration:
+    """Words stand for tokens; the first token's candidates are the scripted distribution."""
+    words = [f" {w}" if i else w for i, w in enumerate(script.answer.split())][:max_new]
     ranked = sorted(script.first_token, key=lambda t: t[1], reverse=True)[:top_n]
-    tokens = [
-        _token(i, w, 0.0 if i else math.log(ranked[0][1]) if ranked else 0.0)
-        for i, w in enumerate(words)
-    ]
-    top_tokens = [[_token(100 + j, text, math.log(p)) for j, (text, p) in enumerate(ranked)]]
-    top_tokens += [[_token(i, w, 0.0)] if top_n else [] for i, w in enumerate(words[1:], 1)]
-    details: dict[str, Any] = {
-        "finish_reason": "length" if len(words) >= max_new else "eos_token",
-        "generated_tokens": len(words),
-        "seed": None,
-        "prefill": [],
-        "tokens": tokens,
-        "top_tokens": top_tokens if top_n else [],
-    }
-    if params.get("decoder_input_details"):
-        details["prefill"] = [
-            {"id": i, "text": w, "logprob": None if i == 0 else -1.0}
-            for i, w in enumerate(prompt.split())
-        ]
-    return {"generated_text": " ".join(script.answer.split()[:max_new]), "details": details}
-
-
-def _token(token_id: int, text: str, logprob: float) -> dict[str, Any]:
-    return {"id": token_id, "text": text, "logprob": logprob, "special": False}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    first_step = [WireToken(100 + j, text, math.log(p)) for j, (text, p) in enumerate(ranked)]
+    # Greedy: the first generated token is the first step's top-1 candidate.
+    tokens = [WireToken(i, word, 0.0) for i, word in enumerate(words)]
+    if first_step and tokens:
+        tokens[0] = first_step[0]
+    return DetailedGeneration(
+        text=" ".join(script.answer.split()[:max_new]),
+        prefill=[
+            WireToken(i, word, None if i == 0 else -1.0) for i, word in enumerate(prompt.split())
+        ],
+        tokens=tokens,
+        top_tokens=[first_step] + [_step(token, top_n) for token in tokens[1:]],
+        finish_reason="length" if len(words) >= max_new else "eos_token",
+    )

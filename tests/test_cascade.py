@@ -174,3 +174,35 @@ def test_worker_answers_queries_submitted_before_it_started(
     assert all(tenant.wait_finished(query_id)["status"] == "succeeded" for query_id in ids)
     assert worker.process is not None
     assert worker.process.poll() is None
+
+
+def test_wait_returns_the_answer_in_the_submit_response(
+    make_tenant: Callable[..., TenantApi], small_tgi: ScriptedTGI, unique: Callable[[str], str]
+) -> None:
+    tenant = make_tenant()
+    prompt = unique("answer me right away")
+    small_tgi.script(prompt, answer="right away")
+    response = tenant.client.post(
+        "/v1/queries", params={"wait": 30}, json={"prompt": prompt}, headers=tenant.headers
+    )
+    assert response.status_code == 202
+    assert response.json()["status"] == "succeeded"
+    assert response.json()["answer"] == "right away"
+
+    held = unique("still thinking")
+    small_tgi.script(held, hold=True)
+    pending = tenant.client.post(
+        "/v1/queries", params={"wait": 0.3}, json={"prompt": held}, headers=tenant.headers
+    ).json()
+    assert pending["status"] in {"queued", "running"}
+    small_tgi.release(held)
+    finished = tenant.client.get(
+        f"/v1/queries/{pending['id']}", params={"wait": 30}, headers=tenant.headers
+    ).json()
+    assert finished["status"] == "succeeded"
+    assert (
+        tenant.client.get(
+            f"/v1/queries/{pending['id']}", params={"wait": 61}, headers=tenant.headers
+        ).status_code
+        == 422
+    )

@@ -35,6 +35,10 @@ def test_compose_names_every_service_with_healthy_start_order() -> None:
         assert depends["redis"]["condition"] == "service_healthy", name
     assert "small" in " ".join(services["worker-small"]["command"])
     assert "large" in " ".join(services["worker-large"]["command"])
+    environment = services["api"]["environment"]
+    assert environment["TWOTIER_SMALL__BACKEND"] == environment["TWOTIER_LARGE__BACKEND"] == "tgi"
+    assert environment["TWOTIER_SMALL__URL"] == "http://tgi-small:80"
+    assert environment["TWOTIER_BROKER_URL"].startswith("redis://")
 
 
 def test_tgi_services_are_quantised_expose_top_n_tokens_and_reserve_gpus() -> None:

@@ -5,6 +5,12 @@ from kombu.entity import Queue
 from services.settings import get_settings
 
 _settings = get_settings()
+if _settings.broker_url is None:
+    raise RuntimeError(
+        "TWOTIER_BROKER_URL is not set. Celery workers and `twotier api` need a broker "
+        "(e.g. redis://127.0.0.1:6379/0); `twotier serve` runs everything in one process "
+        "without one."
+    )
 
 broker_url = _settings.broker_url
 broker_connection_retry_on_startup = True

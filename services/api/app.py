@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -12,12 +15,15 @@ from services.dispatch import Dispatcher
 from services.logs import configure_logging
 from services.settings import get_settings
 
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
-def create_app(dispatcher: Dispatcher) -> FastAPI:
+
+def create_app(dispatcher: Dispatcher, *, lifespan: Lifespan | None = None) -> FastAPI:
     app = FastAPI(
         title="twotier",
         version="0.1.0",
         description="A small model answers every query; unsure queries escalate to a large one.",
+        lifespan=lifespan,
     )
     app.state.dispatcher = dispatcher
     install_error_handlers(app)

@@ -24,8 +24,28 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 }
 
 
+WaitParam = Annotated[
+    float,
+    Query(
+        ge=0,
+        le=60,
+        description="Seconds to wait for the query to finish before answering (a long poll).",
+    ),
+]
+
+
 def _view(session: SessionDep, query: QueryRow) -> QueryView:
     return QueryView.of(query, costs_by_query(session, [query.id])[query.id])
+
+
+def _after_waiting(
+    session: SessionDep, tenant: TenantDep, query: QueryRow, wait: float
+) -> QueryRow:
+    if wait <= 0:
+        return query
+    return queries.wait_until_finished(
+        session, tenant_id=tenant.id, query_id=query.id, timeout_s=wait
+    )
 
 
 @router.post(
@@ -43,8 +63,9 @@ def submit_query(
     settings: SettingsDep,
     dispatcher: DispatcherDep,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+    wait: WaitParam = 0,
 ) -> QueryView:
-    """Accept a query; poll `Location` for its answer."""
+    """Accept a query; poll `Location` for its answer (or pass `wait` to get it here)."""
     submitted = queries.submit_query(
         session,
         tenant_id=tenant.id,
@@ -65,12 +86,15 @@ def submit_query(
         except Exception:
             log.exception("enqueue_failed", query_id=str(query.id))
     response.headers["Location"] = f"/v1/queries/{query.id}"
-    return _view(session, query)
+    return _view(session, _after_waiting(session, tenant, query, wait))
 
 
 @router.get("/{query_id}", responses=NOT_FOUND)
-def get_query(query_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> QueryView:
-    return _view(session, queries.get_query(session, tenant_id=tenant.id, query_id=query_id))
+def get_query(
+    query_id: uuid.UUID, session: SessionDep, tenant: TenantDep, wait: WaitParam = 0
+) -> QueryView:
+    query = queries.get_query(session, tenant_id=tenant.id, query_id=query_id)
+    return _view(session, _after_waiting(session, tenant, query, wait))
 
 
 @router.get("")

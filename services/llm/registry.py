@@ -3,17 +3,46 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from rich.console import Console
 
 from services.llm.base import Backend
-from services.llm.tgi import TGIBackend
+
+if TYPE_CHECKING:
+    from services.llm.local_model import LocalModel
 from services.models import Tier
-from services.settings import get_settings
+from services.settings import TierSettings, get_settings
 
 
 @lru_cache(maxsize=2)
 def backend_for(tier: Tier) -> Backend:
     settings = get_settings()
-    tier_settings = settings.small if tier is Tier.SMALL else settings.large
+    tier_settings = tier_settings_of(tier)
+    if tier_settings.backend == "local":
+        from services.llm.local_model import LocalBackend  # noqa: PLC0415 - torch loads here only
+
+        return LocalBackend(
+            local_model(tier_settings.local_model),
+            model=tier_settings.model,
+            top_n_tokens=settings.top_n_tokens,
+        )
+    assert tier_settings.url is not None  # the settings validator requires it
+    if tier_settings.backend == "openai":
+        from services.llm.openai_compat import OpenAIBackend  # noqa: PLC0415
+
+        api_key = tier_settings.api_key.get_secret_value() if tier_settings.api_key else None
+        return OpenAIBackend(
+            url=str(tier_settings.url),
+            model=tier_settings.model,
+            api=tier_settings.openai_api,
+            api_key=api_key,
+            timeout_s=tier_settings.timeout_s,
+            top_n_tokens=settings.top_n_tokens,
+            attempts=settings.model_call_attempts,
+        )
+    from services.llm.tgi import TGIBackend  # noqa: PLC0415
+
     return TGIBackend(
         url=str(tier_settings.url),
         model=tier_settings.model,
@@ -21,6 +50,23 @@ def backend_for(tier: Tier) -> Backend:
         top_n_tokens=settings.top_n_tokens,
         attempts=settings.model_call_attempts,
     )
+
+
+@lru_cache(maxsize=2)
+def local_model(spec: str | None) -> LocalModel:
+    """The local model named by ``spec`` (None: the bundled one), loaded once per process."""
+    from services.llm.local_model import LocalModel  # noqa: PLC0415
+    from services.llm.model_files import prepare_local_model  # noqa: PLC0415
+
+    console = Console(stderr=True)
+    source = prepare_local_model(spec, cache_dir=get_settings().cache_dir, console=console)
+    with console.status(f"Loading {source} ..."):
+        return LocalModel(source)
+
+
+def tier_settings_of(tier: Tier) -> TierSettings:
+    settings = get_settings()
+    return settings.small if tier is Tier.SMALL else settings.large
 
 
 def model_pair() -> str:

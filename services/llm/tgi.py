@@ -9,38 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
-from tenacity import (
-    retry,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
-
-from services.llm.base import Generation, ModelError, TokenCandidate, TransientModelError
-
-# 408/429 and 5xx are the server's momentary state; 424 is TGI's "generation error" (e.g. a
-# CUDA OOM on one batch), which also clears on retry.
-TRANSIENT_STATUS = frozenset({408, 424, 429, 500, 502, 503, 504})
+from services.llm.base import Generation, ModelError, TokenCandidate
+from services.llm.http_backend import HttpBackend
 
 
-class TGIBackend:
+class TGIBackend(HttpBackend):
     def __init__(
         self, *, url: str, model: str, timeout_s: float, top_n_tokens: int, attempts: int
     ) -> None:
-        self.model = model
+        super().__init__(url=url, model=model, timeout_s=timeout_s, attempts=attempts)
         self.top_n_tokens = top_n_tokens
-        self._client = httpx.Client(
-            base_url=url,
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
-            follow_redirects=False,
-        )
-        self._post = retry(
-            retry=retry_if_exception_type(TransientModelError),
-            stop=stop_after_attempt(attempts),
-            wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
-            reraise=True,
-        )(self._post_once)
 
     def generate(self, prompt: str, *, max_new_tokens: int) -> Generation:
         body = {
@@ -53,39 +31,7 @@ class TGIBackend:
                 "top_n_tokens": self.top_n_tokens,
             },
         }
-        return parse_generate_response(self._post(body))
-
-    def _post_once(self, body: dict[str, Any]) -> dict[str, Any]:
-        try:
-            response = self._client.post("/generate", json=body)
-        except httpx.TransportError as exc:
-            raise TransientModelError(f"{self.model}: {type(exc).__name__}: {exc}") from exc
-        if response.status_code == 200:
-            payload: dict[str, Any] = response.json()
-            return payload
-        message = f"{self.model}: HTTP {response.status_code}: {_error_text(response)}"
-        if response.status_code in TRANSIENT_STATUS:
-            raise TransientModelError(message)
-        raise ModelError(message)
-
-    def close(self) -> None:
-        self._client.close()
-
-    def __enter__(self) -> TGIBackend:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-
-def _error_text(response: httpx.Response) -> str:
-    try:
-        payload = response.json()
-    except ValueError:
-        return response.text[:500]
-    if isinstance(payload, dict) and "error" in payload:
-        return f"{payload.get('error_type', 'error')}: {payload['error']}"
-    return str(payload)[:500]
+        return parse_generate_response(self.post_json("generate", body))
 
 
 def parse_generate_response(payload: dict[str, Any]) -> Generation:

@@ -1,0 +1,101 @@
+"""The in-process queue of the embedded default (``twotier serve``).
+
+It stands where Celery and Redis stand in the distributed mode and runs the same delivery code:
+one worker thread per tier, delayed redelivery for retries, and the recovery sweep. The queue
+itself is memory only; the database is the durable record, so at start-up every unfinished
+query is queued again and nothing accepted before a shutdown is lost.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import uuid
+from collections.abc import Callable
+
+import structlog
+
+from services import cascade
+from services.db import session_scope
+from services.models import Tier
+from services.recovery import claim_stuck_queries, reclaim_unfinished_queries
+from services.settings import get_settings
+
+log = structlog.get_logger(__name__)
+
+_STOP = None
+
+
+class InProcessQueue:
+    def __init__(self) -> None:
+        self._queues: dict[Tier, queue.Queue[tuple[uuid.UUID, int] | None]] = {
+            tier: queue.Queue() for tier in Tier
+        }
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+
+    def enqueue(self, tier: Tier, query_id: uuid.UUID, *, delay_s: float = 0.0) -> None:
+        self._put(tier, query_id, retries_so_far=0, delay_s=delay_s)
+
+    def is_reachable(self) -> bool:
+        return bool(self._threads) and not self._stopping.is_set()
+
+    def start(self) -> int:
+        """Start the tier threads and the sweep, and queue every unfinished query (counted)."""
+        with session_scope() as session:
+            unfinished = reclaim_unfinished_queries(session)
+        for query_id, tier in unfinished:
+            self.enqueue(tier, query_id)
+        for tier in Tier:
+            self._spawn(f"twotier-{tier.value}", self._work, tier)
+        self._spawn("twotier-sweep", self._sweep)
+        return len(unfinished)
+
+    def stop(self, timeout_s: float = 120.0) -> None:
+        """Let each tier finish its delivery, then stop. Queued ids stay in the database."""
+        self._stopping.set()
+        for tier_queue in self._queues.values():
+            tier_queue.put(_STOP)
+        for thread in self._threads:
+            thread.join(timeout=timeout_s)
+        self._threads.clear()
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _put(self, tier: Tier, query_id: uuid.UUID, *, retries_so_far: int, delay_s: float) -> None:
+        item = (query_id, retries_so_far)
+        if delay_s <= 0:
+            self._queues[tier].put(item)
+            return
+        timer = threading.Timer(delay_s, self._queues[tier].put, args=(item,))
+        timer.daemon = True
+        timer.start()
+
+    def _work(self, tier: Tier) -> None:
+        tier_queue = self._queues[tier]
+        while (item := tier_queue.get()) is not _STOP and not self._stopping.is_set():
+            query_id, retries_so_far = item
+            try:
+                retry_in_s = cascade.deliver(
+                    query_id, tier, dispatcher=self, retries_so_far=retries_so_far
+                )
+            except Exception:  # one bad delivery must not stop the tier
+                log.exception("delivery_failed", query_id=str(query_id), tier=tier.value)
+                retry_in_s = float(get_settings().recovery_interval_s)
+            if retry_in_s is not None:
+                self._put(tier, query_id, retries_so_far=retries_so_far + 1, delay_s=retry_in_s)
+
+    def _sweep(self) -> None:
+        settings = get_settings()
+        while not self._stopping.wait(settings.recovery_interval_s):
+            try:
+                with session_scope() as session:
+                    stuck = claim_stuck_queries(session, stuck_after_s=settings.stuck_after_s)
+            except Exception:  # the sweep tries again next interval
+                log.exception("sweep_failed")
+                continue
+            for query_id, tier in stuck:
+                self.enqueue(tier, query_id)

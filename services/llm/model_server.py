@@ -1,0 +1,149 @@
+"""``twotier model-server``: a TGI-compatible HTTP server over the local model.
+
+It serves ``POST /generate`` (and ``POST /``, as TGI does) with TGI's request and response shape
+and TGI's 422 validation errors, plus ``/health``, ``/info`` and Prometheus ``/metrics`` with
+TGI's metric names, so the small-tier workers run the TGI client unchanged on a laptop.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from pydantic import ValidationError
+
+from services.llm.local_model import LocalModel
+from services.llm.tgi_wire import (
+    GenerateRequest,
+    ServerLimits,
+    error_body,
+    max_new_tokens,
+    response_body,
+    validation_error,
+)
+
+VERSION = "twotier-model-server"
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("tgi_request_count", "Requests received", registry=self.registry)
+        self.successes = Counter("tgi_request_success", "Requests answered", registry=self.registry)
+        self.failures = Counter(
+            "tgi_request_failure", "Requests refused", ["err"], registry=self.registry
+        )
+        self.queue_size = Gauge("tgi_queue_size", "Requests waiting", registry=self.registry)
+        self.duration = Histogram(
+            "tgi_request_duration", "Seconds per request", registry=self.registry
+        )
+        self.generated_tokens = Histogram(
+            "tgi_request_generated_tokens",
+            "Tokens generated per request",
+            buckets=(1, 4, 16, 64, 256, 1024, 4096),
+            registry=self.registry,
+        )
+
+
+def create_model_server(
+    model: LocalModel,
+    *,
+    model_id: str,
+    max_top_n_tokens: int = 5,
+    max_input_tokens: int | None = None,
+) -> FastAPI:
+    limits = ServerLimits(
+        max_input_tokens=max_input_tokens or model.max_total_tokens - 1,
+        max_total_tokens=model.max_total_tokens,
+        max_top_n_tokens=max_top_n_tokens,
+    )
+    metrics = ServerMetrics()
+    app = FastAPI(title="twotier model-server", version=VERSION)
+
+    def refuse(message: str, status: int = 422) -> JSONResponse:
+        metrics.failures.labels(err="validation").inc()
+        return JSONResponse(error_body(message), status_code=status)
+
+    async def generate(request: Request) -> JSONResponse:
+        metrics.requests.inc()
+        try:
+            generate_request = GenerateRequest.model_validate(json.loads(await request.body()))
+        except json.JSONDecodeError as exc:
+            return refuse(f"Failed to parse the request body as JSON: {exc}", status=400)
+        except ValidationError as exc:
+            return refuse(f"Failed to deserialize the JSON body: {exc.errors()[0]['msg']}")
+        input_ids = model.encode(generate_request.inputs) if generate_request.inputs else []
+        error = validation_error(generate_request, input_tokens=len(input_ids), limits=limits)
+        if error:
+            return refuse(error)
+        params = generate_request.parameters
+        if params.do_sample:
+            return refuse("Input validation error: this server decodes greedily; `do_sample` "
+                          "is not supported")  # fmt: skip
+        if params.stop:
+            return refuse(
+                f"Input validation error: `stop` supports up to 0 stop sequences. "
+                f"Given: {len(params.stop)}"
+            )
+        started = time.perf_counter()
+        metrics.queue_size.inc()
+        try:
+            generation = await run_in_threadpool(
+                model.generate,
+                input_ids,
+                max_new_tokens=max_new_tokens(
+                    generate_request, input_tokens=len(input_ids), limits=limits
+                ),
+                top_n=params.top_n_tokens or 0,
+            )
+        finally:
+            metrics.queue_size.dec()
+        metrics.duration.observe(time.perf_counter() - started)
+        metrics.generated_tokens.observe(len(generation.tokens))
+        metrics.successes.inc()
+        return JSONResponse(response_body(generation, params))
+
+    app.add_api_route("/generate", generate, methods=["POST"])
+    app.add_api_route("/", generate, methods=["POST"])
+
+    @app.get("/health")
+    def health() -> Response:
+        return Response(status_code=200)
+
+    @app.get("/info")
+    def info() -> dict[str, Any]:
+        return {
+            "model_id": model_id,
+            "model_sha": None,
+            "model_pipeline_tag": "text-generation",
+            "max_concurrent_requests": 128,
+            "max_best_of": 1,
+            "max_stop_sequences": 0,
+            "max_input_tokens": limits.max_input_tokens,
+            "max_total_tokens": limits.max_total_tokens,
+            "max_top_n_tokens": limits.max_top_n_tokens,
+            "validation_workers": 1,
+            "max_client_batch_size": 1,
+            "router": "twotier",
+            "version": VERSION,
+            "sha": None,
+            "docker_label": None,
+        }
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,89 @@
+"""The embedded default: API, both tiers and the threshold service in one process on SQLite."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI
+from rich.console import Console
+
+from services.api.app import create_app
+from services.db import session_scope
+from services.embedded import InProcessQueue
+from services.llm.registry import backend_for
+from services.logs import configure_logging
+from services.migrate import upgrade_to_head
+from services.models import Tier
+from services.settings import Settings, TierSettings, get_settings
+from services.tenants import ensure_demo_tenant
+
+EXAMPLE_PROMPT = "What is the capital of France?"
+
+
+def run_embedded(*, host: str, port: int) -> None:
+    settings = get_settings()
+    configure_logging(level=settings.log_level, json=settings.log_json)
+    console = Console(stderr=True)
+    started = time.monotonic()
+    for tier in Tier:  # fetch, convert and load local models now, with progress on the console
+        backend_for(tier)
+    upgrade_to_head()
+    with session_scope() as session:
+        api_key = ensure_demo_tenant(
+            session,
+            key_file=settings.demo_key_file,
+            target_escalation_rate=settings.default_target_escalation_rate,
+        )
+    work_queue = InProcessQueue()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        resumed = work_queue.start()
+        if resumed:
+            console.print(f"Resuming {resumed} unfinished queries from before the last stop.")
+        _print_banner(console, settings, f"http://{host}:{port}", api_key, started)
+        yield
+        console.print("Stopping: finishing the model calls in progress ...")
+        work_queue.stop()
+        console.print("Stopped; queries not yet answered resume at the next start.")
+
+    uvicorn.run(
+        create_app(work_queue, lifespan=lifespan), host=host, port=port, log_level="warning"
+    )
+
+
+def _print_banner(
+    console: Console, settings: Settings, url: str, api_key: str, started: float
+) -> None:
+    curl = (
+        f"curl -s -X POST '{url}/v1/queries?wait=30' -H 'Authorization: Bearer {api_key}' "
+        f"-H 'Content-Type: application/json' -d '{{\"prompt\": \"{EXAMPLE_PROMPT}\"}}'"
+    )
+    elapsed = time.monotonic() - started
+    console.print(
+        f"\n[bold green]twotier is ready[/] at {url} (started in {elapsed:.1f} s)\n"
+        f"  database:   {settings.database_url} (in-process queue)\n"
+        f"  small tier: {_describe(settings.small)}\n"
+        f"  large tier: {_describe(settings.large)}\n"
+        f"  demo API key: {api_key}\n"
+        f"  try:  {curl}\n"
+        f'  or:   twotier ask "{EXAMPLE_PROMPT}"\n'
+        f"  docs: {url}/docs\n",
+        soft_wrap=True,
+        highlight=False,
+    )
+    if settings.small.backend == settings.large.backend == "local":
+        console.print(
+            "  [yellow]Demo pairing:[/] both tiers run the same small local model. Point the "
+            "large tier at a real model with TWOTIER_LARGE__BACKEND=tgi|openai and "
+            "TWOTIER_LARGE__URL.\n",
+            soft_wrap=True,
+        )
+
+
+def _describe(tier: TierSettings) -> str:
+    where = tier.local_model or "bundled" if tier.backend == "local" else str(tier.url)
+    return f"{tier.model} ({tier.backend}, {where})"
