@@ -12,6 +12,15 @@ def main() -> None:
     """twotier: a small model answers every query; unsure ones escalate to a large model."""
 
 
+def _require_broker() -> None:
+    if get_settings().embedded:
+        raise click.ClickException(
+            "TWOTIER_BROKER_URL is not set: a distributed deployment needs a broker "
+            "(e.g. redis://127.0.0.1:6379/0). `twotier serve` runs everything in one process "
+            "without one."
+        )
+
+
 @main.command()
 def migrate() -> None:
     """Apply the database migrations (alembic upgrade head)."""
@@ -160,6 +169,7 @@ def pull_models() -> None:
 @click.option("--workers", default=1, show_default=True, type=int)
 def api(host: str, port: int, workers: int) -> None:
     """Serve the REST API of a distributed deployment (Celery workers do the work)."""
+    _require_broker()
     import uvicorn  # noqa: PLC0415
 
     uvicorn.run(
@@ -178,6 +188,7 @@ def api(host: str, port: int, workers: int) -> None:
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(queues: str, concurrency: int | None, celery_args: tuple[str, ...]) -> None:
     """Run a Celery worker pool for the given queues."""
+    _require_broker()
     from workers.app import app  # noqa: PLC0415
 
     argv = ["worker", "--queues", queues, "--loglevel", get_settings().log_level]
@@ -190,6 +201,7 @@ def worker(queues: str, concurrency: int | None, celery_args: tuple[str, ...]) -
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def beat(celery_args: tuple[str, ...]) -> None:
     """Run the scheduler of the periodic recovery sweep."""
+    _require_broker()
     from workers.app import app  # noqa: PLC0415
 
     app.start(["beat", "--loglevel", get_settings().log_level, *celery_args])

@@ -203,3 +203,16 @@ def test_serve_refuses_to_start_when_a_broker_is_configured(tmp_path: Path) -> N
     )
     assert result.returncode != 0
     assert "TWOTIER_BROKER_URL is set" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["api", "worker", "beat"])
+def test_distributed_commands_refuse_to_start_without_a_broker(
+    tmp_path: Path, command: str
+) -> None:
+    env = without_twotier_settings(os.environ)
+    env["TWOTIER_HOME"] = str(tmp_path)
+    result = subprocess.run(
+        [*TWOTIER, command], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode != 0
+    assert "TWOTIER_BROKER_URL is not set" in result.stderr
