@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import click
 
 from services.settings import get_settings
@@ -161,6 +164,48 @@ def pull_models() -> None:
     for spec in specs or {None}:
         source = prepare_local_model(spec, cache_dir=settings.cache_dir, console=console)
         click.echo(f"{spec or 'bundled model'}: {source}")
+
+
+@main.command("eval")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("eval-results"),
+    show_default=True,
+    help="Folder for results.json and the PNG curves.",
+)
+@click.option("--seeds", default="0,1,2", show_default=True, help="Stream orders to average.")
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=None,
+    help="W (default: TWOTIER_WARMUP_QUERIES).",
+)
+@click.option("--no-baselines", is_flag=True, help="Skip the trained routers (faster).")
+def evaluate(paths: tuple[Path, ...], out: Path, seeds: str, warmup: int | None,
+             no_baselines: bool) -> None:  # fmt: skip
+    """Accuracy-cost curves, AUC and router metrics of every policy on recorded outputs."""
+    from rich.console import Console  # noqa: PLC0415
+
+    from services.evaluation.report import plot_curves, print_table, write_json  # noqa: PLC0415
+    from services.evaluation.run import EvalOptions  # noqa: PLC0415
+    from services.evaluation.run import evaluate as run_evaluation  # noqa: PLC0415
+
+    settings = get_settings()
+    options = EvalOptions(
+        seeds=tuple(int(seed) for seed in seeds.split(",")),
+        warmup=settings.warmup_queries if warmup is None else warmup,
+        baselines=not no_baselines,
+        cache_dir=settings.cache_dir,
+    )
+    console = Console(width=None if sys.stdout.isatty() else 220)
+    with console.status("Evaluating ...") as status:
+        results = run_evaluation(list(paths), options, progress=status.update)
+    print_table(results, console)
+    write_json(results, out / "results.json")
+    plots = plot_curves(results, out)
+    console.print(f"Wrote {out / 'results.json'} and {len(plots)} plots in {out}/")
 
 
 @main.command()

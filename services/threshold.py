@@ -11,12 +11,13 @@ across processes and every margin gets a unique position ``seq``. The decision s
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+import numpy.typing as npt
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -24,6 +25,9 @@ from sqlalchemy.orm import Session
 from services.models import MarginRecord, ThresholdScope
 
 Reason = Literal["warmup", "below_threshold", "at_or_above_threshold"]
+RateLike = float | npt.NDArray[np.floating]
+IndexLike = np.int64 | npt.NDArray[np.int64]
+BoolLike = np.bool_ | npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True)
@@ -36,15 +40,26 @@ class Decision:
     scope_id: int
 
 
-def quantile_index(history_size: int, target_escalation_rate: float) -> int:
-    """Position of the p-quantile in the sorted history: floor(|H| * p), kept inside H."""
-    return min(math.floor(history_size * target_escalation_rate), history_size - 1)
+def quantile_index(history_size: int, target_escalation_rate: RateLike) -> IndexLike:
+    """Position of the p-quantile in the sorted history: floor(|H| * p), kept inside H.
+
+    ``target_escalation_rate`` may be an array of rates (the offline evaluation asks for many
+    budgets at once); the answer then is an array of positions.
+    """
+    index = np.floor(history_size * np.asarray(target_escalation_rate)).astype(np.int64)
+    bounded: IndexLike = np.minimum(index, history_size - 1)
+    return bounded
+
+
+def escalates(margin: RateLike, threshold: RateLike, *, history_size: int, warmup: int) -> BoolLike:
+    """The decision: never while |H| <= W, then iff the margin is below the threshold."""
+    return np.logical_and(history_size > warmup, np.less(margin, threshold))
 
 
 def exact_threshold(margins: Sequence[float], target_escalation_rate: float) -> float:
     """The paper's rule on an in-memory history (the evaluation and audits use this)."""
     ordered = sorted(margins)
-    return ordered[quantile_index(len(ordered), target_escalation_rate)]
+    return ordered[int(quantile_index(len(ordered), target_escalation_rate))]
 
 
 def decide(
@@ -67,7 +82,7 @@ def decide(
     if version <= warmup:
         return Decision(False, "warmup", None, version, target_escalation_rate, scope.id)
     threshold = _threshold_at(session, scope.id, version, target_escalation_rate)
-    escalate = margin < threshold
+    escalate = bool(escalates(margin, threshold, history_size=version, warmup=warmup))
     reason: Reason = "below_threshold" if escalate else "at_or_above_threshold"
     return Decision(escalate, reason, threshold, version, target_escalation_rate, scope.id)
 
@@ -90,7 +105,7 @@ def _threshold_at(session: Session, scope_id: int, version: int, rate: float) ->
         select(MarginRecord.margin)
         .where(MarginRecord.scope_id == scope_id)
         .order_by(MarginRecord.margin)
-        .offset(quantile_index(version, rate))
+        .offset(int(quantile_index(version, rate)))
         .limit(1)
     )
     assert threshold is not None  # the scope holds `version` >= 1 margins

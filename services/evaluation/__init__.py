@@ -1,0 +1,1 @@
+"""The offline evaluation of PAPER.md: accuracy-cost curves, AUC and router metrics."""

@@ -1,0 +1,47 @@
+"""What users ask of a router, read off an accuracy-cost curve."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from services.evaluation.data import FloatArray
+
+
+def normalised_auc(budgets: FloatArray, accuracy: FloatArray) -> float:
+    """(1 / (B_max - B_min)) * integral of Acc(B) dB, by the trapezoid rule: mean accuracy."""
+    return float(np.trapezoid(accuracy, budgets) / (budgets[-1] - budgets[0]))
+
+
+def apgr(auc: float, accuracy_small: float, accuracy_large: float) -> float | None:
+    """Average performance gap recovered: (AUC - AUC_S) / (AUC_L - AUC_S)."""
+    gap = accuracy_large - accuracy_small
+    return None if gap <= 0 else (auc - accuracy_small) / gap
+
+
+def large_share_to_recover(
+    accuracy: FloatArray,
+    large_share: FloatArray,
+    *,
+    accuracy_small: float,
+    accuracy_large: float,
+    fraction: float,
+) -> float | None:
+    """The smallest share of large-model calls at which ``fraction`` of the S->L gap is won."""
+    gap = accuracy_large - accuracy_small
+    if gap <= 0:
+        return None
+    reached = np.flatnonzero(accuracy >= accuracy_small + fraction * gap)
+    return float(large_share[reached].min()) if reached.size else None
+
+
+def cost_saved_at(
+    accuracy: FloatArray,
+    spend: FloatArray,
+    *,
+    accuracy_large: float,
+    large_cost: float,
+    fraction: float = 0.95,
+) -> float | None:
+    """1 - (cheapest spend per query reaching ``fraction`` of L's accuracy) / (L's cost)."""
+    reached = np.flatnonzero(accuracy >= fraction * accuracy_large)
+    return float(1 - spend[reached].min() / large_cost) if reached.size else None

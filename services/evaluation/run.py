@@ -1,0 +1,166 @@
+"""``twotier eval``: every policy on every task x pair, for every cost scheme and budget range."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.evaluation import metrics
+from services.evaluation.baselines import EMBEDDING_MODEL, Embedder, baseline_scores
+from services.evaluation.data import PairData, read_chains
+from services.evaluation.simulate import BudgetGrid, CostScheme, Curves, Mode, Stream
+
+REFERENCE_GRID = "c_l/c_s=20, B in [c_s, c_s+c_l]"
+BASELINES = ("frugalgpt", "routing", "hybridllm")
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    seeds: tuple[int, ...] = (0, 1, 2)
+    warmup: int = 20
+    cost_ratios: tuple[int, ...] = (10, 20, 50)
+    baselines: bool = True
+    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "twotier")
+
+
+def evaluate(
+    paths: list[Path], options: EvalOptions, progress: Callable[[str], None] = lambda _: None
+) -> dict[str, Any]:
+    pairs = [pair for path in paths for pair in read_chains(path)]
+    if not pairs:
+        raise ValueError(f"no per-query records found in {', '.join(map(str, paths))}")
+    embedder = Embedder(options.cache_dir)
+    results = []
+    for number, pair in enumerate(pairs, 1):
+        progress(f"[{number}/{len(pairs)}] {pair.name}")
+        results.append(evaluate_pair(pair, options, embedder if options.baselines else None))
+    return {
+        "settings": {
+            "seeds": list(options.seeds),
+            "warmup": options.warmup,
+            "cost_ratios": list(options.cost_ratios),
+            "budget_points": 100,
+            "reference_grid": REFERENCE_GRID,
+            "auxiliary_model": EMBEDDING_MODEL if options.baselines else None,
+            "guards": "a cascade escalates (and a router picks L) only if the rest of the budget "
+            "still pays the small model for every later query; unpaid queries count as wrong",
+        },
+        "pairs": results,
+        "average_over_tasks": average_over_tasks(results),
+    }
+
+
+def evaluate_pair(
+    pair: PairData, options: EvalOptions, embedder: Embedder | None
+) -> dict[str, Any]:
+    scored = pair.scored
+    small_correct, large_correct = pair.small_correct[scored], pair.large_correct[scored]
+    n = int(scored.sum())
+    schemes = [
+        CostScheme(f"c_l/c_s={ratio}", np.ones(n), np.full(n, float(ratio)))
+        for ratio in options.cost_ratios
+    ]
+    if (
+        np.isfinite(pair.small_cost_usd[scored]).all()
+        and np.isfinite(pair.large_cost_usd[scored]).all()
+    ):
+        schemes.append(
+            CostScheme("token-priced", pair.small_cost_usd[scored], pair.large_cost_usd[scored])
+        )
+    grids = [
+        grid
+        for grid in (
+            BudgetGrid(scheme, upper) for scheme in schemes for upper in ("c_l", "c_s+c_l")
+        )
+        if grid.budgets[-1] > grid.budgets[0]  # equal prices leave no budget range to sweep
+    ]
+    stream = Stream(
+        small_correct=small_correct,
+        large_correct=large_correct,
+        grids=grids,
+        seeds=list(options.seeds),
+        warmup=options.warmup,
+    )
+    signal = pair.signal[scored]
+    runs: dict[str, tuple[Curves, Mode]] = {
+        "margin": (stream.run(stream.threshold_wants(signal, "cascade"), "cascade"), "cascade"),
+        "random": (stream.run(stream.random_wants(), "route"), "route"),
+        "oracle": (stream.run(stream.oracle_wants(), "cascade"), "cascade"),
+    }
+    if embedder is not None:
+        scores = baseline_scores(pair, embedder)
+        for name in BASELINES:
+            mode: Mode = "cascade" if name == "frugalgpt" else "route"
+            runs[name] = (stream.run(stream.threshold_wants(scores[name], mode), mode), mode)
+    accuracy_small, accuracy_large = float(small_correct.mean()), float(large_correct.mean())
+    return {
+        "task": pair.task,
+        "source": pair.source,
+        "small": pair.small,
+        "large": pair.large,
+        "signal": pair.signal_name,
+        "queries_scored": n,
+        "queries_trained_on": int(pair.is_train.sum()),
+        "accuracy_small": accuracy_small,
+        "accuracy_large": accuracy_large,
+        "grids": {
+            grid.name: _grid_result(g, grid, runs, accuracy_small, accuracy_large)
+            for g, grid in enumerate(grids)
+        },
+    }
+
+
+def _grid_result(
+    g: int,
+    grid: BudgetGrid,
+    runs: dict[str, tuple[Curves, Mode]],
+    accuracy_small: float,
+    accuracy_large: float,
+) -> dict[str, Any]:
+    budgets = grid.budgets
+    policies = {}
+    for name, (curves, mode) in runs.items():
+        accuracy, share, spend = curves.accuracy[g], curves.large_share[g], curves.spend[g]
+        auc = metrics.normalised_auc(budgets, accuracy)
+        policies[name] = {
+            "mode": mode,
+            "auc": auc,
+            "apgr": metrics.apgr(auc, accuracy_small, accuracy_large),
+            "large_share_for_50pct_gap": metrics.large_share_to_recover(
+                accuracy, share, accuracy_small=accuracy_small,
+                accuracy_large=accuracy_large, fraction=0.5,
+            ),
+            "large_share_for_80pct_gap": metrics.large_share_to_recover(
+                accuracy, share, accuracy_small=accuracy_small,
+                accuracy_large=accuracy_large, fraction=0.8,
+            ),
+            "cost_saved_at_95pct_of_large": metrics.cost_saved_at(
+                accuracy, spend, accuracy_large=accuracy_large,
+                large_cost=float(grid.scheme.large.mean()),
+            ),
+            "accuracy": accuracy.round(5).tolist(),
+            "large_share": share.round(5).tolist(),
+            "spend_per_query": spend.tolist(),
+        }  # fmt: skip
+    return {"budgets": budgets.tolist(), "policies": policies}
+
+
+def average_over_tasks(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per grid and policy: the mean over tasks of the mean AUC over each task's pairs."""
+    per_task: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for result in results:
+        for grid_name, grid in result["grids"].items():
+            for policy, values in grid["policies"].items():
+                per_task[(grid_name, policy, result["task"])].append(values["auc"])
+    averaged: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for (grid_name, policy, _task), aucs in per_task.items():
+        averaged[grid_name][policy].append(float(np.mean(aucs)))
+    return {
+        grid_name: {policy: float(np.mean(values)) for policy, values in policies.items()}
+        for grid_name, policies in averaged.items()
+    }

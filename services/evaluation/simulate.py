@@ -1,0 +1,197 @@
+"""The streaming policies of PAPER.md, run for many budgets, cost schemes and seeds at once.
+
+Every column of the simulation is one (seed, budget grid, budget): the seed fixes the stream
+order, the grid fixes the costs and the budget range. Thresholds come from the service's own
+rule (``services.threshold.quantile_index`` and ``escalates``) on the running history of the
+signal, so the evaluation escalates exactly what the service would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from services.evaluation.data import BoolArray, FloatArray
+from services.threshold import escalates, quantile_index
+
+BUDGET_POINTS = 100
+Mode = Literal["cascade", "route"]
+
+
+@dataclass(frozen=True)
+class CostScheme:
+    name: str
+    small: FloatArray  # cost of each scored query on each tier
+    large: FloatArray
+
+
+@dataclass(frozen=True)
+class BudgetGrid:
+    """Average budgets per query from c_s to c_l (the paper's code) or to c_s + c_l."""
+
+    scheme: CostScheme
+    upper: Literal["c_l", "c_s+c_l"]
+
+    @property
+    def name(self) -> str:
+        return f"{self.scheme.name}, B in [c_s, {self.upper}]"
+
+    @property
+    def budgets(self) -> FloatArray:
+        small, large = self.scheme.small.mean(), self.scheme.large.mean()
+        top = large if self.upper == "c_l" else small + large
+        budgets: FloatArray = np.linspace(small, top, BUDGET_POINTS)
+        return budgets
+
+    def rates(self, mode: Mode) -> FloatArray:
+        """p(B) = (B - c_s) / c_l for a cascade; q(B) = (B - c_s) / (c_l - c_s) for routing."""
+        small, large = self.scheme.small.mean(), self.scheme.large.mean()
+        scale = large if mode == "cascade" else max(large - small, 1e-12)
+        rates: FloatArray = np.clip((self.budgets - small) / scale, 0.0, 1.0)
+        return rates
+
+
+@dataclass(frozen=True)
+class Curves:
+    """Per grid, per budget, averaged over seeds."""
+
+    accuracy: FloatArray  # (grids, budgets)
+    large_share: FloatArray
+    spend: FloatArray
+
+
+class Stream:
+    """The scored queries of one pair, in one order per seed."""
+
+    def __init__(
+        self,
+        *,
+        small_correct: BoolArray,
+        large_correct: BoolArray,
+        grids: list[BudgetGrid],
+        seeds: list[int],
+        warmup: int,
+        orders: npt.NDArray[np.int64] | None = None,
+    ) -> None:
+        """``orders`` (one row per seed) replaces the seeded shuffles, e.g. to replay a stream."""
+        self.n = len(small_correct)
+        self.grids = grids
+        self.seeds = seeds
+        self.warmup = warmup
+        self.orders = (
+            orders
+            if orders is not None
+            else np.stack([np.random.default_rng(seed).permutation(self.n) for seed in seeds])
+        )
+        self.small_correct = small_correct[self.orders]  # (seeds, n)
+        self.large_correct = large_correct[self.orders]
+        self.uniform = np.stack(
+            [np.random.default_rng(10_000 + seed).random(self.n) for seed in seeds]
+        )
+        # (seed, grid, budget) columns, flattened
+        shape = (len(seeds), len(grids), BUDGET_POINTS)
+        self.seed_of = np.broadcast_to(np.arange(len(seeds))[:, None, None], shape).ravel()
+        self.grid_of = np.broadcast_to(np.arange(len(grids))[None, :, None], shape).ravel()
+        self.budget = np.broadcast_to(
+            np.stack([grid.budgets for grid in grids])[None], shape
+        ).ravel()
+        small_costs = np.stack([grid.scheme.small for grid in grids])  # (grids, n)
+        large_costs = np.stack([grid.scheme.large for grid in grids])
+        self.small_cost = small_costs[:, self.orders].transpose(1, 0, 2)  # (seeds, grids, n)
+        self.large_cost = large_costs[:, self.orders].transpose(1, 0, 2)
+        suffix = np.cumsum(self.small_cost[..., ::-1], axis=-1)[..., ::-1]
+        self.small_cost_after = np.concatenate(  # cost of S for every query after t
+            [suffix[..., 1:], np.zeros((*suffix.shape[:-1], 1))], axis=-1
+        )
+
+    def rates(self, mode: Mode) -> FloatArray:
+        per_grid = np.stack([grid.rates(mode) for grid in self.grids])  # (grids, budgets)
+        return np.broadcast_to(per_grid[None], (len(self.seeds), *per_grid.shape)).ravel()
+
+    # -- what each policy wants to do at each step, per column -----------------------------
+    def threshold_wants(self, signal: FloatArray, mode: Mode) -> BoolArray:
+        """Below the running p-quantile of the signal (after the warm-up): the service's rule."""
+        per_grid = np.stack([grid.rates(mode) for grid in self.grids]).ravel()  # (grids*budgets)
+        wants = np.empty((len(self.seeds), per_grid.size, self.n), dtype=bool)
+        for s in range(len(self.seeds)):
+            ordered = signal[self.orders[s]]
+            history = np.empty(self.n)
+            for t, value in enumerate(ordered):
+                position = int(np.searchsorted(history[:t], value, side="right"))
+                history[position + 1 : t + 1] = history[position:t]
+                history[position] = value
+                threshold = history[quantile_index(t + 1, per_grid)]
+                wants[s, :, t] = escalates(value, threshold, history_size=t + 1, warmup=self.warmup)
+        return wants.reshape(-1, self.n)
+
+    def random_wants(self) -> BoolArray:
+        return self.uniform[self.seed_of] < self.rates("route")[:, None]
+
+    def oracle_wants(self) -> BoolArray:
+        wanted = ~self.small_correct & self.large_correct  # (seeds, n)
+        return wanted[self.seed_of]
+
+    # -- the budgeted stream ---------------------------------------------------------------
+    def run(self, wants: BoolArray, mode: Mode) -> Curves:
+        """Spend each column's budget B * n along the stream, with the paper's budget guards.
+
+        A cascade always pays c_s and escalates (paying c_l too) only if what is left still pays
+        c_s for every later query; a router sends a query to L alone only on the same condition.
+        A query no model can be paid for counts as wrong.
+        """
+        seed, grid = self.seed_of, self.grid_of
+        remaining = self.budget * self.n
+        correct = np.zeros(remaining.shape)
+        large_calls = np.zeros(remaining.shape)
+        for t in range(self.n):
+            small_cost = self.small_cost[seed, grid, t]
+            large_cost = self.large_cost[seed, grid, t]
+            reserve = self.small_cost_after[seed, grid, t]
+            small_ok = self.small_correct[seed, t]
+            large_ok = self.large_correct[seed, t]
+            affordable = remaining >= small_cost
+            if mode == "cascade":
+                to_large = wants[:, t] & (remaining - small_cost - large_cost >= reserve)
+                spent = np.where(affordable, small_cost + to_large * large_cost, 0.0)
+                ok = np.where(to_large, large_ok, small_ok) & affordable
+            else:
+                to_large = wants[:, t] & (remaining - large_cost >= reserve)
+                on_small = ~to_large & affordable
+                spent = np.where(to_large, large_cost, np.where(on_small, small_cost, 0.0))
+                ok = np.where(to_large, large_ok, small_ok & on_small)
+            remaining -= spent
+            correct += ok
+            large_calls += to_large
+        shape = (len(self.seeds), len(self.grids), BUDGET_POINTS)
+        spend = (self.budget * self.n - remaining) / self.n
+        return Curves(
+            accuracy=_seed_mean(correct / self.n, shape),
+            large_share=_seed_mean(large_calls / self.n, shape),
+            spend=_seed_mean(spend, shape),
+        )
+
+
+def streaming_escalations(signal: FloatArray, rates: FloatArray, warmup: int) -> BoolArray:
+    """For a stream in this order, which queries the service would escalate at each rate.
+
+    The history includes the current query, as in the service; the threshold and the decision
+    are the service's own functions. Returns (rates, queries).
+    """
+    n = len(signal)
+    wants = np.empty((len(rates), n), dtype=bool)
+    history = np.empty(n)
+    for t, value in enumerate(signal):
+        position = int(np.searchsorted(history[:t], value, side="right"))
+        history[position + 1 : t + 1] = history[position:t]
+        history[position] = value
+        threshold = history[quantile_index(t + 1, rates)]
+        wants[:, t] = escalates(value, threshold, history_size=t + 1, warmup=warmup)
+    return wants
+
+
+def _seed_mean(values: npt.NDArray[np.float64], shape: tuple[int, int, int]) -> FloatArray:
+    mean: FloatArray = values.reshape(shape).mean(axis=0)
+    return mean
