@@ -23,7 +23,7 @@ from services.accounting import record_model_call
 from services.db import session_scope
 from services.dispatch import Dispatcher
 from services.llm.base import Generation, ModelError, TransientModelError
-from services.llm.margin import MarginUnavailable, first_token_margin
+from services.llm.margin import MarginUnavailable, candidates_for, margin_and_answer
 from services.llm.registry import backend_for, model_pair, tier_settings_of
 from services.models import TERMINAL_STATUSES, Query, QueryStatus, Tenant, Tier, utcnow
 from services.settings import Settings, get_settings
@@ -49,6 +49,7 @@ class TierResult:
 class _Claim:
     prompt: str
     max_new_tokens: int
+    choices: list[str] | None
 
 
 CLAIMABLE = {
@@ -91,7 +92,13 @@ def answer_on_tier(query_id: uuid.UUID, tier: Tier) -> TierResult:
         return claim
     started = time.perf_counter()
     try:
-        generation = backend_for(tier).generate(claim.prompt, max_new_tokens=claim.max_new_tokens)
+        generation = backend_for(tier).generate(
+            claim.prompt,
+            max_new_tokens=claim.max_new_tokens,
+            top_n_tokens=candidates_for(
+                claim.choices, default=settings.top_n_tokens, most=settings.max_top_n_tokens
+            ),
+        )
     except TransientModelError:
         _release_lease(query_id)  # so that the task's retry is not kept waiting
         raise
@@ -116,7 +123,10 @@ def answer_on_tier(query_id: uuid.UUID, tier: Tier) -> TierResult:
             return TierResult(Outcome.SKIPPED)
         if tier is Tier.SMALL:
             return _decide(session, query, generation, settings)
-        _succeed(query, generation.text, Tier.LARGE)
+        _, answer = margin_and_answer(
+            generation.first_token_candidates, generation.text, query.choices
+        )
+        _succeed(query, answer, Tier.LARGE)
         return TierResult(Outcome.ANSWERED)
 
 
@@ -157,7 +167,9 @@ def _claim(query_id: uuid.UUID, tier: Tier, settings: Settings) -> _Claim | Tier
             query.large_started_at = query.large_started_at or now
         query.lease_expires_at = now + timedelta(seconds=settings.task_lease_s)
         query.updated_at = now
-        return _Claim(prompt=query.prompt, max_new_tokens=query.max_new_tokens)
+        return _Claim(
+            prompt=query.prompt, max_new_tokens=query.max_new_tokens, choices=query.choices
+        )
 
 
 def _decide(
@@ -167,8 +179,10 @@ def _decide(
     query.small_answer = generation.text
     query.small_finished_at = now
     try:
-        margin = first_token_margin(
+        margin, answer = margin_and_answer(
             generation.first_token_candidates,
+            generation.text,
+            query.choices,
             kind=settings.margin_kind,
             skip_surface_variants=settings.margin_skip_surface_variants,
         )
@@ -194,7 +208,7 @@ def _decide(
     query.decision = decision.reason
     log.info("decision", margin=margin, threshold=decision.threshold, reason=decision.reason)
     if not decision.escalate:
-        _succeed(query, generation.text, Tier.SMALL)
+        _succeed(query, answer, Tier.SMALL)
         return TierResult(Outcome.ANSWERED)
     query.status = QueryStatus.ESCALATED
     query.escalated_at = now

@@ -153,6 +153,7 @@ class Query(Base):
     max_new_tokens: Mapped[int] = mapped_column(Integer)
     task_label: Mapped[str | None] = mapped_column(String(100))
     request_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    choices: Mapped[list[str] | None] = mapped_column(JSON)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))
 

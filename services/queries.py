@@ -29,6 +29,7 @@ class NewQuery:
     max_new_tokens: int | None
     task: str | None
     metadata: dict[str, Any] | None
+    choices: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ def submit_query(
         max_new_tokens=max_new_tokens,
         task_label=request.task,
         request_metadata=request.metadata,
+        choices=request.choices,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
         delivery_attempts=0,
@@ -177,6 +179,7 @@ def _request_hash(request: NewQuery, max_new_tokens: int) -> str:
             "max_new_tokens": max_new_tokens,
             "task": request.task,
             "metadata": request.metadata,
+            "choices": request.choices,
         },
         sort_keys=True,
         separators=(",", ":"),

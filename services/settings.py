@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     large: LargeTierSettings = LargeTierSettings()
 
     top_n_tokens: int = Field(default=5, ge=2, description="First-token candidates asked of TGI.")
+    max_top_n_tokens: int = Field(
+        default=5,
+        ge=2,
+        description="The most candidates a model server returns (TGI's --max-top-n-tokens); "
+        "queries with many choices ask for up to this many.",
+    )
     margin_kind: Literal["probability", "logit"] = "probability"
     margin_skip_surface_variants: bool = Field(
         default=False,

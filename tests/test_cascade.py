@@ -206,3 +206,49 @@ def test_wait_returns_the_answer_in_the_submit_response(
         ).status_code
         == 422
     )
+
+
+def test_choices_take_the_margin_over_the_labels_and_answer_with_one(
+    make_tenant: Callable[..., TenantApi],
+    small_tgi: ScriptedTGI,
+    large_tgi: ScriptedTGI,
+    unique: Callable[[str], str],
+) -> None:
+    tenant = make_tenant(target_escalation_rate=0.5)
+    labels = ["positive", "negative"]
+    warm_up(tenant, small_tgi, unique, task="sentiment")
+    clear = unique("Review: loved every minute. Positive or negative?")
+    small_tgi.script(clear, answer="Positive, clearly", first_token=[
+        (" Positive", 0.70), ("positive", 0.25), (" Negative", 0.02), (" The", 0.01),
+    ])  # fmt: skip
+    confident = tenant.wait_finished(
+        tenant.submit(clear, task="sentiment", choices=labels, max_new_tokens=3)["id"]
+    )
+    assert confident["answer"] == "positive"
+    assert confident["choices"] == labels
+    assert confident["margin"] == pytest.approx(0.95 - 0.02)
+    assert confident["tier"] == "small"
+
+    torn = unique("Review: it was fine I guess. Positive or negative?")
+    small_tgi.script(torn, answer="Negative", first_token=[
+        (" Negative", 0.34), (" Positive", 0.33), (" It", 0.2),
+    ])  # fmt: skip
+    large_tgi.script(torn, answer="Negative overall", first_token=[
+        (" Negative", 0.8), (" Positive", 0.1),
+    ])  # fmt: skip
+    escalated = tenant.wait_finished(
+        tenant.submit(torn, task="sentiment", choices=labels, max_new_tokens=3)["id"]
+    )
+    assert escalated["tier"] == "large"
+    assert escalated["answer"] == "negative"
+    assert escalated["margin"] == pytest.approx(0.01)
+
+
+def test_choices_must_be_distinct_labels(make_tenant: Callable[..., TenantApi]) -> None:
+    tenant = make_tenant()
+    for choices in (["only"], ["Yes", " yes "], ["ok", ""], ["x" * 101, "y"]):
+        response = tenant.client.post(
+            "/v1/queries", json={"prompt": "?", "choices": choices}, headers=tenant.headers
+        )
+        assert response.status_code == 422, choices
+        assert response.json()["error"]["code"] == "invalid_request"

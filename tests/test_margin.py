@@ -7,7 +7,12 @@ import math
 import pytest
 
 from services.llm.base import TokenCandidate
-from services.llm.margin import MAX_LOGIT_MARGIN, MarginUnavailable, first_token_margin
+from services.llm.margin import (
+    MAX_LOGIT_MARGIN,
+    MarginUnavailable,
+    choice_margin,
+    first_token_margin,
+)
 
 
 def candidate(token_id: int, text: str, p: float) -> TokenCandidate:
@@ -47,3 +52,27 @@ def test_surface_variants_of_the_top_token_are_skipped_when_asked() -> None:
 def test_no_candidates_is_an_error() -> None:
     with pytest.raises(MarginUnavailable):
         first_token_margin([])
+
+
+def test_choice_margin_merges_surface_variants_of_each_class() -> None:
+    candidates = [
+        candidate(1, " Positive", 0.30),
+        candidate(2, "positive", 0.20),
+        candidate(3, " Neg", 0.25),
+        candidate(4, " The", 0.15),
+    ]
+    margin, label = choice_margin(candidates, ["positive", "negative"])
+    assert label == "positive"
+    assert margin == pytest.approx(0.50 - 0.25)
+    logit, _ = choice_margin(candidates, ["positive", "negative"], kind="logit")
+    assert logit == pytest.approx(math.log(0.5 / 0.25))
+
+
+def test_choice_margin_ignores_ambiguous_prefixes_and_reports_no_class_seen() -> None:
+    candidates = [candidate(1, " P", 0.6), candidate(2, " Pizza", 0.1)]
+    margin, label = choice_margin(candidates, ["pasta", "pizza"])
+    assert (margin, label) == (pytest.approx(0.1), "pizza")  # " P" starts both names
+    assert choice_margin([candidate(1, "The", 0.9)], ["A", "B"]) == (0.0, None)
+    letters, winner = choice_margin([candidate(1, " B", 0.7), candidate(2, "C", 0.2)], "ABCD")
+    assert winner == "B"
+    assert letters == pytest.approx(0.5)

@@ -74,6 +74,7 @@ def submit_query(
             max_new_tokens=body.max_new_tokens,
             task=body.task,
             metadata=body.metadata,
+            choices=body.choices,
         ),
         idempotency_key=idempotency_key,
         settings=settings,

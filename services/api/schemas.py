@@ -7,7 +7,14 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    field_validator,
+)
 
 from services.models import Query, QueryStatus
 
@@ -20,6 +27,9 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+ChoiceName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 
 
 class QueryCreate(BaseModel):
@@ -39,6 +49,22 @@ class QueryCreate(BaseModel):
     metadata: dict[str, Any] | None = Field(
         default=None, description="Free-form JSON object stored with the query."
     )
+    choices: list[ChoiceName] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=50,
+        description="Class labels: the margin is taken over their first tokens and the answer "
+        "is the winning label (the prompt should ask for one of them).",
+    )
+
+    @field_validator("choices")
+    @classmethod
+    def _distinct_choices(cls, choices: list[str] | None) -> list[str] | None:
+        if choices is not None:
+            spellings = ["".join(choice.split()).lower() for choice in choices]
+            if len(set(spellings)) != len(spellings):
+                raise ValueError("choices must differ in more than case and spaces")
+        return choices
 
 
 # Money is a decimal string in fixed notation with 10 places: "0.0000005000", never "5E-7".
@@ -73,6 +99,7 @@ class QueryView(BaseModel):
     task: str | None
     max_new_tokens: int
     metadata: dict[str, Any] | None
+    choices: list[str] | None
     answer: str | None
     tier: str | None = Field(description="The tier that answered: `small` or `large`.")
     escalated: bool | None
@@ -98,6 +125,7 @@ class QueryView(BaseModel):
             task=query.task_label,
             max_new_tokens=query.max_new_tokens,
             metadata=query.request_metadata,
+            choices=query.choices,
             answer=query.answer,
             tier=query.answered_by,
             escalated=None if query.decision is None else query.escalated_at is not None,

@@ -33,4 +33,8 @@ class TransientModelError(ModelError):
 class Backend(Protocol):
     model: str
 
-    def generate(self, prompt: str, *, max_new_tokens: int) -> Generation: ...
+    def generate(
+        self, prompt: str, *, max_new_tokens: int, top_n_tokens: int | None = None
+    ) -> Generation:
+        """Greedy answer and first-token candidates (``top_n_tokens`` overrides the default)."""
+        ...

@@ -100,10 +100,12 @@ class LocalBackend:
         self.model = model
         self.top_n_tokens = top_n_tokens
 
-    def generate(self, prompt: str, *, max_new_tokens: int) -> Generation:
+    def generate(
+        self, prompt: str, *, max_new_tokens: int, top_n_tokens: int | None = None
+    ) -> Generation:
         input_ids = self.local_model.encode(prompt)
         detailed = self.local_model.generate(
-            input_ids, max_new_tokens=max_new_tokens, top_n=self.top_n_tokens
+            input_ids, max_new_tokens=max_new_tokens, top_n=top_n_tokens or self.top_n_tokens
         )
         first = detailed.top_tokens[0] if detailed.top_tokens else []
         return Generation(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 from services.llm.base import TokenCandidate
@@ -62,3 +62,63 @@ def _is_variant(a: str, b: str) -> bool:
     if not a_norm or not b_norm:
         return a_norm == b_norm
     return a_norm in b_norm or b_norm in a_norm
+
+
+def choice_margin(
+    candidates: Iterable[TokenCandidate],
+    choices: Sequence[str],
+    *,
+    kind: MarginKind = "probability",
+) -> tuple[float, str | None]:
+    """The margin over the class names, and the winning class (None if none was a candidate).
+
+    Each candidate counts for the class whose name starts with it (its first sub-token), after
+    dropping case and spaces, so " Positive", "positive" and "Pos" all count for "positive";
+    a candidate that starts several class names is ambiguous and counts for none. A class's
+    probability is the sum over its candidates; the margin is p(best class) - p(second class).
+    """
+    names = [_normalised(choice) for choice in choices]
+    mass = [0.0] * len(choices)
+    for candidate in _dedupe(candidates):
+        text = _normalised(candidate.text)
+        owners = [i for i, name in enumerate(names) if text and name.startswith(text)]
+        if len(owners) == 1:
+            mass[owners[0]] += math.exp(candidate.logprob)
+    ranked = sorted(range(len(choices)), key=lambda i: mass[i], reverse=True)
+    best, second = mass[ranked[0]], mass[ranked[1]] if len(ranked) > 1 else 0.0
+    if best == 0.0:
+        return 0.0, None  # no class among the candidates: as unsure as it gets
+    if kind == "logit":
+        gap = math.log(best) - math.log(second) if second > 0 else MAX_LOGIT_MARGIN
+        return min(gap, MAX_LOGIT_MARGIN), choices[ranked[0]]
+    return best - second, choices[ranked[0]]
+
+
+def _normalised(text: str) -> str:
+    return "".join(text.split()).lower()
+
+
+def margin_and_answer(
+    candidates: Sequence[TokenCandidate],
+    text: str,
+    choices: Sequence[str] | None,
+    *,
+    kind: MarginKind = "probability",
+    skip_surface_variants: bool = False,
+) -> tuple[float, str]:
+    """The decision's margin and the answer: with choices, over the classes, answering the
+    winning class (the generated text if no class was among the candidates); without, over
+    the whole vocabulary, answering the generated text."""
+    if choices:
+        margin, label = choice_margin(candidates, choices, kind=kind)
+        return margin, label if label is not None else text
+    margin = first_token_margin(candidates, kind=kind, skip_surface_variants=skip_surface_variants)
+    return margin, text
+
+
+def candidates_for(choices: Sequence[str] | None, *, default: int, most: int) -> int:
+    """How many first-token candidates to ask for: enough to see every class (two spellings
+    each), within what the server allows."""
+    if not choices:
+        return default
+    return max(2, min(max(default, 2 * len(choices)), most))

@@ -34,7 +34,10 @@ class OpenAIBackend(HttpBackend):
         self.api = api
         self.top_n_tokens = top_n_tokens
 
-    def generate(self, prompt: str, *, max_new_tokens: int) -> Generation:
+    def generate(
+        self, prompt: str, *, max_new_tokens: int, top_n_tokens: int | None = None
+    ) -> Generation:
+        top_n = top_n_tokens or self.top_n_tokens
         if self.api == "chat":
             body: dict[str, Any] = {
                 "model": self.model,
@@ -42,7 +45,7 @@ class OpenAIBackend(HttpBackend):
                 "max_tokens": max_new_tokens,
                 "temperature": 0,
                 "logprobs": True,
-                "top_logprobs": self.top_n_tokens,
+                "top_logprobs": top_n,
             }
             return parse_chat_response(self.post_json("chat/completions", body))
         body = {
@@ -50,7 +53,7 @@ class OpenAIBackend(HttpBackend):
             "prompt": prompt,
             "max_tokens": max_new_tokens,
             "temperature": 0,
-            "logprobs": self.top_n_tokens,
+            "logprobs": top_n,
         }
         return parse_completion_response(self.post_json("completions", body))
 

@@ -20,7 +20,9 @@ class TGIBackend(HttpBackend):
         super().__init__(url=url, model=model, timeout_s=timeout_s, attempts=attempts)
         self.top_n_tokens = top_n_tokens
 
-    def generate(self, prompt: str, *, max_new_tokens: int) -> Generation:
+    def generate(
+        self, prompt: str, *, max_new_tokens: int, top_n_tokens: int | None = None
+    ) -> Generation:
         body = {
             "inputs": prompt,
             "parameters": {
@@ -28,7 +30,7 @@ class TGIBackend(HttpBackend):
                 "do_sample": False,
                 "details": True,
                 "decoder_input_details": True,
-                "top_n_tokens": self.top_n_tokens,
+                "top_n_tokens": top_n_tokens or self.top_n_tokens,
             },
         }
         return parse_generate_response(self.post_json("generate", body))
