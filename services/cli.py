@@ -208,6 +208,62 @@ def evaluate(paths: tuple[Path, ...], out: Path, seeds: str, warmup: int | None,
     console.print(f"Wrote {out / 'results.json'} and {len(plots)} plots in {out}/")
 
 
+@main.command("eval-live")
+@click.argument("data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--kind", type=click.Choice(["classification", "multiple-choice"]), required=True)
+@click.option("--labels", default=None, help="Class names in label-index order, comma-separated.")
+@click.option("--task", default=None, help="Task name in the records (default: the file's stem).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="JSONL records for `twotier eval`.",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Queries to record.")
+@click.option(
+    "--shots",
+    type=click.IntRange(min=0),
+    default=4,
+    show_default=True,
+    help="Leading rows used as worked examples in every prompt.",
+)
+@click.option(
+    "--with-large",
+    is_flag=True,
+    help="Also ask the large tier (else the large model is taken to be always right).",
+)
+def evaluate_live(data: Path, kind: str, labels: str | None, task: str | None, out: Path,
+                  limit: int | None, shots: int, with_large: bool) -> None:  # fmt: skip
+    """Run the small tier (TWOTIER_SMALL__*) over labelled data and record margins."""
+    from rich.console import Console  # noqa: PLC0415
+
+    from services.evaluation.live import read_examples, record_live  # noqa: PLC0415
+    from services.llm.registry import backend_for  # noqa: PLC0415
+    from services.models import Tier  # noqa: PLC0415
+
+    settings = get_settings()
+    label_names = [label.strip() for label in labels.split(",")] if labels else None
+    examples = read_examples(data, kind=kind, labels=label_names, shots=shots)  # type: ignore[arg-type]
+    console = Console(stderr=True)
+    with console.status("Recording ...") as status:
+        written = record_live(
+            examples,
+            task=task or data.stem,
+            small=backend_for(Tier.SMALL),
+            small_tier=settings.small,
+            large=backend_for(Tier.LARGE) if with_large else None,
+            large_tier=settings.large,
+            # As many candidates as the server allows; a local model has no such limit.
+            top_n_tokens=settings.max_top_n_tokens
+            if settings.small.backend != "local"
+            else max(settings.max_top_n_tokens, 10),
+            out=out,
+            limit=limit,
+            progress=lambda done: status.update(f"Recorded {done} queries ..."),
+        )
+    console.print(f"Wrote {written} records to {out}; evaluate them with `twotier eval {out}`.")
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from services.cli import main as twotier
 from services.evaluation import metrics
 from services.evaluation.baselines import Embedder, baseline_scores
-from services.evaluation.data import read_chains
+from services.evaluation.data import read_records
 from services.evaluation.simulate import BudgetGrid, CostScheme, Stream
 
 SHARED_CHAINS = Path(__file__).resolve().parents[2] / "shared" / "bench" / "chains"
@@ -101,17 +101,17 @@ def write_fixture(path: Path) -> Path:
 
 
 def test_chain_reader_makes_every_earlier_to_later_pair() -> None:
-    pairs = read_chains(SHARED_CHAINS / "mmlu__llama_chain.csv")
+    pairs = read_records(SHARED_CHAINS / "mmlu__llama_chain.csv")
     assert len(pairs) == 10  # 5 models
     first = pairs[0]
     assert (first.small, first.large) == ("llama3.2-1b", "llama3.2-3b")
     assert int(first.is_train.sum()) == 285
     assert int(first.scored.sum()) == 1531
-    assert "least confidence" in first.signal_name
+    assert "least confidence" in first.signal_names["margin"]
 
 
 def test_trained_baselines_learn_offline_from_the_training_rows(tmp_path: Path) -> None:
-    [pair] = read_chains(write_fixture(tmp_path))
+    [pair] = read_records(write_fixture(tmp_path))
     scores = baseline_scores(pair, Embedder(tmp_path / "cache"))
     right = pair.small_correct[pair.scored]
     for name in ("frugalgpt", "routing", "hybridllm"):

@@ -7,6 +7,7 @@ confidence and token counts; every earlier -> later model of the chain is one pa
 from __future__ import annotations
 
 import csv
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +36,10 @@ class PairData:
     source: str
     small: str
     large: str
-    signal_name: str
-    signal: FloatArray  # higher = the small model is surer
+    # Uncertainty signals, higher = the small model is surer. The first is the paper's margin
+    # (or the nearest signal the data has); the others are compared with it.
+    signals: dict[str, FloatArray]
+    signal_names: dict[str, str]  # what each signal measures
     small_correct: BoolArray
     large_correct: BoolArray
     small_cost_usd: FloatArray  # token-priced cost of each call
@@ -54,10 +57,39 @@ class PairData:
         return ~self.is_train
 
 
-def read_chains(path: Path) -> list[PairData]:
-    """Every pair of every ``*_chain.csv`` under ``path`` (a file or a folder)."""
-    files = sorted(path.glob("*_chain.csv")) if path.is_dir() else [path]
-    return [pair for file in files for pair in _pairs_of_chain(file)]
+def read_records(path: Path) -> list[PairData]:
+    """Every pair in ``path``: recorded chains (``*.csv``) and live records (``*.jsonl``)."""
+    files = sorted([*path.glob("*.csv"), *path.glob("*.jsonl")]) if path.is_dir() else [path]
+    pairs = []
+    for file in files:
+        pairs += _pairs_of_chain(file) if file.suffix == ".csv" else _pair_of_live_records(file)
+    return pairs
+
+
+def _pair_of_live_records(file: Path) -> list[PairData]:
+    """Records written by ``twotier eval-live``: one JSON object per query."""
+    records = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+    if not records:
+        return []
+    first = records[0]
+    names = dict(first["signal_names"])
+    return [
+        PairData(
+            task=first["task"],
+            source=file.name,
+            small=first["small_model"],
+            large=first["large_model"],
+            signals={name: np.array([r["signals"][name] for r in records]) for name in names},
+            signal_names=names,
+            small_correct=np.array([bool(r["small_correct"]) for r in records]),
+            large_correct=np.array([bool(r["large_correct"]) for r in records]),
+            small_cost_usd=np.array([float(r["small_cost_usd"]) for r in records]),
+            large_cost_usd=np.array([float(r["large_cost_usd"]) for r in records]),
+            is_train=_training_rows(["" for _ in records]),
+            query_texts=[r["query"] for r in records],
+            small_answers=[r["small_answer"] for r in records],
+        )
+    ]
 
 
 def _pairs_of_chain(file: Path) -> list[PairData]:
@@ -78,8 +110,8 @@ def _pairs_of_chain(file: Path) -> list[PairData]:
                     source=file.name,
                     small=small,
                     large=large,
-                    signal_name=CHAIN_SIGNALS.get(task, "recorded confidence"),
-                    signal=_floats(rows, f"{small}.conf_raw"),
+                    signals={"margin": _floats(rows, f"{small}.conf_raw")},
+                    signal_names={"margin": CHAIN_SIGNALS.get(task, "recorded confidence")},
                     small_correct=_floats(rows, f"{small}.correct") > 0.5,
                     large_correct=_floats(rows, f"{large}.correct") > 0.5,
                     small_cost_usd=_floats(rows, f"{small}.cost_usd"),

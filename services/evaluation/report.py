@@ -39,14 +39,14 @@ def print_table(results: dict[str, Any], console: Console) -> None:
     for pair in results["pairs"]:
         grid = pair["grids"][REFERENCE_GRID]["policies"]
         margin = grid["margin"]
-        rivals = [p for p in policies if p not in {"margin", "oracle"}]
+        rivals = [p for p in policies if p not in {"margin", "oracle"} and p in grid]
         beaten = [p for p in rivals if margin["auc"] > grid[p]["auc"]]
         table.add_row(
             pair["task"],
             f"{pair['small']} -> {pair['large']}",
             f"{pair['accuracy_small']:.3f}",
             f"{pair['accuracy_large']:.3f}",
-            *(f"{grid[p]['auc']:.3f}" for p in policies),
+            *(f"{grid[p]['auc']:.3f}" if p in grid else "-" for p in policies),
             _number(margin["apgr"]),
             f"{_number(margin['large_share_for_50pct_gap'])}/"
             f"{_number(margin['large_share_for_80pct_gap'])}",
@@ -56,6 +56,14 @@ def print_table(results: dict[str, Any], console: Console) -> None:
     averages = results["average_over_tasks"][REFERENCE_GRID]
     table.add_row("average", "over tasks", "", "", *(f"{averages[p]:.3f}" for p in policies),
                   "", "", "", "", style="bold")  # fmt: skip
+    alternatives = {
+        name: description
+        for pair in results["pairs"]
+        for name, description in pair["signals"].items()
+        if name != "margin"
+    }
+    for name, description in sorted(alternatives.items()):
+        console.print(f"Signal `{name}`: {description}")
     console.print(table)
     signals = sorted({(pair["task"], pair["signal"]) for pair in results["pairs"]})
     console.print("Signal used by `margin`: " + "; ".join(f"{t}: {s}" for t, s in signals))
@@ -78,7 +86,7 @@ def plot_curves(results: dict[str, Any], out_dir: Path) -> list[Path]:
         figure, axes = plt.subplots(1, len(widest), figsize=(6 * len(widest), 4.5), squeeze=False)
         for axis, pair in zip(axes[0], widest, strict=True):
             grid = pair["grids"][REFERENCE_GRID]
-            for policy in POLICY_ORDER:
+            for policy in _policies(results):
                 if policy in grid["policies"]:
                     axis.plot(grid["budgets"], grid["policies"][policy]["accuracy"], label=policy)
             axis.axhline(pair["accuracy_small"], color="grey", linestyle=":", linewidth=1)
@@ -102,7 +110,7 @@ def _plot_average(
 ) -> Path:
     figure, axis = plt.subplots(figsize=(7, 4.5))
     budgets = results["pairs"][0]["grids"][REFERENCE_GRID]["budgets"]
-    for policy in POLICY_ORDER:
+    for policy in _policies(results):
         task_means = [
             np.mean(
                 [p["grids"][REFERENCE_GRID]["policies"][policy]["accuracy"] for p in pairs], axis=0
@@ -121,6 +129,14 @@ def _plot_average(
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def _policies(results: dict[str, Any]) -> list[str]:
+    """The paper's policies first, then any extra signals the records carry."""
+    present = {
+        policy for pair in results["pairs"] for policy in pair["grids"][REFERENCE_GRID]["policies"]
+    }
+    return [p for p in POLICY_ORDER if p in present] + sorted(present - set(POLICY_ORDER))
 
 
 def _widest_pair_per_source(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:

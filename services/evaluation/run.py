@@ -12,7 +12,7 @@ import numpy as np
 
 from services.evaluation import metrics
 from services.evaluation.baselines import EMBEDDING_MODEL, Embedder, baseline_scores
-from services.evaluation.data import PairData, read_chains
+from services.evaluation.data import PairData, read_records
 from services.evaluation.simulate import BudgetGrid, CostScheme, Curves, Mode, Stream
 
 REFERENCE_GRID = "c_l/c_s=20, B in [c_s, c_s+c_l]"
@@ -31,7 +31,7 @@ class EvalOptions:
 def evaluate(
     paths: list[Path], options: EvalOptions, progress: Callable[[str], None] = lambda _: None
 ) -> dict[str, Any]:
-    pairs = [pair for path in paths for pair in read_chains(path)]
+    pairs = [pair for path in paths for pair in read_records(path)]
     if not pairs:
         raise ValueError(f"no per-query records found in {', '.join(map(str, paths))}")
     embedder = Embedder(options.cache_dir)
@@ -86,12 +86,12 @@ def evaluate_pair(
         seeds=list(options.seeds),
         warmup=options.warmup,
     )
-    signal = pair.signal[scored]
     runs: dict[str, tuple[Curves, Mode]] = {
-        "margin": (stream.run(stream.threshold_wants(signal, "cascade"), "cascade"), "cascade"),
-        "random": (stream.run(stream.random_wants(), "route"), "route"),
-        "oracle": (stream.run(stream.oracle_wants(), "cascade"), "cascade"),
+        name: (stream.run(stream.threshold_wants(values[scored], "cascade"), "cascade"), "cascade")
+        for name, values in pair.signals.items()
     }
+    runs["random"] = (stream.run(stream.random_wants(), "route"), "route")
+    runs["oracle"] = (stream.run(stream.oracle_wants(), "cascade"), "cascade")
     if embedder is not None:
         scores = baseline_scores(pair, embedder)
         for name in BASELINES:
@@ -103,7 +103,8 @@ def evaluate_pair(
         "source": pair.source,
         "small": pair.small,
         "large": pair.large,
-        "signal": pair.signal_name,
+        "signal": pair.signal_names[next(iter(pair.signals))],
+        "signals": pair.signal_names,
         "queries_scored": n,
         "queries_trained_on": int(pair.is_train.sum()),
         "accuracy_small": accuracy_small,

@@ -77,13 +77,7 @@ def choice_margin(
     a candidate that starts several class names is ambiguous and counts for none. A class's
     probability is the sum over its candidates; the margin is p(best class) - p(second class).
     """
-    names = [_normalised(choice) for choice in choices]
-    mass = [0.0] * len(choices)
-    for candidate in _dedupe(candidates):
-        text = _normalised(candidate.text)
-        owners = [i for i, name in enumerate(names) if text and name.startswith(text)]
-        if len(owners) == 1:
-            mass[owners[0]] += math.exp(candidate.logprob)
+    mass = class_probabilities(candidates, choices)
     ranked = sorted(range(len(choices)), key=lambda i: mass[i], reverse=True)
     best, second = mass[ranked[0]], mass[ranked[1]] if len(ranked) > 1 else 0.0
     if best == 0.0:
@@ -92,6 +86,20 @@ def choice_margin(
         gap = math.log(best) - math.log(second) if second > 0 else MAX_LOGIT_MARGIN
         return min(gap, MAX_LOGIT_MARGIN), choices[ranked[0]]
     return best - second, choices[ranked[0]]
+
+
+def class_probabilities(
+    candidates: Iterable[TokenCandidate], choices: Sequence[str]
+) -> list[float]:
+    """Each class's probability mass among the candidates (see ``choice_margin``)."""
+    names = [_normalised(choice) for choice in choices]
+    mass = [0.0] * len(choices)
+    for candidate in _dedupe(candidates):
+        text = _normalised(candidate.text)
+        owners = [i for i, name in enumerate(names) if text and name.startswith(text)]
+        if len(owners) == 1:
+            mass[owners[0]] += math.exp(candidate.logprob)
+    return mass
 
 
 def _normalised(text: str) -> str:
