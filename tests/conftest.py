@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import make_url
 
 from services.db import forget_engines, get_engine, session_scope
+from services.llm.registry import close_backends
 from services.migrate import upgrade_to_head
 from services.models import TERMINAL_STATUSES
 from services.settings import get_settings
@@ -81,6 +82,7 @@ def environment(small_tgi: ScriptedTGI, large_tgi: ScriptedTGI) -> Iterator[dict
     redis.Redis.from_url(TEST_REDIS_URL).flushdb()
     upgrade_to_head()
     yield env
+    close_backends()
     get_engine().dispose()
     forget_engines()
     for key, value in saved.items():

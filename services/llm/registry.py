@@ -8,15 +8,24 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from services.llm.base import Backend
-
-if TYPE_CHECKING:
-    from services.llm.local_model import LocalModel
+from services.llm.http_backend import HttpBackend
 from services.models import Tier
 from services.settings import TierSettings, get_settings
 
+if TYPE_CHECKING:
+    from services.llm.local_model import LocalModel
 
-@lru_cache(maxsize=2)
+_backends: dict[Tier, Backend] = {}
+
+
 def backend_for(tier: Tier) -> Backend:
+    """The tier's backend, built on first use in this process."""
+    if tier not in _backends:
+        _backends[tier] = _build_backend(tier)
+    return _backends[tier]
+
+
+def _build_backend(tier: Tier) -> Backend:
     settings = get_settings()
     tier_settings = tier_settings_of(tier)
     if tier_settings.backend == "local":
@@ -62,6 +71,14 @@ def local_model(spec: str | None) -> LocalModel:
     source = prepare_local_model(spec, cache_dir=get_settings().cache_dir, console=console)
     with console.status(f"Loading {source} ..."):
         return LocalModel(source)
+
+
+def close_backends() -> None:
+    """Close the HTTP clients of this process's backends (the next use builds new ones)."""
+    for backend in _backends.values():
+        if isinstance(backend, HttpBackend):
+            backend.close()
+    _backends.clear()
 
 
 def tier_settings_of(tier: Tier) -> TierSettings:
