@@ -115,16 +115,9 @@ class Stream:
     def threshold_wants(self, signal: FloatArray, mode: Mode) -> BoolArray:
         """Below the running p-quantile of the signal (after the warm-up): the service's rule."""
         per_grid = np.stack([grid.rates(mode) for grid in self.grids]).ravel()  # (grids*budgets)
-        wants = np.empty((len(self.seeds), per_grid.size, self.n), dtype=bool)
-        for s in range(len(self.seeds)):
-            ordered = signal[self.orders[s]]
-            history = np.empty(self.n)
-            for t, value in enumerate(ordered):
-                position = int(np.searchsorted(history[:t], value, side="right"))
-                history[position + 1 : t + 1] = history[position:t]
-                history[position] = value
-                threshold = history[quantile_index(t + 1, per_grid)]
-                wants[s, :, t] = escalates(value, threshold, history_size=t + 1, warmup=self.warmup)
+        wants = np.stack(
+            [streaming_escalations(signal[order], per_grid, self.warmup) for order in self.orders]
+        )  # (seeds, grids*budgets, n)
         return wants.reshape(-1, self.n)
 
     def random_wants(self) -> BoolArray:
