@@ -85,7 +85,7 @@ def _pair_of_live_records(file: Path) -> list[PairData]:
             large_correct=np.array([bool(r["large_correct"]) for r in records]),
             small_cost_usd=np.array([float(r["small_cost_usd"]) for r in records]),
             large_cost_usd=np.array([float(r["large_cost_usd"]) for r in records]),
-            is_train=_training_rows(["" for _ in records]),
+            is_train=_training_rows(["stream"] * len(records)),
             query_texts=[r["query"] for r in records],
             small_answers=[r["small_answer"] for r in records],
         )
@@ -127,7 +127,7 @@ def _pairs_of_chain(file: Path) -> list[PairData]:
 def _training_rows(splits: list[str]) -> BoolArray:
     """The train split where the data has a test split; else the first third (at most 1,000)."""
     is_train = np.array([split == "train" for split in splits])
-    if is_train.all():
+    if is_train.all() or not is_train.any():
         is_train[:] = False
         is_train[: min(1000, len(splits) // 3)] = True
     return is_train
