@@ -237,7 +237,7 @@ def evaluate_live(data: Path, kind: str, labels: str | None, task: str | None, o
     """Run the small tier (TWOTIER_SMALL__*) over labelled data and record margins."""
     from rich.console import Console  # noqa: PLC0415
 
-    from services.evaluation.live import read_examples, record_live  # noqa: PLC0415
+    from services.evaluation.live import LiveTiers, read_examples, record_live  # noqa: PLC0415
     from services.llm.registry import backend_for  # noqa: PLC0415
     from services.models import Tier  # noqa: PLC0415
 
@@ -246,17 +246,20 @@ def evaluate_live(data: Path, kind: str, labels: str | None, task: str | None, o
     examples = read_examples(data, kind=kind, labels=label_names, shots=shots)  # type: ignore[arg-type]
     console = Console(stderr=True)
     with console.status("Recording ...") as status:
-        written = record_live(
-            examples,
-            task=task or data.stem,
+        tiers = LiveTiers(
             small=backend_for(Tier.SMALL),
-            small_tier=settings.small,
+            small_settings=settings.small,
             large=backend_for(Tier.LARGE) if with_large else None,
-            large_tier=settings.large,
+            large_settings=settings.large,
             # As many candidates as the server allows; a local model has no such limit.
             top_n_tokens=settings.max_top_n_tokens
             if settings.small.backend != "local"
             else max(settings.max_top_n_tokens, 10),
+        )
+        written = record_live(
+            examples,
+            task=task or data.stem,
+            tiers=tiers,
             out=out,
             limit=limit,
             progress=lambda done: status.update(f"Recorded {done} queries ..."),

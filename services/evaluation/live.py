@@ -83,15 +83,22 @@ def _question(row: dict[str, Any]) -> str:
     return f"Question: {row['question']}\n{options}"
 
 
+@dataclass(frozen=True)
+class LiveTiers:
+    """The backends to ask, with the settings that price their calls."""
+
+    small: Backend
+    small_settings: TierSettings
+    large: Backend | None  # None: the large model is taken to be always right
+    large_settings: TierSettings
+    top_n_tokens: int
+
+
 def record_live(
     examples: Iterator[Example],
     *,
     task: str,
-    small: Backend,
-    small_tier: TierSettings,
-    large: Backend | None,
-    large_tier: TierSettings,
-    top_n_tokens: int,
+    tiers: LiveTiers,
     out: Path,
     limit: int | None = None,
     progress: Callable[[int], None] = lambda _: None,
@@ -107,22 +114,15 @@ def record_live(
         for example in examples:
             if limit is not None and written >= limit:
                 break
-            record = _record(example, task, small, small_tier, large, large_tier, top_n_tokens)
+            record = _record(example, task, tiers)
             handle.write(json.dumps(record) + "\n")
             written += 1
             progress(written)
     return written
 
 
-def _record(
-    example: Example,
-    task: str,
-    small: Backend,
-    small_tier: TierSettings,
-    large: Backend | None,
-    large_tier: TierSettings,
-    top_n_tokens: int,
-) -> dict[str, Any]:
+def _record(example: Example, task: str, tiers: LiveTiers) -> dict[str, Any]:
+    small, large, top_n_tokens = tiers.small, tiers.large, tiers.top_n_tokens
     generation = small.generate(example.prompt, max_new_tokens=1, top_n_tokens=top_n_tokens)
     candidates = generation.first_token_candidates
     margin, answer = choice_margin(candidates, example.choices)
@@ -131,10 +131,10 @@ def _record(
         on_large = large.generate(example.prompt, max_new_tokens=1, top_n_tokens=top_n_tokens)
         _, large_answer = choice_margin(on_large.first_token_candidates, example.choices)
         large_correct = large_answer == example.gold
-        large_cost = _cost(large_tier, on_large.input_tokens, on_large.output_tokens)
+        large_cost = _cost(tiers.large_settings, on_large.input_tokens, on_large.output_tokens)
     else:
         large_correct = True
-        large_cost = _cost(large_tier, generation.input_tokens, generation.output_tokens)
+        large_cost = _cost(tiers.large_settings, generation.input_tokens, generation.output_tokens)
     mass = class_probabilities(candidates, example.choices)
     total = sum(mass)
     shares = [m / total for m in mass] if total > 0 else [1 / len(mass)] * len(mass)
@@ -147,7 +147,9 @@ def _record(
         "small_answer": answer or "",
         "small_correct": answer == example.gold,
         "large_correct": large_correct,
-        "small_cost_usd": _cost(small_tier, generation.input_tokens, generation.output_tokens),
+        "small_cost_usd": _cost(
+            tiers.small_settings, generation.input_tokens, generation.output_tokens
+        ),
         "large_cost_usd": large_cost,
         "signal_names": SIGNAL_NAMES,
         "signals": {
