@@ -65,3 +65,17 @@ def test_eval_live_records_class_margins_and_eval_compares_signals(
     ]["policies"]
     assert {"margin", "margin_logit", "class_share", "random", "oracle"} <= set(policies)
     assert policies["margin"]["auc"] > policies["random"]["auc"]
+
+
+def test_multiple_choice_prompts_letter_each_question_by_its_own_options(tmp_path: Path) -> None:
+    rows = [
+        {"question": "Pick the fourth", "choices": ["a", "b", "c", "d"], "answer_idx": 3},
+        {"question": "Pick the second", "choices": ["x", "y", "z"], "answer_idx": 1},
+    ]
+    data = tmp_path / "mc.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    [example] = read_examples(data, kind="multiple-choice", labels=None, shots=1)
+    assert example.choices == ["A", "B", "C"]
+    assert example.gold == "B"
+    assert "Pick the fourth\nA. a\nB. b\nC. c\nD. d\nAnswer: D" in example.prompt
+    assert example.prompt.endswith("Question: Pick the second\nA. x\nB. y\nC. z\nAnswer:")

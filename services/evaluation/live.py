@@ -62,7 +62,9 @@ def _example(
         )
         return Example(row["text"], prompt, labels, _label(row, labels))
     letters = list(string.ascii_uppercase[: len(row["choices"])])
-    shown = "".join(f"{_question(d)}\nAnswer: {letters[d['answer_idx']]}\n\n" for d in demos)
+    shown = "".join(
+        f"{_question(d)}\nAnswer: {string.ascii_uppercase[d['answer_idx']]}\n\n" for d in demos
+    )
     prompt = (
         "Answer the multiple-choice question with the letter of the correct option only.\n\n"
         f"{shown}{_question(row)}\nAnswer:"
