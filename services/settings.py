@@ -99,7 +99,10 @@ class Settings(BaseSettings):
         description="The most candidates a model server returns (TGI's --max-top-n-tokens); "
         "queries with many choices ask for up to this many.",
     )
-    margin_kind: Literal["probability", "logit"] = "probability"
+    margin_kind: Literal["probability", "logit", "share"] = Field(
+        default="probability",
+        description="p1 - p2 (the paper), log p1 - log p2 (its code) or p1 / total (share).",
+    )
     margin_skip_surface_variants: bool = Field(
         default=False,
         description="Ignore runner-up tokens that are surface variants of the top-1 (QA tasks).",

@@ -76,3 +76,10 @@ def test_choice_margin_ignores_ambiguous_prefixes_and_reports_no_class_seen() ->
     letters, winner = choice_margin([candidate(1, " B", 0.7), candidate(2, "C", 0.2)], "ABCD")
     assert winner == "B"
     assert letters == pytest.approx(0.5)
+
+
+def test_share_is_the_top_candidates_part_of_the_mass() -> None:
+    candidates = [candidate(1, " Yes", 0.6), candidate(2, " No", 0.2)]
+    assert first_token_margin(candidates, kind="share") == pytest.approx(0.75)
+    share, label = choice_margin(candidates, ["yes", "no"], kind="share")
+    assert (share, label) == (pytest.approx(0.75), "yes")

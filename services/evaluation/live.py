@@ -137,6 +137,7 @@ def _record(example: Example, task: str, tiers: LiveTiers) -> dict[str, Any]:
     else:
         large_correct = True
         large_cost = _cost(tiers.large_settings, generation.input_tokens, generation.output_tokens)
+    class_share, _ = choice_margin(candidates, example.choices, kind="share")
     mass = class_probabilities(candidates, example.choices)
     total = sum(mass)
     shares = [m / total for m in mass] if total > 0 else [1 / len(mass)] * len(mass)
@@ -158,7 +159,7 @@ def _record(example: Example, task: str, tiers: LiveTiers) -> dict[str, Any]:
             "margin": margin,
             "margin_logit": margin_logit,
             "vocabulary_margin": first_token_margin(candidates) if candidates else 0.0,
-            "class_share": max(shares),
+            "class_share": class_share,
             "negative_entropy": sum(p * math.log(p) for p in shares if p > 0),
         },
     }

@@ -8,7 +8,10 @@ from typing import Literal
 
 from services.llm.base import TokenCandidate
 
-MarginKind = Literal["probability", "logit"]
+# "probability" is the paper's p1 - p2 and "logit" its code's log p1 - log p2; "share" goes
+# beyond the paper: p1 / (sum over the candidates or classes), the top one's share of the mass
+# the model put on the answers it could give (for two classes it ranks like "logit").
+MarginKind = Literal["probability", "logit", "share"]
 
 # A first token with a single candidate has no runner-up; a logit margin then has no finite
 # value, so it is capped here (a log-prob gap of 100 is far beyond any real runner-up).
@@ -43,6 +46,8 @@ def first_token_margin(
         if runner_up is None:
             return MAX_LOGIT_MARGIN
         return min(top.logprob - runner_up.logprob, MAX_LOGIT_MARGIN)
+    if kind == "share":
+        return math.exp(top.logprob) / sum(math.exp(c.logprob) for c in ranked)
     second = math.exp(runner_up.logprob) if runner_up is not None else 0.0
     return math.exp(top.logprob) - second
 
@@ -85,6 +90,8 @@ def choice_margin(
     if kind == "logit":
         gap = math.log(best) - math.log(second) if second > 0 else MAX_LOGIT_MARGIN
         return min(gap, MAX_LOGIT_MARGIN), choices[ranked[0]]
+    if kind == "share":
+        return best / sum(mass), choices[ranked[0]]
     return best - second, choices[ranked[0]]
 
 
