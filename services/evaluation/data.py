@@ -58,12 +58,26 @@ class PairData:
 
 
 def read_records(path: Path) -> list[PairData]:
-    """Every pair in ``path``: recorded chains (``*.csv``) and live records (``*.jsonl``)."""
-    files = sorted([*path.glob("*.csv"), *path.glob("*.jsonl")]) if path.is_dir() else [path]
+    """Every pair in ``path`` (a file, or a folder searched recursively): recorded chains
+    (``*_chain.csv``) and the records of ``twotier eval-live`` (``*.jsonl`` with signals).
+    Other files, such as the labelled data sets themselves, are passed over."""
+    files = sorted([*path.rglob("*.csv"), *path.rglob("*.jsonl")]) if path.is_dir() else [path]
     pairs = []
     for file in files:
-        pairs += _pairs_of_chain(file) if file.suffix == ".csv" else _pair_of_live_records(file)
+        if file.suffix == ".csv" and file.stem.endswith("_chain"):
+            pairs += _pairs_of_chain(file)
+        elif file.suffix == ".jsonl" and _is_live_records(file):
+            pairs += _pair_of_live_records(file)
     return pairs
+
+
+def _is_live_records(file: Path) -> bool:
+    with file.open() as handle:
+        first = handle.readline()
+    try:
+        return "signals" in json.loads(first)
+    except ValueError:
+        return False
 
 
 def _pair_of_live_records(file: Path) -> list[PairData]:
