@@ -101,7 +101,10 @@ def write_fixture(path: Path) -> Path:
 
 
 def test_chain_reader_makes_every_earlier_to_later_pair() -> None:
-    pairs = read_records(SHARED_CHAINS / "mmlu__llama_chain.csv")
+    chain = SHARED_CHAINS / "mmlu__llama_chain.csv"
+    if not chain.is_file():
+        pytest.skip(f"the recorded chains are not beside this checkout ({chain})")
+    pairs = read_records(chain)
     assert len(pairs) == 10  # 5 models
     first = pairs[0]
     assert (first.small, first.large) == ("llama3.2-1b", "llama3.2-3b")
