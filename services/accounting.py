@@ -30,8 +30,8 @@ def record_model_call(
     tier_settings: TierSettings,
     generation: Generation,
     latency_ms: int,
-) -> bool:
-    """Charge a call unless this query was already charged on this tier; True if charged.
+) -> Decimal | None:
+    """Charge a call unless this query was already charged on this tier; the cost if charged.
 
     The caller holds the query's row lock, so the check and the insert cannot interleave with a
     redelivered task; the unique constraint (query_id, tier) backs it up.
@@ -40,7 +40,10 @@ def record_model_call(
         select(ModelCall.id).where(ModelCall.query_id == query_id, ModelCall.tier == tier)
     )
     if already is not None:
-        return False
+        return None
+    cost = call_cost(
+        tier_settings, input_tokens=generation.input_tokens, output_tokens=generation.output_tokens
+    )
     session.add(
         ModelCall(
             query_id=query_id,
@@ -49,15 +52,11 @@ def record_model_call(
             model=tier_settings.model,
             input_tokens=generation.input_tokens,
             output_tokens=generation.output_tokens,
-            cost=call_cost(
-                tier_settings,
-                input_tokens=generation.input_tokens,
-                output_tokens=generation.output_tokens,
-            ),
+            cost=cost,
             latency_ms=latency_ms,
         )
     )
-    return True
+    return cost
 
 
 def costs_by_query(

@@ -18,7 +18,7 @@ from datetime import timedelta
 import structlog
 from sqlalchemy.orm import Session
 
-from services import threshold
+from services import budgets, threshold
 from services.accounting import record_model_call
 from services.db import session_scope
 from services.dispatch import Dispatcher
@@ -109,7 +109,7 @@ def answer_on_tier(query_id: uuid.UUID, tier: Tier) -> TierResult:
     with session_scope() as session:
         query = _locked(session, query_id)
         tier_settings = tier_settings_of(tier)
-        charged = record_model_call(
+        cost = record_model_call(
             session,
             query_id=query.id,
             tenant_id=query.tenant_id,
@@ -118,7 +118,10 @@ def answer_on_tier(query_id: uuid.UUID, tier: Tier) -> TierResult:
             generation=generation,
             latency_ms=latency_ms,
         )
-        log.info("model_call", tier=tier, charged=charged, latency_ms=latency_ms)
+        if cost is not None:
+            tenant = session.get_one(Tenant, query.tenant_id)
+            budgets.settle(session, query=query, tier=tier, cost=cost, tenant=tenant)
+        log.info("model_call", tier=tier, charged=cost is not None, latency_ms=latency_ms)
         if query.status not in CLAIMABLE[tier]:
             return TierResult(Outcome.SKIPPED)
         if tier is Tier.SMALL:
@@ -134,10 +137,11 @@ def fail_query(query_id: uuid.UUID, *, code: str, message: str) -> None:
     with session_scope() as session:
         query = _locked(session, query_id)
         if query.status not in TERMINAL_STATUSES:
-            _mark_failed(query, code, message)
+            _mark_failed(session, query, code, message)
 
 
-def _mark_failed(query: Query, code: str, message: str) -> TierResult:
+def _mark_failed(session: Session, query: Query, code: str, message: str) -> TierResult:
+    budgets.release(session, query=query)
     query.finish(QueryStatus.FAILED)
     query.error_code = code
     query.error_message = message
@@ -149,6 +153,8 @@ def _claim(query_id: uuid.UUID, tier: Tier, settings: Settings) -> _Claim | Tier
     with session_scope() as session:
         query = session.get(Query, query_id, with_for_update=True, populate_existing=True)
         if query is None or query.status not in CLAIMABLE[tier]:
+            if query is not None and query.status in TERMINAL_STATUSES:
+                budgets.release(session, query=query)  # e.g. cancelled while this call ran
             return TierResult(Outcome.SKIPPED)
         now = utcnow()
         if query.lease_expires_at is not None and query.lease_expires_at > now:
@@ -156,6 +162,7 @@ def _claim(query_id: uuid.UUID, tier: Tier, settings: Settings) -> _Claim | Tier
         query.delivery_attempts += 1
         if query.delivery_attempts > settings.max_delivery_attempts:
             return _mark_failed(
+                session,
                 query,
                 "delivery_attempts_exhausted",
                 f"delivered {settings.max_delivery_attempts} times without finishing",
@@ -188,7 +195,7 @@ def _decide(
         )
     except MarginUnavailable as exc:
         message = f"{exc}; is the server's --max-top-n-tokens at least 2?"
-        return _mark_failed(query, "margin_unavailable", message)
+        return _mark_failed(session, query, "margin_unavailable", message)
     tenant = session.get_one(Tenant, query.tenant_id)
     decision = threshold.decide(
         session,
@@ -206,8 +213,13 @@ def _decide(
     query.threshold_version = decision.threshold_version
     query.target_escalation_rate = decision.target_escalation_rate
     query.decision = decision.reason
-    log.info("decision", margin=margin, threshold=decision.threshold, reason=decision.reason)
-    if not decision.escalate:
+    escalate = decision.escalate
+    if escalate and not _large_call_affordable(session, query, tenant, settings):
+        escalate = False
+        query.decision = "budget_guard"  # below the threshold, but the budget cannot pay L
+    log.info("decision", margin=margin, threshold=decision.threshold, reason=query.decision)
+    if not escalate:
+        budgets.release(session, query=query, tier=Tier.LARGE)
         _succeed(query, answer, Tier.SMALL)
         return TierResult(Outcome.ANSWERED)
     query.status = QueryStatus.ESCALATED
@@ -215,6 +227,15 @@ def _decide(
     query.updated_at = now
     query.lease_expires_at = None
     return TierResult(Outcome.ESCALATE)
+
+
+def _large_call_affordable(
+    session: Session, query: Query, tenant: Tenant, settings: Settings
+) -> bool:
+    _, large_cost = budgets.worst_case_costs(
+        settings, prompt=query.prompt, max_new_tokens=query.max_new_tokens
+    )
+    return budgets.reserve_escalation(session, query=query, tenant=tenant, large=large_cost)
 
 
 def _succeed(query: Query, answer: str, tier: Tier) -> None:

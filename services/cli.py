@@ -65,6 +65,39 @@ def create_tenant(name: str, target_escalation_rate: float | None) -> None:
     click.echo("Keep the API key now: only its hash is stored.", err=True)
 
 
+@tenants.command("budget")
+@click.argument("name")
+@click.option(
+    "--period",
+    type=click.Choice(["none", "daily", "monthly"]),
+    default="monthly",
+    show_default=True,
+    help="Limits reset on this UTC boundary.",
+)
+@click.option("--hard", "hard_limit", default=None, help="Hard limit: submits beyond it get 402.")
+@click.option("--soft", "soft_limit", default=None, help="Soft limit: an alert once per period.")
+def set_tenant_budget(name: str, period: str, hard_limit: str | None,
+                      soft_limit: str | None) -> None:  # fmt: skip
+    """Set a tenant's budget (in the price table's currency); omit a limit to remove it."""
+    from decimal import Decimal, InvalidOperation  # noqa: PLC0415
+
+    from services.db import session_scope  # noqa: PLC0415
+    from services.errors import TwotierError  # noqa: PLC0415
+    from services.tenants import set_budget  # noqa: PLC0415
+
+    try:
+        hard = Decimal(hard_limit) if hard_limit is not None else None
+        soft = Decimal(soft_limit) if soft_limit is not None else None
+    except InvalidOperation as exc:
+        raise click.BadParameter("limits are decimal amounts, e.g. 25 or 0.50") from exc
+    try:
+        with session_scope() as session:
+            set_budget(session, name=name, period=period, hard_limit=hard, soft_limit=soft)
+    except TwotierError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"{name}: {period} budget, hard {hard_limit or 'none'}, soft {soft_limit or 'none'}")
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)

@@ -6,12 +6,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url, select, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.settings import get_settings
+
+ModelT = TypeVar("ModelT")
 
 
 @lru_cache(maxsize=1)
@@ -77,3 +80,17 @@ def forget_engines() -> None:
     """Drop this process's engines without closing the sockets it inherited from a parent."""
     for factory in (session_factory, get_engine):
         factory.cache_clear()
+
+
+def locked_row(session: Session, model: type[ModelT], **key: Any) -> ModelT:
+    """The row of ``model`` with these column values, created if missing, locked FOR UPDATE
+    until the transaction ends (concurrent creators meet on the unique key)."""
+    locked = (
+        select(model).filter_by(**key).with_for_update().execution_options(populate_existing=True)
+    )
+    row = session.scalars(locked).one_or_none()
+    if row is not None:
+        return row
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    session.execute(dialect.insert(model).values(**key).on_conflict_do_nothing())
+    return session.scalars(locked).one()

@@ -36,3 +36,7 @@ class InvalidApiKey(TwotierError):
 
 class TenantDisabled(TwotierError):
     code = "tenant_disabled"
+
+
+class BudgetExceeded(TwotierError):
+    code = "budget_exceeded"

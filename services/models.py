@@ -87,6 +87,24 @@ class Tenant(Base):
     target_escalation_rate: Mapped[float] = mapped_column(Float)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    budget_period: Mapped[str] = mapped_column(String(8), default="none")
+    budget_hard_limit: Mapped[Decimal | None] = mapped_column(Numeric(20, 10))
+    budget_soft_limit: Mapped[Decimal | None] = mapped_column(Numeric(20, 10))
+
+
+class BudgetPeriod(Base):
+    """A tenant's spend in one budget period: what is reserved for calls still running, and
+    what was spent. Locked for every check-and-reserve and every settlement."""
+
+    __tablename__ = "budget_periods"
+    __table_args__ = (UniqueConstraint("tenant_id", "period_start"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    period_start: Mapped[datetime] = mapped_column()
+    reserved: Mapped[Decimal] = mapped_column(Numeric(20, 10), default=Decimal(0))
+    spent: Mapped[Decimal] = mapped_column(Numeric(20, 10), default=Decimal(0))
+    soft_limit_alerted_at: Mapped[datetime | None] = mapped_column()
 
 
 class ApiKey(Base):
@@ -170,6 +188,9 @@ class Query(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     delivery_attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_expires_at: Mapped[datetime | None] = mapped_column()
+    budget_period_id: Mapped[int | None] = mapped_column(ForeignKey("budget_periods.id"))
+    reserved_small: Mapped[Decimal] = mapped_column(Numeric(20, 10), default=Decimal(0))
+    reserved_large: Mapped[Decimal] = mapped_column(Numeric(20, 10), default=Decimal(0))
 
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -10,14 +10,16 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from services import budgets
 from services.errors import IdempotencyConflict, InvalidRequest, NotFound, QueryAlreadyFinished
-from services.models import TERMINAL_STATUSES, Query, QueryStatus
+from services.models import TERMINAL_STATUSES, Query, QueryStatus, Tenant, Tier
 from services.settings import Settings
 
 LONG_POLL_INTERVAL_S = 0.05
@@ -47,12 +49,14 @@ class QueryPage:
 def submit_query(
     session: Session,
     *,
-    tenant_id: uuid.UUID,
+    tenant: Tenant,
     request: NewQuery,
     idempotency_key: str | None,
     settings: Settings,
 ) -> Submitted:
-    """Store a new query (status queued). The caller commits, then enqueues if ``created``."""
+    """Reserve its budget and store a new query (status queued), or raise BudgetExceeded and
+    write nothing. The caller commits, then enqueues if ``created``."""
+    tenant_id = tenant.id
     max_new_tokens = _validated_max_new_tokens(request, settings)
     request_hash = _request_hash(request, max_new_tokens)
     if idempotency_key is not None:
@@ -71,8 +75,20 @@ def submit_query(
         request_hash=request_hash,
         delivery_attempts=0,
     )
+    small_cost, large_cost = budgets.worst_case_costs(
+        settings, prompt=request.prompt, max_new_tokens=max_new_tokens
+    )
     try:
-        with session.begin_nested():
+        with session.begin_nested():  # a lost idempotency race undoes the reservation too
+            reservation = budgets.reserve(
+                session,
+                tenant=tenant,
+                small=small_cost,
+                large=large_cost if tenant.target_escalation_rate > 0 else Decimal(0),
+            )
+            query.budget_period_id = reservation.period_id
+            query.reserved_small = reservation.small
+            query.reserved_large = reservation.large
             session.add(query)
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key committed first.
@@ -141,6 +157,12 @@ def cancel_query(session: Session, *, tenant_id: uuid.UUID, query_id: uuid.UUID)
         raise NotFound(f"no query {query_id}")
     if query.status in TERMINAL_STATUSES:
         raise QueryAlreadyFinished(f"query {query_id} is already {query.status}")
+    # A call that may be running keeps its reservation and settles it when it ends (or its
+    # redelivery releases it); everything else is given back now.
+    if query.status == QueryStatus.RUNNING:
+        budgets.release(session, query=query, tier=Tier.LARGE)
+    elif query.status != QueryStatus.ESCALATED or query.large_started_at is None:
+        budgets.release(session, query=query)
     query.finish(QueryStatus.CANCELLED)
     return query
 

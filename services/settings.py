@@ -113,6 +113,12 @@ class Settings(BaseSettings):
     default_max_new_tokens: int = Field(default=64, ge=1)
     max_new_tokens_limit: int = Field(default=4096, ge=1)
     max_prompt_chars: int = Field(default=100_000, ge=1)
+    prompt_overhead_tokens: int = Field(
+        default=64,
+        ge=0,
+        description="Tokens a chat template or BOS may add to a prompt; part of the worst-case "
+        "cost a budget reserves.",
+    )
 
     model_call_attempts: int = Field(
         default=3, ge=1, description="Attempts of one model call on transient errors."

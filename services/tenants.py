@@ -7,12 +7,14 @@ import hmac
 import os
 import secrets
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.errors import InvalidApiKey, InvalidRequest, TenantDisabled
+from services.budgets import PERIODS
+from services.errors import InvalidApiKey, InvalidRequest, NotFound, TenantDisabled
 from services.models import ApiKey, Tenant
 
 KEY_SCHEME = "tt"
@@ -95,3 +97,26 @@ def ensure_demo_tenant(session: Session, *, key_file: Path, target_escalation_ra
     with os.fdopen(descriptor, "w") as handle:
         handle.write(raw_key + "\n")
     return raw_key
+
+
+def set_budget(
+    session: Session,
+    *,
+    name: str,
+    period: str,
+    hard_limit: Decimal | None,
+    soft_limit: Decimal | None,
+) -> Tenant:
+    """Set a tenant's budget period and limits (None: no such limit)."""
+    if period not in PERIODS:
+        raise InvalidRequest(f"period must be one of {', '.join(PERIODS)}")
+    for limit in (hard_limit, soft_limit):
+        if limit is not None and limit < 0:
+            raise InvalidRequest("budget limits must not be negative")
+    tenant = session.scalar(select(Tenant).where(Tenant.name == name).with_for_update())
+    if tenant is None:
+        raise NotFound(f"no tenant named {name!r}")
+    tenant.budget_period = period
+    tenant.budget_hard_limit = hard_limit
+    tenant.budget_soft_limit = soft_limit
+    return tenant

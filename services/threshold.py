@@ -19,9 +19,9 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from services.db import locked_row
 from services.models import MarginRecord, ThresholdScope
 
 Reason = Literal["warmup", "below_threshold", "at_or_above_threshold"]
@@ -115,23 +115,6 @@ def _threshold_at(session: Session, scope_id: int, version: int, rate: float) ->
 def _lock_scope(
     session: Session, *, tenant_id: uuid.UUID, model_pair: str, task: str
 ) -> ThresholdScope:
-    locked = (
-        select(ThresholdScope)
-        .where(
-            ThresholdScope.tenant_id == tenant_id,
-            ThresholdScope.model_pair == model_pair,
-            ThresholdScope.task_label == task,
-        )
-        .with_for_update()
-        .execution_options(populate_existing=True)
+    return locked_row(
+        session, ThresholdScope, tenant_id=tenant_id, model_pair=model_pair, task_label=task
     )
-    scope = session.scalars(locked).one_or_none()
-    if scope is not None:
-        return scope
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    session.execute(
-        dialect.insert(ThresholdScope)
-        .values(tenant_id=tenant_id, model_pair=model_pair, task_label=task, margin_count=0)
-        .on_conflict_do_nothing()
-    )
-    return session.scalars(locked).one()

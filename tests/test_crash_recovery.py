@@ -7,13 +7,15 @@ import os
 import signal
 import uuid
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 
 import redis
 from sqlalchemy import func, select
 
 from services.db import session_scope
-from services.models import ModelCall
+from services.models import BudgetPeriod, ModelCall, Tenant
+from services.tenants import set_budget
 from tests.celery_workers import CeleryBeat, CeleryWorker, wait_until_exited
 from tests.conftest import WARMUP, TenantApi
 from tests.scripted_tgi import ScriptedTGI
@@ -52,6 +54,9 @@ def test_pool_process_killed_mid_call_is_replaced_and_the_query_charged_once(
     worker = CeleryWorker(f"crash-{uuid.uuid4().hex[:4]}", log_dir=log_dir).start()
     try:
         tenant = make_tenant()
+        with session_scope() as session:
+            name = session.get_one(Tenant, tenant.tenant_id).name
+            set_budget(session, name=name, period="monthly", hard_limit=Decimal(1), soft_limit=None)
         prompt = unique("killed while generating")
         small_tgi.script(prompt, answer="survived", hold=True)
         query_id = tenant.submit(prompt)["id"]
@@ -66,6 +71,15 @@ def test_pool_process_killed_mid_call_is_replaced_and_the_query_charged_once(
         assert query["answer"] == "survived"
         assert small_tgi.calls[prompt] == 2
         assert charges(query_id) == {"small": 1}
+        with session_scope() as session:  # settled once: nothing left reserved
+            period = session.scalars(
+                select(BudgetPeriod).where(BudgetPeriod.tenant_id == tenant.tenant_id)
+            ).one()
+            charged = session.scalars(
+                select(ModelCall.cost).where(ModelCall.query_id == uuid.UUID(query_id))
+            ).one()
+        assert period.reserved == 0
+        assert period.spent == charged
     finally:
         worker.stop()
 

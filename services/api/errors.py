@@ -24,6 +24,7 @@ HTTP_STATUS = {
     errors.QueryAlreadyFinished: 409,
     errors.InvalidApiKey: 401,
     errors.TenantDisabled: 403,
+    errors.BudgetExceeded: 402,
 }
 
 HTTP_CODES = {

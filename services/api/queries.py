@@ -68,7 +68,7 @@ def submit_query(
     """Accept a query; poll `Location` for its answer (or pass `wait` to get it here)."""
     submitted = queries.submit_query(
         session,
-        tenant_id=tenant.id,
+        tenant=tenant,
         request=queries.NewQuery(
             prompt=body.prompt,
             max_new_tokens=body.max_new_tokens,

@@ -110,7 +110,8 @@ class QueryView(BaseModel):
     )
     target_escalation_rate: float | None
     decision: str | None = Field(
-        description="`warmup`, `below_threshold` (escalated) or `at_or_above_threshold`."
+        description="`warmup`, `below_threshold` (escalated), `at_or_above_threshold`, or "
+        "`budget_guard` (below the threshold, but the budget could not pay the large model)."
     )
     cost: QueryCost
     error: QueryError | None

@@ -1,0 +1,136 @@
+"""Budgets that no burst of concurrent requests can break.
+
+A tenant may have a hard limit per period (none, daily or monthly, starting on the UTC
+boundary) and a soft limit that raises an alert once per period. Submitting a query reserves,
+under the period row's lock, the worst-case cost of its small call and, while the budget allows,
+of its escalation; a submit that cannot reserve the small call is refused and writes nothing.
+Each model call settles its tier's reservation to the actual cost in the transaction that writes
+its ledger row; whatever a query did not use is released when it finishes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import structlog
+from sqlalchemy.orm import Session
+
+from services.accounting import call_cost
+from services.db import locked_row
+from services.errors import BudgetExceeded
+from services.models import BudgetPeriod, Query, Tenant, Tier, utcnow
+from services.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+PERIODS = ("none", "daily", "monthly")
+NO_PERIOD = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    period_id: int | None
+    small: Decimal
+    large: Decimal
+
+
+def period_start(period: str, now: datetime) -> datetime:
+    """The UTC boundary the period containing ``now`` began on."""
+    now = now.astimezone(UTC)
+    if period == "daily":
+        return now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "monthly":
+        return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return NO_PERIOD
+
+
+def worst_case_costs(
+    settings: Settings, *, prompt: str, max_new_tokens: int
+) -> tuple[Decimal, Decimal]:
+    """The most the small and the large call can cost: every prompt byte a token, plus the
+    chat template's tokens, and every allowed new token generated."""
+    input_tokens = len(prompt.encode()) + settings.prompt_overhead_tokens
+    return (
+        call_cost(settings.small, input_tokens=input_tokens, output_tokens=max_new_tokens),
+        call_cost(settings.large, input_tokens=input_tokens, output_tokens=max_new_tokens),
+    )
+
+
+def reserve(
+    session: Session,
+    *,
+    tenant: Tenant,
+    small: Decimal,
+    large: Decimal,
+    now: datetime | None = None,
+) -> Reservation:
+    """Reserve the small call (or raise BudgetExceeded) and the large one if it also fits."""
+    if tenant.budget_hard_limit is None and tenant.budget_soft_limit is None:
+        return Reservation(None, Decimal(0), Decimal(0))
+    start = period_start(tenant.budget_period, now or utcnow())
+    period = locked_row(session, BudgetPeriod, tenant_id=tenant.id, period_start=start)
+    limit = tenant.budget_hard_limit
+    available = None if limit is None else limit - period.spent - period.reserved
+    if available is not None and small > available:
+        raise BudgetExceeded(
+            f"the {tenant.budget_period} budget of {limit} has {max(available, Decimal(0))} "
+            f"left; this query may cost up to {small} on the small model",
+            details={"limit": str(limit), "available": str(max(available, Decimal(0))),
+                     "required": str(small), "period": tenant.budget_period},
+        )  # fmt: skip
+    reserved_large = large if available is None or small + large <= available else Decimal(0)
+    period.reserved += small + reserved_large
+    return Reservation(period.id, small, reserved_large)
+
+
+def reserve_escalation(session: Session, *, query: Query, tenant: Tenant, large: Decimal) -> bool:
+    """At escalation time: True if the large call is (or can now be) paid for."""
+    if query.budget_period_id is None or query.reserved_large > 0:
+        return True
+    period = _locked(session, query.budget_period_id)
+    limit = tenant.budget_hard_limit
+    if limit is not None and large > limit - period.spent - period.reserved:
+        return False
+    period.reserved += large
+    query.reserved_large = large
+    return True
+
+
+def settle(session: Session, *, query: Query, tier: Tier, cost: Decimal, tenant: Tenant) -> None:
+    """Turn the tier's reservation into the call's actual cost."""
+    if query.budget_period_id is None:
+        return
+    period = _locked(session, query.budget_period_id)
+    reserved = query.reserved_small if tier is Tier.SMALL else query.reserved_large
+    period.reserved -= reserved
+    period.spent += cost
+    if tier is Tier.SMALL:
+        query.reserved_small = Decimal(0)
+    else:
+        query.reserved_large = Decimal(0)
+    soft = tenant.budget_soft_limit
+    if soft is not None and period.spent >= soft and period.soft_limit_alerted_at is None:
+        period.soft_limit_alerted_at = utcnow()
+        log.warning(
+            "budget.soft_limit_crossed", tenant_id=str(tenant.id), spent=str(period.spent),
+            soft_limit=str(soft), period_start=period.period_start.isoformat(),
+        )  # fmt: skip
+
+
+def release(session: Session, *, query: Query, tier: Tier | None = None) -> None:
+    """Give back what the query reserved and no call used (one tier, or both)."""
+    if query.budget_period_id is None:
+        return
+    period = _locked(session, query.budget_period_id)
+    if tier in (None, Tier.SMALL):
+        period.reserved -= query.reserved_small
+        query.reserved_small = Decimal(0)
+    if tier in (None, Tier.LARGE):
+        period.reserved -= query.reserved_large
+        query.reserved_large = Decimal(0)
+
+
+def _locked(session: Session, period_id: int) -> BudgetPeriod:
+    return session.get_one(BudgetPeriod, period_id, with_for_update=True, populate_existing=True)

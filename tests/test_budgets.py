@@ -1,0 +1,179 @@
+"""Budgets: atomic check-and-reserve under a burst of concurrent submits, settlement to the
+actual cost, release of what is unused, period reset, the soft-limit alert and the budget guard
+at escalation."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from services import budgets
+from services.db import session_scope
+from services.errors import BudgetExceeded
+from services.models import BudgetPeriod, ModelCall, Query, Tenant
+from services.settings import get_settings
+from services.tenants import set_budget
+from tests.conftest import WARMUP, TenantApi
+from tests.scripted_tgi import ScriptedTGI
+from tests.server_thread import ServerThread
+
+PROMPT = "How much does this cost?"
+MAX_NEW_TOKENS = 16
+
+
+def worst_case() -> tuple[Decimal, Decimal]:
+    return budgets.worst_case_costs(get_settings(), prompt=PROMPT, max_new_tokens=MAX_NEW_TOKENS)
+
+
+def give_budget(tenant: TenantApi, *, hard: Decimal | None, soft: Decimal | None = None,
+                period: str = "monthly") -> None:  # fmt: skip
+    with session_scope() as session:
+        name = session.get_one(Tenant, tenant.tenant_id).name
+        set_budget(session, name=name, period=period, hard_limit=hard, soft_limit=soft)
+
+
+def periods_of(tenant: TenantApi) -> list[BudgetPeriod]:
+    with session_scope() as session:
+        return list(
+            session.scalars(select(BudgetPeriod).where(BudgetPeriod.tenant_id == tenant.tenant_id))
+        )
+
+
+def ledger_total(tenant: TenantApi) -> Decimal:
+    with session_scope() as session:
+        total = session.scalar(
+            select(func.coalesce(func.sum(ModelCall.cost), 0)).where(
+                ModelCall.tenant_id == tenant.tenant_id
+            )
+        )
+    return Decimal(total)
+
+
+def test_periods_start_on_utc_boundaries() -> None:
+    now = datetime(2026, 11, 25, 17, 30, tzinfo=UTC)
+    assert budgets.period_start("daily", now) == datetime(2026, 11, 25, tzinfo=UTC)
+    assert budgets.period_start("monthly", now) == datetime(2026, 11, 1, tzinfo=UTC)
+    assert budgets.period_start("none", now) == budgets.NO_PERIOD
+
+
+@pytest.fixture(scope="module")
+def api_server() -> Iterator[ServerThread]:
+    from services.api.app import create_app
+    from workers.dispatch import CeleryDispatcher
+
+    server = ServerThread(create_app(CeleryDispatcher())).start()
+    yield server
+    server.stop()
+
+
+def test_500_concurrent_submits_accept_exactly_what_the_budget_covers(
+    api_server: ServerThread, make_tenant: Callable[..., TenantApi]
+) -> None:
+    tenant = make_tenant(target_escalation_rate=0.3)
+    small, large = worst_case()
+    # Room for 40 queries with their escalation reserved, then small-only reservations.
+    hard = 40 * (small + large) + 7 * small + small / 2
+    give_budget(tenant, hard=hard)
+    full = int(hard // (small + large))
+    expected = full + int((hard - full * (small + large)) // small)
+
+    async def burst() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(base_url=api_server.url, limits=limits, timeout=60) as client:
+            body = {"prompt": PROMPT, "max_new_tokens": MAX_NEW_TOKENS}
+            return await asyncio.gather(
+                *(client.post("/v1/queries", json=body, headers=tenant.headers) for _ in range(500))
+            )
+
+    responses = asyncio.run(burst())
+    statuses = [response.status_code for response in responses]
+    assert statuses.count(202) == expected
+    assert statuses.count(402) == 500 - expected
+    refused = next(r for r in responses if r.status_code == 402).json()["error"]
+    assert refused["code"] == "budget_exceeded"
+    assert "budget" in refused["message"]
+    [period] = periods_of(tenant)
+    with session_scope() as session:
+        stored = session.scalars(select(Query).where(Query.tenant_id == tenant.tenant_id)).all()
+    assert len(stored) == expected  # a refused submit writes nothing
+    assert sum(q.reserved_small + q.reserved_large for q in stored) == period.reserved
+    assert period.reserved + period.spent <= hard
+    assert sum(q.reserved_large > 0 for q in stored) == full
+
+
+def test_a_new_period_starts_from_zero() -> None:
+    with session_scope() as session:
+        tenant = Tenant(name=f"daily-{uuid.uuid4().hex[:8]}", target_escalation_rate=0.0,
+                        budget_period="daily", budget_hard_limit=Decimal("1.0"))  # fmt: skip
+        session.add(tenant)
+        session.flush()
+        day_one = datetime(2026, 11, 24, 23, 59, tzinfo=UTC)
+        budgets.reserve(session, tenant=tenant, small=Decimal("0.6"), large=Decimal(0), now=day_one)
+        with pytest.raises(BudgetExceeded, match="daily budget of 1"):
+            budgets.reserve(session, tenant=tenant, small=Decimal("0.6"), large=Decimal(0),
+                            now=day_one)  # fmt: skip
+        day_two = datetime(2026, 11, 25, 0, 0, tzinfo=UTC)
+        reservation = budgets.reserve(
+            session, tenant=tenant, small=Decimal("0.6"), large=Decimal(0), now=day_two
+        )
+        assert reservation.small == Decimal("0.6")
+        session.rollback()
+
+
+@pytest.mark.usefixtures("worker")
+class TestSettlement:
+    def test_calls_settle_to_their_cost_and_unused_reservations_come_back(
+        self,
+        make_tenant: Callable[..., TenantApi],
+        small_tgi: ScriptedTGI,
+        large_tgi: ScriptedTGI,
+        unique: Callable[[str], str],
+    ) -> None:
+        tenant = make_tenant(target_escalation_rate=0.5)
+        small, _ = worst_case()
+        give_budget(tenant, hard=Decimal(100), soft=small / 10)
+        ids = []
+        for i in range(WARMUP + 6):
+            prompt = unique(f"settle {i}")
+            small_tgi.script(prompt, margin=0.9 - i / 20)  # later ones less sure: escalate
+            ids.append(tenant.submit(prompt, max_new_tokens=MAX_NEW_TOKENS)["id"])
+        cancelled = tenant.submit(unique("cancel before it runs"), max_new_tokens=MAX_NEW_TOKENS)
+        tenant.client.delete(f"/v1/queries/{cancelled['id']}", headers=tenant.headers)
+        finished = [tenant.wait_finished(query_id) for query_id in ids]
+        assert any(q["tier"] == "large" for q in finished)
+        [period] = periods_of(tenant)
+        assert period.reserved == 0
+        assert period.spent == ledger_total(tenant) > 0
+        assert period.soft_limit_alerted_at is not None
+
+    def test_escalation_needs_budget_for_the_large_call(
+        self,
+        make_tenant: Callable[..., TenantApi],
+        small_tgi: ScriptedTGI,
+        large_tgi: ScriptedTGI,
+        unique: Callable[[str], str],
+    ) -> None:
+        tenant = make_tenant(target_escalation_rate=1.0)
+        small, _ = worst_case()
+        give_budget(tenant, hard=(WARMUP + 1) * small + small / 2)  # never room for L
+        for i in range(WARMUP):
+            prompt = unique(f"guard warm-up {i}")
+            small_tgi.script(prompt, margin=0.9)
+            tenant.wait_finished(tenant.submit(prompt, max_new_tokens=MAX_NEW_TOKENS)["id"])
+        unsure = unique("unsure but poor")
+        small_tgi.script(unsure, margin=0.01)
+        query = tenant.wait_finished(tenant.submit(unsure, max_new_tokens=MAX_NEW_TOKENS)["id"])
+        assert query["tier"] == "small"
+        assert query["decision"] == "budget_guard"
+        assert query["margin"] < query["threshold"]
+        assert large_tgi.calls[unsure] == 0
+        [period] = periods_of(tenant)
+        assert period.reserved == 0
+        assert period.spent == ledger_total(tenant)
