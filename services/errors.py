@@ -40,3 +40,7 @@ class TenantDisabled(TwotierError):
 
 class BudgetExceeded(TwotierError):
     code = "budget_exceeded"
+
+
+class AdminOnly(TwotierError):
+    code = "admin_token_required"

@@ -140,6 +140,11 @@ class Settings(BaseSettings):
         "instead of calling the model a second time.",
     )
 
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token of the admin API (/v1/admin); unset turns the admin API off.",
+    )
+
     log_level: str = "INFO"
     log_json: bool | None = Field(
         default=None, description="JSON log lines; unset means JSON unless stderr is a terminal."
@@ -151,6 +156,10 @@ class Settings(BaseSettings):
             if tier.backend != "local" and tier.url is None:
                 variable = f"TWOTIER_{name.upper()}__URL"
                 raise ValueError(f"{variable} must be set for the {tier.backend} backend")
+        if self.admin_token is not None:
+            token = self.admin_token.get_secret_value()
+            if len(token) < 16 or token.lower() in {"changeme", "change-me", "admin", "secret"}:
+                raise ValueError("TWOTIER_ADMIN_TOKEN must be a random secret of 16+ characters")
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{self.home / 'twotier.db'}")
         return self

@@ -6,16 +6,18 @@ import hashlib
 import hmac
 import os
 import secrets
+import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.budgets import PERIODS
 from services.errors import InvalidApiKey, InvalidRequest, NotFound, TenantDisabled
-from services.models import ApiKey, Tenant
+from services.models import ApiKey, Tenant, utcnow
 
 KEY_SCHEME = "tt"
 
@@ -41,15 +43,22 @@ def create_tenant(session: Session, *, name: str, target_escalation_rate: float)
     tenant = Tenant(name=name, target_escalation_rate=target_escalation_rate, disabled=False)
     session.add(tenant)
     session.flush()
-    return NewTenant(tenant=tenant, api_key=issue_api_key(session, tenant=tenant))
+    return NewTenant(tenant=tenant, api_key=issue_api_key(session, tenant=tenant).raw)
 
 
-def issue_api_key(session: Session, *, tenant: Tenant) -> str:
+@dataclass(frozen=True)
+class IssuedKey:
+    row: ApiKey
+    raw: str  # shown once; only its hash is stored
+
+
+def issue_api_key(session: Session, *, tenant: Tenant) -> IssuedKey:
     prefix = secrets.token_hex(8)
     raw_key = f"{KEY_SCHEME}_{prefix}_{secrets.token_urlsafe(32)}"
-    session.add(ApiKey(tenant_id=tenant.id, prefix=prefix, key_hash=hash_key(raw_key)))
+    row = ApiKey(tenant_id=tenant.id, prefix=prefix, key_hash=hash_key(raw_key))
+    session.add(row)
     session.flush()
-    return raw_key
+    return IssuedKey(row=row, raw=raw_key)
 
 
 def authenticate(session: Session, raw_key: str) -> Tenant:
@@ -91,7 +100,7 @@ def ensure_demo_tenant(session: Session, *, key_file: Path, target_escalation_ra
             session, name=DEMO_TENANT, target_escalation_rate=target_escalation_rate
         ).api_key
     else:
-        raw_key = issue_api_key(session, tenant=tenant)
+        raw_key = issue_api_key(session, tenant=tenant).raw
     key_file.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
@@ -120,3 +129,50 @@ def set_budget(
     tenant.budget_hard_limit = hard_limit
     tenant.budget_soft_limit = soft_limit
     return tenant
+
+
+def tenant_by_id(session: Session, tenant_id: uuid.UUID, *, lock: bool = False) -> Tenant:
+    tenant = session.get(Tenant, tenant_id, with_for_update=lock, populate_existing=lock)
+    if tenant is None:
+        raise NotFound(f"no tenant {tenant_id}")
+    return tenant
+
+
+def update_tenant(session: Session, *, tenant_id: uuid.UUID, changes: dict[str, Any]) -> Tenant:
+    """Apply the given settings; budgets go through the same checks as ``set_budget``."""
+    tenant = tenant_by_id(session, tenant_id, lock=True)
+    rate = changes.get("target_escalation_rate")
+    if rate is not None:
+        if not 0.0 <= rate <= 1.0:
+            raise InvalidRequest("target escalation rate must be between 0 and 1")
+        tenant.target_escalation_rate = rate
+    if changes.get("disabled") is not None:
+        tenant.disabled = changes["disabled"]
+    budget_keys = {"budget_period", "budget_hard_limit", "budget_soft_limit"}
+    if budget_keys & changes.keys():
+        set_budget(
+            session,
+            name=tenant.name,
+            period=changes.get("budget_period") or tenant.budget_period,
+            hard_limit=changes.get("budget_hard_limit", tenant.budget_hard_limit),
+            soft_limit=changes.get("budget_soft_limit", tenant.budget_soft_limit),
+        )
+    return tenant
+
+
+def list_keys(session: Session, *, tenant_id: uuid.UUID) -> list[ApiKey]:
+    tenant_by_id(session, tenant_id)
+    return list(
+        session.scalars(
+            select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.created_at)
+        )
+    )
+
+
+def revoke_key(session: Session, *, tenant_id: uuid.UUID, key_id: uuid.UUID) -> ApiKey:
+    """Revoked keys stop working on the next request; nothing needs restarting."""
+    key = session.get(ApiKey, key_id, with_for_update=True)
+    if key is None or key.tenant_id != tenant_id:
+        raise NotFound(f"no API key {key_id} for tenant {tenant_id}")
+    key.revoked_at = key.revoked_at or utcnow()
+    return key

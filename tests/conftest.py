@@ -31,6 +31,7 @@ ADMIN_POSTGRES_URL = os.environ.get(
 )
 TEST_REDIS_URL = os.environ.get("TWOTIER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 WARMUP = 4
+ADMIN_TOKEN = "test-admin-token-0123456789"
 LEASE_S = 3
 
 
@@ -74,6 +75,7 @@ def environment(small_tgi: ScriptedTGI, large_tgi: ScriptedTGI) -> Iterator[dict
         "TWOTIER_STUCK_AFTER_S": "3",
         "TWOTIER_RECOVERY_INTERVAL_S": "1",
         "TWOTIER_LOG_JSON": "false",
+        "TWOTIER_ADMIN_TOKEN": ADMIN_TOKEN,
     }
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)

@@ -8,7 +8,7 @@ from contextlib import AbstractAsyncContextManager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from services.api import queries
+from services.api import admin, queries
 from services.api.errors import install_error_handlers
 from services.db import database_is_reachable
 from services.dispatch import Dispatcher
@@ -28,6 +28,7 @@ def create_app(dispatcher: Dispatcher, *, lifespan: Lifespan | None = None) -> F
     app.state.dispatcher = dispatcher
     install_error_handlers(app)
     app.include_router(queries.router)
+    app.include_router(admin.router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -12,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from services.db import session_factory
 from services.dispatch import Dispatcher
-from services.errors import InvalidApiKey
+from services.errors import AdminOnly, InvalidApiKey
 from services.models import Tenant
 from services.settings import Settings, get_settings
 from services.tenants import authenticate
@@ -37,6 +38,18 @@ def get_tenant(
     return tenant
 
 
+def require_admin(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    settings: Annotated[Settings, Depends(get_settings)],
+) -> None:
+    if settings.admin_token is None:
+        raise AdminOnly("the admin API is off: set TWOTIER_ADMIN_TOKEN to turn it on")
+    expected = settings.admin_token.get_secret_value().encode()
+    given = (credentials.credentials if credentials else "").encode()
+    if not hmac.compare_digest(expected, given):
+        raise AdminOnly("send the admin token as `Authorization: Bearer <admin token>`")
+
+
 def get_dispatcher(request: Request) -> Dispatcher:
     dispatcher: Dispatcher = request.app.state.dispatcher
     return dispatcher
@@ -46,3 +59,4 @@ SessionDep = Annotated[Session, Depends(get_session)]
 TenantDep = Annotated[Tenant, Depends(get_tenant)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+AdminDep = Depends(require_admin)

@@ -25,6 +25,7 @@ HTTP_STATUS = {
     errors.InvalidApiKey: 401,
     errors.TenantDisabled: 403,
     errors.BudgetExceeded: 402,
+    errors.AdminOnly: 401,
 }
 
 HTTP_CODES = {

@@ -1,0 +1,121 @@
+"""The admin API (``Authorization: Bearer <TWOTIER_ADMIN_TOKEN>``): tenants, keys, budgets."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from fastapi import APIRouter, status
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from services import tenants
+from services.api.deps import AdminDep, SessionDep
+from services.api.errors import ERROR_RESPONSES
+from services.api.schemas import Money
+from services.models import ApiKey, Tenant
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[AdminDep],
+                   responses=ERROR_RESPONSES)  # fmt: skip
+
+
+class TenantCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    target_escalation_rate: float = Field(default=0.3, ge=0, le=1)
+
+
+class TenantUpdate(BaseModel):
+    """Only the fields sent change; send null to remove a budget limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target_escalation_rate: float | None = Field(default=None, ge=0, le=1)
+    disabled: bool | None = None
+    budget_period: Literal["none", "daily", "monthly"] | None = None
+    budget_hard_limit: Decimal | None = Field(default=None, ge=0)
+    budget_soft_limit: Decimal | None = Field(default=None, ge=0)
+
+
+class TenantView(BaseModel):
+    id: uuid.UUID
+    name: str
+    target_escalation_rate: float
+    disabled: bool
+    budget_period: str
+    budget_hard_limit: Money | None
+    budget_soft_limit: Money | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, tenant: Tenant) -> TenantView:
+        return cls.model_validate(tenant, from_attributes=True)
+
+
+class KeyView(BaseModel):
+    id: uuid.UUID
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> KeyView:
+        return cls.model_validate(key, from_attributes=True)
+
+
+class NewKeyView(KeyView):
+    api_key: str = Field(description="Shown only now: only its hash is stored.")
+
+
+class NewTenantView(BaseModel):
+    tenant: TenantView
+    api_key: str = Field(description="Shown only now: only its hash is stored.")
+
+
+@router.post("/tenants", status_code=status.HTTP_201_CREATED)
+def create_tenant(body: TenantCreate, session: SessionDep) -> NewTenantView:
+    created = tenants.create_tenant(
+        session, name=body.name, target_escalation_rate=body.target_escalation_rate
+    )
+    session.commit()
+    return NewTenantView(tenant=TenantView.of(created.tenant), api_key=created.api_key)
+
+
+@router.get("/tenants")
+def list_tenants(session: SessionDep) -> list[TenantView]:
+    return [TenantView.of(t) for t in session.scalars(select(Tenant).order_by(Tenant.name))]
+
+
+@router.get("/tenants/{tenant_id}")
+def get_tenant(tenant_id: uuid.UUID, session: SessionDep) -> TenantView:
+    return TenantView.of(tenants.tenant_by_id(session, tenant_id))
+
+
+@router.patch("/tenants/{tenant_id}")
+def update_tenant(tenant_id: uuid.UUID, body: TenantUpdate, session: SessionDep) -> TenantView:
+    changes: dict[str, Any] = body.model_dump(exclude_unset=True)
+    tenant = tenants.update_tenant(session, tenant_id=tenant_id, changes=changes)
+    session.commit()
+    return TenantView.of(tenant)
+
+
+@router.post("/tenants/{tenant_id}/keys", status_code=status.HTTP_201_CREATED)
+def issue_key(tenant_id: uuid.UUID, session: SessionDep) -> NewKeyView:
+    issued = tenants.issue_api_key(session, tenant=tenants.tenant_by_id(session, tenant_id))
+    session.commit()
+    return NewKeyView(**KeyView.of(issued.row).model_dump(), api_key=issued.raw)
+
+
+@router.get("/tenants/{tenant_id}/keys")
+def list_keys(tenant_id: uuid.UUID, session: SessionDep) -> list[KeyView]:
+    return [KeyView.of(key) for key in tenants.list_keys(session, tenant_id=tenant_id)]
+
+
+@router.delete("/tenants/{tenant_id}/keys/{key_id}")
+def revoke_key(tenant_id: uuid.UUID, key_id: uuid.UUID, session: SessionDep) -> KeyView:
+    key = tenants.revoke_key(session, tenant_id=tenant_id, key_id=key_id)
+    session.commit()
+    return KeyView.of(key)
