@@ -177,3 +177,43 @@ class TestSettlement:
         [period] = periods_of(tenant)
         assert period.reserved == 0
         assert period.spent == ledger_total(tenant)
+
+
+@pytest.mark.usefixtures("worker")
+def test_usage_shows_where_the_money_went_and_only_to_its_tenant(
+    make_tenant: Callable[..., TenantApi],
+    small_tgi: ScriptedTGI,
+    large_tgi: ScriptedTGI,
+    unique: Callable[[str], str],
+) -> None:
+    tenant, stranger = make_tenant(target_escalation_rate=0.5), make_tenant()
+    give_budget(tenant, hard=Decimal(50), soft=Decimal(40))
+    for i in range(WARMUP + 6):  # the last two in a scope of their own (still warming up)
+        prompt = unique(f"usage {i}")
+        small_tgi.script(prompt, margin=0.9 - i / 12)
+        task = "billing" if i >= WARMUP + 4 else "support"
+        tenant.wait_finished(tenant.submit(prompt, task=task, max_new_tokens=8)["id"])
+    usage = tenant.client.get("/v1/usage", params={"granularity": "month"},
+                              headers=tenant.headers).json()  # fmt: skip
+    [month] = usage["buckets"]
+    assert month["start"] == datetime.now(UTC).strftime("%Y-%m-01")
+    assert Decimal(month["cost"]) == ledger_total(tenant)
+    assert set(month["by_task"]) == {"billing", "support"}
+    tiers = month["by_tier"]
+    assert tiers["small"]["calls"] == WARMUP + 6
+    assert tiers["large"]["calls"] == usage["queries"]["escalated"] > 0
+    assert Decimal(tiers["small"]["cost"]) + Decimal(tiers["large"]["cost"]) == ledger_total(tenant)
+    queries = usage["queries"]
+    assert queries["total"] == queries["by_status"]["succeeded"] == WARMUP + 6
+    assert queries["decided_after_warmup"] == 4
+    assert queries["escalation_rate"] == queries["escalated"] / queries["decided_after_warmup"]
+    assert queries["target_escalation_rate"] == 0.5
+    assert Decimal(usage["budget"]["spent"]) == ledger_total(tenant)
+    assert Decimal(usage["budget"]["available"]) == Decimal(50) - ledger_total(tenant)
+
+    theirs = stranger.client.get("/v1/usage", headers=stranger.headers).json()
+    assert theirs["buckets"] == []
+    assert theirs["queries"]["total"] == 0
+    assert theirs["budget"] is None
+    assert tenant.client.get("/v1/usage", params={"granularity": "year"},
+                             headers=tenant.headers).status_code == 422  # fmt: skip

@@ -1,0 +1,41 @@
+"""The tenant's usage: spend, calls and escalation rate."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from services.api.deps import SessionDep, TenantDep
+from services.api.errors import ERROR_RESPONSES
+from services.usage import Granularity, tenant_usage
+
+router = APIRouter(prefix="/v1/usage", tags=["usage"], responses=ERROR_RESPONSES)
+
+
+@router.get("")
+def get_usage(
+    session: SessionDep,
+    tenant: TenantDep,
+    granularity: Granularity = "day",
+    since: Annotated[datetime | None, Query(description="Inclusive, ISO 8601.")] = None,
+    until: Annotated[datetime | None, Query(description="Exclusive, ISO 8601.")] = None,
+) -> dict[str, Any]:
+    """Spend and calls per day or month, per tier, model and task label; the realised
+    escalation rate against the target; the current budget period (amounts as strings)."""
+    usage = tenant_usage(session, tenant=tenant, granularity=granularity, since=since, until=until)
+    as_json: dict[str, Any] = _as_json(usage)
+    return as_json
+
+
+def _as_json(value: Any) -> Any:
+    """Money (Decimal) as fixed-point strings, like everywhere in the API."""
+    if isinstance(value, Decimal):
+        return f"{value:.10f}"
+    if isinstance(value, dict):
+        return {key: _as_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_as_json(item) for item in value]
+    return value
