@@ -197,6 +197,14 @@ def _decide(
         message = f"{exc}; is the server's --max-top-n-tokens at least 2?"
         return _mark_failed(session, query, "margin_unavailable", message)
     tenant = session.get_one(Tenant, query.tenant_id)
+    rate = budgets.escalation_rate_for(
+        session,
+        tenant=tenant,
+        settings=settings,
+        fallback=budgets.worst_case_costs(
+            settings, prompt=query.prompt, max_new_tokens=query.max_new_tokens
+        ),
+    )
     decision = threshold.decide(
         session,
         tenant_id=query.tenant_id,
@@ -204,7 +212,7 @@ def _decide(
         task_label=query.task_label,
         query_id=query.id,
         margin=margin,
-        target_escalation_rate=tenant.target_escalation_rate,
+        target_escalation_rate=rate,
         warmup=settings.warmup_queries,
     )
     query.margin = margin

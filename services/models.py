@@ -90,6 +90,7 @@ class Tenant(Base):
     budget_period: Mapped[str] = mapped_column(String(8), default="none")
     budget_hard_limit: Mapped[Decimal | None] = mapped_column(Numeric(20, 10))
     budget_soft_limit: Mapped[Decimal | None] = mapped_column(Numeric(20, 10))
+    budget_per_query: Mapped[Decimal | None] = mapped_column(Numeric(20, 10))
 
 
 class BudgetPeriod(Base):

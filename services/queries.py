@@ -84,7 +84,7 @@ def submit_query(
                 session,
                 tenant=tenant,
                 small=small_cost,
-                large=large_cost if tenant.target_escalation_rate > 0 else Decimal(0),
+                large=Decimal(0) if _never_escalates(tenant) else large_cost,
             )
             query.budget_period_id = reservation.period_id
             query.reserved_small = reservation.small
@@ -97,6 +97,10 @@ def submit_query(
             raise
         return _replay(earlier, request_hash)
     return Submitted(query=query, created=True)
+
+
+def _never_escalates(tenant: Tenant) -> bool:
+    return tenant.budget_per_query is None and tenant.target_escalation_rate == 0
 
 
 def get_query(session: Session, *, tenant_id: uuid.UUID, query_id: uuid.UUID) -> Query:

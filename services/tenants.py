@@ -148,6 +148,11 @@ def update_tenant(session: Session, *, tenant_id: uuid.UUID, changes: dict[str, 
         tenant.target_escalation_rate = rate
     if changes.get("disabled") is not None:
         tenant.disabled = changes["disabled"]
+    if "budget_per_query" in changes:  # null returns the tenant to its target rate
+        per_query = changes["budget_per_query"]
+        if per_query is not None and per_query < 0:
+            raise InvalidRequest("budget per query must not be negative")
+        tenant.budget_per_query = per_query
     budget_keys = {"budget_period", "budget_hard_limit", "budget_soft_limit"}
     if budget_keys & changes.keys():
         set_budget(

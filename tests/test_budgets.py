@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import httpx
+import numpy as np
 import pytest
 from sqlalchemy import func, select
 
@@ -217,3 +218,33 @@ def test_usage_shows_where_the_money_went_and_only_to_its_tenant(
     assert theirs["budget"] is None
     assert tenant.client.get("/v1/usage", params={"granularity": "year"},
                              headers=tenant.headers).status_code == 422  # fmt: skip
+
+
+@pytest.mark.usefixtures("worker")
+def test_a_budget_per_query_converges_to_the_matching_escalation_rate(
+    make_tenant: Callable[..., TenantApi],
+    small_tgi: ScriptedTGI,
+    large_tgi: ScriptedTGI,
+    unique: Callable[[str], str],
+) -> None:
+    """Every call here costs the same, so B = c_s + 0.25 c_l should escalate a quarter."""
+    settings = get_settings()
+    tenant = make_tenant(target_escalation_rate=0.9)  # overridden by the budget per query
+    prompts = [unique(f"per-query {i}") for i in range(120)]
+    words = len(prompts[0].split())
+    small_cost = (words * Decimal("0.1") + Decimal("0.1")) / 10**6  # 1 output token
+    large_cost = (words * Decimal(str(settings.large.price_input_per_mtok))
+                  + Decimal(str(settings.large.price_output_per_mtok))) / 10**6  # fmt: skip
+    with session_scope() as session:
+        session.get_one(Tenant, tenant.tenant_id).budget_per_query = small_cost + large_cost / 4
+    rng = np.random.default_rng(11)
+    for prompt in prompts:
+        small_tgi.script(prompt, answer="Yes", margin=float(rng.random()))
+        large_tgi.script(prompt, answer="Sure")
+    finished = [
+        tenant.wait_finished(tenant.submit(prompt, max_new_tokens=1)["id"]) for prompt in prompts
+    ]
+    late = finished[40:]
+    assert all(q["target_escalation_rate"] == pytest.approx(0.25) for q in late)
+    realised = sum(q["escalated"] for q in late) / len(late)
+    assert realised == pytest.approx(0.25, abs=0.1)

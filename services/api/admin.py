@@ -38,6 +38,12 @@ class TenantUpdate(BaseModel):
     budget_period: Literal["none", "daily", "monthly"] | None = None
     budget_hard_limit: Decimal | None = Field(default=None, ge=0)
     budget_soft_limit: Decimal | None = Field(default=None, ge=0)
+    budget_per_query: Decimal | None = Field(
+        default=None,
+        ge=0,
+        description="Average budget per query B: escalate at p(B) = (B - c_s) / c_l from the "
+        "tenant's measured average costs instead of at the target rate; null to stop.",
+    )
 
 
 class TenantView(BaseModel):
@@ -48,6 +54,7 @@ class TenantView(BaseModel):
     budget_period: str
     budget_hard_limit: Money | None
     budget_soft_limit: Money | None
+    budget_per_query: Money | None
     created_at: datetime
 
     @classmethod
