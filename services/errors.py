@@ -44,3 +44,12 @@ class BudgetExceeded(TwotierError):
 
 class AdminOnly(TwotierError):
     code = "admin_token_required"
+
+
+class RateLimited(TwotierError):
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int, code: str = "rate_limited") -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.code = code

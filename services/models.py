@@ -91,6 +91,8 @@ class Tenant(Base):
     budget_hard_limit: Mapped[Decimal | None] = mapped_column(Numeric(20, 10))
     budget_soft_limit: Mapped[Decimal | None] = mapped_column(Numeric(20, 10))
     budget_per_query: Mapped[Decimal | None] = mapped_column(Numeric(20, 10))
+    rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer)
+    max_concurrent_queries: Mapped[int | None] = mapped_column(Integer)
 
 
 class BudgetPeriod(Base):
@@ -163,6 +165,7 @@ class Query(Base):
         ),
         Index("ix_queries_tenant_id_created_at", "tenant_id", "created_at", "id"),
         Index("ix_queries_status_updated_at", "status", "updated_at"),
+        Index("ix_queries_tenant_id_status", "tenant_id", "status"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)

@@ -17,7 +17,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services import budgets
+from services import budgets, limits
 from services.errors import IdempotencyConflict, InvalidRequest, NotFound, QueryAlreadyFinished
 from services.models import TERMINAL_STATUSES, Query, QueryStatus, Tenant, Tier
 from services.settings import Settings
@@ -75,6 +75,7 @@ def submit_query(
         request_hash=request_hash,
         delivery_attempts=0,
     )
+    limits.check_limits(session, tenant=tenant)
     small_cost, large_cost = budgets.worst_case_costs(
         settings, prompt=request.prompt, max_new_tokens=max_new_tokens
     )

@@ -148,6 +148,11 @@ def update_tenant(session: Session, *, tenant_id: uuid.UUID, changes: dict[str, 
         tenant.target_escalation_rate = rate
     if changes.get("disabled") is not None:
         tenant.disabled = changes["disabled"]
+    for limit in ("rate_limit_per_minute", "max_concurrent_queries"):
+        if limit in changes:  # null removes the limit
+            if changes[limit] is not None and changes[limit] < 1:
+                raise InvalidRequest(f"{limit} must be at least 1")
+            setattr(tenant, limit, changes[limit])
     if "budget_per_query" in changes:  # null returns the tenant to its target rate
         per_query = changes["budget_per_query"]
         if per_query is not None and per_query < 0:

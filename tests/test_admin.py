@@ -83,3 +83,35 @@ def test_disable_a_tenant_and_set_its_budget(client: TestClient) -> None:
     assert bad.status_code == 422
     missing = client.get(f"/v1/admin/tenants/{uuid.uuid4()}", headers=ADMIN)
     assert missing.status_code == 404
+
+
+def test_rate_limit_and_unfinished_query_limit_answer_429_with_retry_after(
+    client: TestClient,
+) -> None:
+    created = new_tenant(client)
+    tenant = created["tenant"]
+    assert isinstance(tenant, dict)
+    headers = {"Authorization": f"Bearer {created['api_key']}"}
+    url = f"/v1/admin/tenants/{tenant['id']}"
+
+    client.patch(url, json={"max_concurrent_queries": 2}, headers=ADMIN)
+    statuses = [
+        client.post("/v1/queries", json={"prompt": f"q{i}"}, headers=headers).status_code
+        for i in range(2)
+    ]
+    assert statuses == [202, 202]  # no worker runs here: both stay unfinished
+    third = client.post("/v1/queries", json={"prompt": "q2"}, headers=headers)
+    assert third.status_code == 429
+    assert third.json()["error"]["code"] == "too_many_unfinished_queries"
+    assert int(third.headers["Retry-After"]) > 0
+
+    listed = client.get("/v1/queries", headers=headers).json()["data"]
+    client.delete(f"/v1/queries/{listed[0]['id']}", headers=headers)
+    assert client.post("/v1/queries", json={"prompt": "q3"}, headers=headers).status_code == 202
+
+    limits = {"max_concurrent_queries": None, "rate_limit_per_minute": 3}
+    assert client.patch(url, json=limits, headers=ADMIN).json()["rate_limit_per_minute"] == 3
+    limited = client.post("/v1/queries", json={"prompt": "q4"}, headers=headers)
+    assert limited.status_code == 429  # three accepted in the last minute (the 429 wrote none)
+    assert limited.json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(limited.headers["Retry-After"]) <= 60

@@ -44,6 +44,10 @@ class TenantUpdate(BaseModel):
         description="Average budget per query B: escalate at p(B) = (B - c_s) / c_l from the "
         "tenant's measured average costs instead of at the target rate; null to stop.",
     )
+    rate_limit_per_minute: int | None = Field(default=None, ge=1)
+    max_concurrent_queries: int | None = Field(
+        default=None, ge=1, description="Most unfinished queries at once; null for no limit."
+    )
 
 
 class TenantView(BaseModel):
@@ -55,6 +59,8 @@ class TenantView(BaseModel):
     budget_hard_limit: Money | None
     budget_soft_limit: Money | None
     budget_per_query: Money | None
+    rate_limit_per_minute: int | None
+    max_concurrent_queries: int | None
     created_at: datetime
 
     @classmethod

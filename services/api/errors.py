@@ -26,6 +26,7 @@ HTTP_STATUS = {
     errors.TenantDisabled: 403,
     errors.BudgetExceeded: 402,
     errors.AdminOnly: 401,
+    errors.RateLimited: 429,
 }
 
 HTTP_CODES = {
@@ -39,6 +40,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": description}
     for status, description in {
         401: "Missing, malformed, unknown or revoked API key.",
+        429: "Over the tenant's rate limit or unfinished-query limit; see Retry-After.",
         403: "The tenant is disabled.",
         422: "The request is invalid; `error.details` says where.",
     }.items()
@@ -61,6 +63,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _domain_error(_: Request, exc: errors.TwotierError) -> JSONResponse:
         status = HTTP_STATUS.get(type(exc), 400)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        if isinstance(exc, errors.RateLimited):
+            headers = {"Retry-After": str(exc.retry_after_s)}
         return error_response(status, exc.code, exc.message, exc.details, headers)
 
     @app.exception_handler(RequestValidationError)
