@@ -3,22 +3,43 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from decimal import Decimal
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from services.llm.base import Generation
-from services.models import ModelCall, Tier
+from services.models import ModelCall, ModelPrice, Tier
 from services.settings import TierSettings
 
 PER_MILLION = Decimal(1_000_000)
 
 
-def call_cost(tier_settings: TierSettings, *, input_tokens: int, output_tokens: int) -> Decimal:
-    input_price = Decimal(str(tier_settings.price_input_per_mtok))
-    output_price = Decimal(str(tier_settings.price_output_per_mtok))
-    return (input_tokens * input_price + output_tokens * output_price) / PER_MILLION
+@dataclass(frozen=True)
+class Price:
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+
+    def cost(self, *, input_tokens: int, output_tokens: int) -> Decimal:
+        return (
+            input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok
+        ) / PER_MILLION
+
+
+def settings_price(tier_settings: TierSettings) -> Price:
+    return Price(
+        Decimal(str(tier_settings.price_input_per_mtok)),
+        Decimal(str(tier_settings.price_output_per_mtok)),
+    )
+
+
+def current_price(session: Session, tier_settings: TierSettings) -> Price:
+    """The admin API's price for the tier's model, else the tier's price settings."""
+    override = session.get(ModelPrice, tier_settings.model)
+    if override is None:
+        return settings_price(tier_settings)
+    return Price(override.price_input_per_mtok, override.price_output_per_mtok)
 
 
 def record_model_call(
@@ -41,8 +62,8 @@ def record_model_call(
     )
     if already is not None:
         return None
-    cost = call_cost(
-        tier_settings, input_tokens=generation.input_tokens, output_tokens=generation.output_tokens
+    cost = current_price(session, tier_settings).cost(
+        input_tokens=generation.input_tokens, output_tokens=generation.output_tokens
     )
     session.add(
         ModelCall(

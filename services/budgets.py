@@ -19,7 +19,7 @@ import structlog
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from services.accounting import call_cost
+from services.accounting import current_price
 from services.db import locked_row
 from services.errors import BudgetExceeded
 from services.models import BudgetPeriod, ModelCall, Query, Tenant, Tier, utcnow
@@ -50,14 +50,15 @@ def period_start(period: str, now: datetime) -> datetime:
 
 
 def worst_case_costs(
-    settings: Settings, *, prompt: str, max_new_tokens: int
+    session: Session, settings: Settings, *, prompt: str, max_new_tokens: int
 ) -> tuple[Decimal, Decimal]:
     """The most the small and the large call can cost: every prompt byte a token, plus the
     chat template's tokens, and every allowed new token generated."""
     input_tokens = len(prompt.encode()) + settings.prompt_overhead_tokens
+    small, large = (current_price(session, tier) for tier in (settings.small, settings.large))
     return (
-        call_cost(settings.small, input_tokens=input_tokens, output_tokens=max_new_tokens),
-        call_cost(settings.large, input_tokens=input_tokens, output_tokens=max_new_tokens),
+        small.cost(input_tokens=input_tokens, output_tokens=max_new_tokens),
+        large.cost(input_tokens=input_tokens, output_tokens=max_new_tokens),
     )
 
 
@@ -156,8 +157,8 @@ def escalation_rate_for(
     if large:
         large_cost = large[0]
     elif small:
-        large_cost = call_cost(
-            settings.large, input_tokens=round(small[1]), output_tokens=round(small[2])
+        large_cost = current_price(session, settings.large).cost(
+            input_tokens=round(small[1]), output_tokens=round(small[2])
         )
     else:
         large_cost = fallback[1]

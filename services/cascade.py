@@ -202,7 +202,7 @@ def _decide(
         tenant=tenant,
         settings=settings,
         fallback=budgets.worst_case_costs(
-            settings, prompt=query.prompt, max_new_tokens=query.max_new_tokens
+            session, settings, prompt=query.prompt, max_new_tokens=query.max_new_tokens
         ),
     )
     decision = threshold.decide(
@@ -241,7 +241,7 @@ def _large_call_affordable(
     session: Session, query: Query, tenant: Tenant, settings: Settings
 ) -> bool:
     _, large_cost = budgets.worst_case_costs(
-        settings, prompt=query.prompt, max_new_tokens=query.max_new_tokens
+        session, settings, prompt=query.prompt, max_new_tokens=query.max_new_tokens
     )
     return budgets.reserve_escalation(session, query=query, tenant=tenant, large=large_cost)
 

@@ -214,6 +214,17 @@ class Query(Base):
         self.lease_expires_at = None
 
 
+class ModelPrice(Base):
+    """A price set through the admin API; it overrides the tier's price settings for a model."""
+
+    __tablename__ = "model_prices"
+
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    price_input_per_mtok: Mapped[Decimal] = mapped_column(Numeric(20, 10))
+    price_output_per_mtok: Mapped[Decimal] = mapped_column(Numeric(20, 10))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class ModelCall(Base):
     """The cost ledger: one row per model call that was paid for, at most one per tier."""
 

@@ -77,7 +77,7 @@ def submit_query(
     )
     limits.check_limits(session, tenant=tenant)
     small_cost, large_cost = budgets.worst_case_costs(
-        settings, prompt=request.prompt, max_new_tokens=max_new_tokens
+        session, settings, prompt=request.prompt, max_new_tokens=max_new_tokens
     )
     try:
         with session.begin_nested():  # a lost idempotency race undoes the reservation too

@@ -21,7 +21,7 @@ from services.errors import BudgetExceeded
 from services.models import BudgetPeriod, ModelCall, Query, Tenant
 from services.settings import get_settings
 from services.tenants import set_budget
-from tests.conftest import WARMUP, TenantApi
+from tests.conftest import ADMIN_TOKEN, WARMUP, TenantApi
 from tests.scripted_tgi import ScriptedTGI
 from tests.server_thread import ServerThread
 
@@ -30,7 +30,10 @@ MAX_NEW_TOKENS = 16
 
 
 def worst_case() -> tuple[Decimal, Decimal]:
-    return budgets.worst_case_costs(get_settings(), prompt=PROMPT, max_new_tokens=MAX_NEW_TOKENS)
+    with session_scope() as session:
+        return budgets.worst_case_costs(
+            session, get_settings(), prompt=PROMPT, max_new_tokens=MAX_NEW_TOKENS
+        )
 
 
 def give_budget(tenant: TenantApi, *, hard: Decimal | None, soft: Decimal | None = None,
@@ -153,6 +156,11 @@ class TestSettlement:
         assert period.reserved == 0
         assert period.spent == ledger_total(tenant) > 0
         assert period.soft_limit_alerted_at is not None
+        # Spending on past the soft limit does not alert again in the same period.
+        tenant.wait_finished(tenant.submit(unique("one more"), max_new_tokens=MAX_NEW_TOKENS)["id"])
+        [again] = periods_of(tenant)
+        assert again.spent > period.spent
+        assert again.soft_limit_alerted_at == period.soft_limit_alerted_at
 
     def test_escalation_needs_budget_for_the_large_call(
         self,
@@ -248,3 +256,33 @@ def test_a_budget_per_query_converges_to_the_matching_escalation_rate(
     assert all(q["target_escalation_rate"] == pytest.approx(0.25) for q in late)
     realised = sum(q["escalated"] for q in late) / len(late)
     assert realised == pytest.approx(0.25, abs=0.1)
+
+
+@pytest.mark.usefixtures("worker")
+def test_prices_set_through_the_admin_api_price_new_calls(
+    make_tenant: Callable[..., TenantApi], small_tgi: ScriptedTGI, unique: Callable[[str], str]
+) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    tenant = make_tenant()
+    model = get_settings().small.model
+    priced = tenant.client.put(
+        f"/v1/admin/prices/{model}",
+        json={"price_input_per_mtok": "1000", "price_output_per_mtok": "2000"},
+        headers=admin,
+    )
+    assert priced.status_code == 200
+    try:
+        listed = {
+            p["model"]: p for p in tenant.client.get("/v1/admin/prices", headers=admin).json()
+        }
+        assert listed[model]["source"] == "admin"
+        prompt = unique("priced by the admin")  # 4 words in, 1 word out
+        small_tgi.script(prompt, answer="Yes")
+        query = tenant.wait_finished(tenant.submit(prompt)["id"])
+        words = len(prompt.split())
+        assert Decimal(query["cost"]["small"]) == (words * 1000 + 2000) / Decimal(10**6)
+    finally:
+        cleared = tenant.client.delete(f"/v1/admin/prices/{model}", headers=admin)
+        assert cleared.status_code == 204
+    listed = {p["model"]: p for p in tenant.client.get("/v1/admin/prices", headers=admin).json()}
+    assert listed[model]["source"] == "settings"

@@ -12,10 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from services import tenants
-from services.api.deps import AdminDep, SessionDep
+from services.accounting import settings_price
+from services.api.deps import AdminDep, SessionDep, SettingsDep
 from services.api.errors import ERROR_RESPONSES
 from services.api.schemas import Money
-from services.models import ApiKey, Tenant
+from services.errors import NotFound
+from services.models import ApiKey, ModelPrice, Tenant, utcnow
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[AdminDep],
                    responses=ERROR_RESPONSES)  # fmt: skip
@@ -132,3 +134,56 @@ def revoke_key(tenant_id: uuid.UUID, key_id: uuid.UUID, session: SessionDep) -> 
     key = tenants.revoke_key(session, tenant_id=tenant_id, key_id=key_id)
     session.commit()
     return KeyView.of(key)
+
+
+class PriceSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    price_input_per_mtok: Decimal = Field(ge=0, description="Price of 1M input tokens.")
+    price_output_per_mtok: Decimal = Field(ge=0, description="Price of 1M output tokens.")
+
+
+class PriceView(BaseModel):
+    model: str
+    price_input_per_mtok: Money
+    price_output_per_mtok: Money
+    source: Literal["admin", "settings"]
+
+
+@router.get("/prices")
+def list_prices(session: SessionDep, settings: SettingsDep) -> list[PriceView]:
+    """The price of every model the tiers name, and of any other model priced here."""
+    views = {}
+    for tier in (settings.small, settings.large):
+        price = settings_price(tier)
+        views[tier.model] = PriceView(model=tier.model, source="settings",
+                                      price_input_per_mtok=price.input_per_mtok,
+                                      price_output_per_mtok=price.output_per_mtok)  # fmt: skip
+    for row in session.scalars(select(ModelPrice)):
+        views[row.model] = PriceView(model=row.model, source="admin",
+                                     price_input_per_mtok=row.price_input_per_mtok,
+                                     price_output_per_mtok=row.price_output_per_mtok)  # fmt: skip
+    return [views[model] for model in sorted(views)]
+
+
+@router.put("/prices/{model:path}")
+def set_price(model: str, body: PriceSet, session: SessionDep) -> PriceView:
+    """Price a model's calls from now on (calls already in the ledger keep their cost)."""
+    row = session.get(ModelPrice, model, with_for_update=True) or ModelPrice(model=model)
+    row.price_input_per_mtok = body.price_input_per_mtok
+    row.price_output_per_mtok = body.price_output_per_mtok
+    row.updated_at = utcnow()
+    session.add(row)
+    session.commit()
+    return PriceView(model=model, source="admin", price_input_per_mtok=row.price_input_per_mtok,
+                     price_output_per_mtok=row.price_output_per_mtok)  # fmt: skip
+
+
+@router.delete("/prices/{model:path}", status_code=status.HTTP_204_NO_CONTENT)
+def clear_price(model: str, session: SessionDep) -> None:
+    """Go back to the tier's price settings for this model."""
+    row = session.get(ModelPrice, model)
+    if row is None:
+        raise NotFound(f"no admin price for {model}")
+    session.delete(row)
+    session.commit()

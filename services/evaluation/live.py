@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from services.accounting import call_cost
+from services.accounting import settings_price
 from services.llm.base import Backend
 from services.llm.margin import choice_margin, class_probabilities, first_token_margin
 from services.settings import TierSettings
@@ -166,4 +166,4 @@ def _record(example: Example, task: str, tiers: LiveTiers) -> dict[str, Any]:
 
 
 def _cost(tier: TierSettings, input_tokens: int, output_tokens: int) -> float:
-    return float(call_cost(tier, input_tokens=input_tokens, output_tokens=output_tokens))
+    return float(settings_price(tier).cost(input_tokens=input_tokens, output_tokens=output_tokens))
