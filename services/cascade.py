@@ -152,11 +152,14 @@ def _mark_failed(session: Session, query: Query, code: str, message: str) -> Tie
 def _claim(query_id: uuid.UUID, tier: Tier, settings: Settings) -> _Claim | TierResult:
     with session_scope() as session:
         query = session.get(Query, query_id, with_for_update=True, populate_existing=True)
-        if query is None or query.status not in CLAIMABLE[tier]:
-            if query is not None and query.status in TERMINAL_STATUSES:
-                budgets.release(session, query=query)  # e.g. cancelled while this call ran
-            return TierResult(Outcome.SKIPPED)
         now = utcnow()
+        if query is None or query.status not in CLAIMABLE[tier]:
+            lease_over = query is not None and (
+                query.lease_expires_at is None or query.lease_expires_at <= now
+            )
+            if query is not None and query.status in TERMINAL_STATUSES and lease_over:
+                budgets.release(session, query=query)  # cancelled while a call ran, now over
+            return TierResult(Outcome.SKIPPED)
         if query.lease_expires_at is not None and query.lease_expires_at > now:
             return TierResult(Outcome.BUSY, (query.lease_expires_at - now).total_seconds())
         query.delivery_attempts += 1

@@ -18,7 +18,7 @@ import structlog
 from services import cascade
 from services.db import session_scope
 from services.models import Tier
-from services.recovery import claim_stuck_queries, reclaim_unfinished_queries
+from services.recovery import reclaim_unfinished_queries, sweep
 from services.settings import get_settings
 
 log = structlog.get_logger(__name__)
@@ -93,7 +93,7 @@ class InProcessQueue:
         while not self._stopping.wait(settings.recovery_interval_s):
             try:
                 with session_scope() as session:
-                    stuck = claim_stuck_queries(session, stuck_after_s=settings.stuck_after_s)
+                    stuck = sweep(session, stuck_after_s=settings.stuck_after_s)
             except Exception:  # the sweep tries again next interval
                 log.exception("sweep_failed")
                 continue

@@ -162,13 +162,15 @@ def cancel_query(session: Session, *, tenant_id: uuid.UUID, query_id: uuid.UUID)
         raise NotFound(f"no query {query_id}")
     if query.status in TERMINAL_STATUSES:
         raise QueryAlreadyFinished(f"query {query_id} is already {query.status}")
-    # A call that may be running keeps its reservation and settles it when it ends (or its
-    # redelivery releases it); everything else is given back now.
+    # A call that may be running keeps its reservation and its lease: it settles when it ends,
+    # or the recovery sweep gives the reservation back once the lease has run out.
+    lease = query.lease_expires_at
     if query.status == QueryStatus.RUNNING:
         budgets.release(session, query=query, tier=Tier.LARGE)
     elif query.status != QueryStatus.ESCALATED or query.large_started_at is None:
         budgets.release(session, query=query)
     query.finish(QueryStatus.CANCELLED)
+    query.lease_expires_at = lease
     return query
 
 

@@ -11,6 +11,7 @@ from datetime import timedelta
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from services import budgets
 from services.models import Query, QueryStatus, Tier, utcnow
 
 TIER_OF_STATUS = {
@@ -43,6 +44,32 @@ def claim_stuck_queries(
     for query in stuck:
         query.updated_at = now
     return [(query.id, TIER_OF_STATUS[QueryStatus(query.status)]) for query in stuck]
+
+
+def sweep(session: Session, *, stuck_after_s: float) -> list[tuple[uuid.UUID, Tier]]:
+    """One pass of the recovery sweep: queries to queue again, and budget reservations that no
+    call can settle any more given back."""
+    release_abandoned_reservations(session)
+    return claim_stuck_queries(session, stuck_after_s=stuck_after_s)
+
+
+def release_abandoned_reservations(session: Session, *, limit: int = 500) -> int:
+    """A query cancelled while its call ran keeps that call's reservation for the call to
+    settle; once the call's lease has run out with nothing settled, give it back."""
+    now = utcnow()
+    abandoned = session.scalars(
+        select(Query)
+        .where(
+            Query.status == QueryStatus.CANCELLED,
+            or_(Query.reserved_small > 0, Query.reserved_large > 0),
+            or_(Query.lease_expires_at.is_(None), Query.lease_expires_at < now),
+        )
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for query in abandoned:
+        budgets.release(session, query=query)
+    return len(abandoned)
 
 
 def reclaim_unfinished_queries(session: Session) -> list[tuple[uuid.UUID, Tier]]:

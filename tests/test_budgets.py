@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import httpx
@@ -18,7 +18,8 @@ from sqlalchemy import func, select
 from services import budgets
 from services.db import session_scope
 from services.errors import BudgetExceeded
-from services.models import BudgetPeriod, ModelCall, Query, Tenant
+from services.models import BudgetPeriod, ModelCall, Query, QueryStatus, Tenant
+from services.recovery import release_abandoned_reservations
 from services.settings import get_settings
 from services.tenants import set_budget
 from tests.conftest import ADMIN_TOKEN, WARMUP, TenantApi
@@ -286,3 +287,31 @@ def test_prices_set_through_the_admin_api_price_new_calls(
         assert cleared.status_code == 204
     listed = {p["model"]: p for p in tenant.client.get("/v1/admin/prices", headers=admin).json()}
     assert listed[model]["source"] == "settings"
+
+
+def test_the_sweep_gives_back_reservations_no_call_will_settle() -> None:
+    with session_scope() as session:
+        tenant = Tenant(name=f"abandoned-{uuid.uuid4().hex[:8]}", target_escalation_rate=0.3,
+                        budget_period="none", budget_hard_limit=Decimal(1))  # fmt: skip
+        session.add(tenant)
+        session.flush()
+        now = datetime.now(UTC)
+        queries = []
+        for lease in (now - timedelta(seconds=1), now + timedelta(hours=1)):
+            reservation = budgets.reserve(
+                session, tenant=tenant, small=Decimal("0.1"), large=Decimal("0.2")
+            )
+            query = Query(
+                tenant_id=tenant.id, status=QueryStatus.CANCELLED, prompt="p", max_new_tokens=1,
+                delivery_attempts=1, budget_period_id=reservation.period_id,
+                reserved_small=reservation.small, reserved_large=reservation.large,
+                lease_expires_at=lease,
+            )  # fmt: skip
+            session.add(query)
+            queries.append(query)
+        session.flush()
+        assert release_abandoned_reservations(session) >= 1
+        period = session.get_one(BudgetPeriod, queries[0].budget_period_id)
+        assert queries[0].reserved_small == queries[0].reserved_large == 0
+        assert queries[1].reserved_small == Decimal("0.1")  # its call may still settle
+        assert period.reserved == Decimal("0.3")

@@ -10,7 +10,7 @@ from celery import Task
 from services import cascade
 from services.db import session_scope
 from services.models import Tier
-from services.recovery import claim_stuck_queries
+from services.recovery import sweep
 from services.settings import get_settings
 from workers.app import app
 from workers.dispatch import CeleryDispatcher
@@ -44,7 +44,7 @@ def answer_on_large_tier(self: Task, query_id: str) -> None:
 @app.task(name="twotier.requeue_stuck_queries")
 def requeue_stuck_queries() -> int:
     with session_scope() as session:
-        stuck = claim_stuck_queries(session, stuck_after_s=get_settings().stuck_after_s)
+        stuck = sweep(session, stuck_after_s=get_settings().stuck_after_s)
     for query_id, tier in stuck:
         dispatcher.enqueue(tier, query_id)
     if stuck:
