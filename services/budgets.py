@@ -11,6 +11,7 @@ its ledger row; whatever a query did not use is released when it finishes.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -30,6 +31,10 @@ log = structlog.get_logger(__name__)
 PERIODS = ("none", "daily", "monthly")
 RECENT_CALLS = 1000  # the window of calls whose average cost p(B) uses
 NO_PERIOD = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+# The worst-case (small, large) cost of a query, computed only if a budget rule needs it.
+WorstCase = Callable[[], tuple[Decimal, Decimal]]
 
 
 @dataclass(frozen=True)
@@ -89,10 +94,13 @@ def reserve(
     return Reservation(period.id, small, reserved_large)
 
 
-def reserve_escalation(session: Session, *, query: Query, tenant: Tenant, large: Decimal) -> bool:
+def reserve_escalation(
+    session: Session, *, query: Query, tenant: Tenant, worst_case: WorstCase
+) -> bool:
     """At escalation time: True if the large call is (or can now be) paid for."""
     if query.budget_period_id is None or query.reserved_large > 0:
         return True
+    _, large = worst_case()
     period = _locked(session, query.budget_period_id)
     limit = tenant.budget_hard_limit
     if limit is not None and large > limit - period.spent - period.reserved:
@@ -141,19 +149,19 @@ def _locked(session: Session, period_id: int) -> BudgetPeriod:
 
 
 def escalation_rate_for(
-    session: Session, *, tenant: Tenant, settings: Settings, fallback: tuple[Decimal, Decimal]
+    session: Session, *, tenant: Tenant, settings: Settings, worst_case: WorstCase
 ) -> float:
     """The rate to escalate at: the tenant's target, or p(B) = min((B - c_s) / c_l, 1) from its
     average budget per query B and the average costs of its recent calls on each tier.
 
     Before any large call, c_l is the small calls' average tokens at the large tier's prices;
-    before any call at all, the query's worst case (``fallback``) stands in.
+    before any call at all, the query's worst case stands in.
     """
     if tenant.budget_per_query is None:
         return tenant.target_escalation_rate
     small = _recent_averages(session, tenant.id, Tier.SMALL)
     large = _recent_averages(session, tenant.id, Tier.LARGE)
-    small_cost = small[0] if small else fallback[0]
+    small_cost = small[0] if small else worst_case()[0]
     if large:
         large_cost = large[0]
     elif small:
@@ -161,7 +169,7 @@ def escalation_rate_for(
             input_tokens=round(small[1]), output_tokens=round(small[2])
         )
     else:
-        large_cost = fallback[1]
+        large_cost = worst_case()[1]
     if large_cost <= 0:
         return 1.0
     rate = (tenant.budget_per_query - small_cost) / large_cost

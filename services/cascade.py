@@ -10,6 +10,7 @@ at most once however often the task runs.
 from __future__ import annotations
 
 import enum
+import functools
 import time
 import uuid
 from dataclasses import dataclass
@@ -200,13 +201,13 @@ def _decide(
         message = f"{exc}; is the server's --max-top-n-tokens at least 2?"
         return _mark_failed(session, query, "margin_unavailable", message)
     tenant = session.get_one(Tenant, query.tenant_id)
-    rate = budgets.escalation_rate_for(
-        session,
-        tenant=tenant,
-        settings=settings,
-        fallback=budgets.worst_case_costs(
+    worst_case = functools.cache(
+        lambda: budgets.worst_case_costs(
             session, settings, prompt=query.prompt, max_new_tokens=query.max_new_tokens
-        ),
+        )
+    )
+    rate = budgets.escalation_rate_for(
+        session, tenant=tenant, settings=settings, worst_case=worst_case
     )
     decision = threshold.decide(
         session,
@@ -225,7 +226,9 @@ def _decide(
     query.target_escalation_rate = decision.target_escalation_rate
     query.decision = decision.reason
     escalate = decision.escalate
-    if escalate and not _large_call_affordable(session, query, tenant, settings):
+    if escalate and not budgets.reserve_escalation(
+        session, query=query, tenant=tenant, worst_case=worst_case
+    ):
         escalate = False
         query.decision = "budget_guard"  # below the threshold, but the budget cannot pay L
     log.info("decision", margin=margin, threshold=decision.threshold, reason=query.decision)
@@ -238,15 +241,6 @@ def _decide(
     query.updated_at = now
     query.lease_expires_at = None
     return TierResult(Outcome.ESCALATE)
-
-
-def _large_call_affordable(
-    session: Session, query: Query, tenant: Tenant, settings: Settings
-) -> bool:
-    _, large_cost = budgets.worst_case_costs(
-        session, settings, prompt=query.prompt, max_new_tokens=query.max_new_tokens
-    )
-    return budgets.reserve_escalation(session, query=query, tenant=tenant, large=large_cost)
 
 
 def _succeed(query: Query, answer: str, tier: Tier) -> None:

@@ -68,9 +68,11 @@ class QueryCreate(BaseModel):
 
 
 # Money is a decimal string in fixed notation with 10 places: "0.0000005000", never "5E-7".
-Money = Annotated[
-    Decimal, PlainSerializer(lambda value: f"{value:.10f}", return_type=str, when_used="json")
-]
+def money_text(value: Decimal) -> str:
+    return f"{value:.10f}"
+
+
+Money = Annotated[Decimal, PlainSerializer(money_text, return_type=str, when_used="json")]
 
 
 class QueryCost(BaseModel):

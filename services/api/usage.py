@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query
 
 from services.api.deps import SessionDep, TenantDep
 from services.api.errors import ERROR_RESPONSES
+from services.api.schemas import money_text
 from services.usage import Granularity, tenant_usage
 
 router = APIRouter(prefix="/v1/usage", tags=["usage"], responses=ERROR_RESPONSES)
@@ -33,7 +34,7 @@ def get_usage(
 def _as_json(value: Any) -> Any:
     """Money (Decimal) as fixed-point strings, like everywhere in the API."""
     if isinstance(value, Decimal):
-        return f"{value:.10f}"
+        return money_text(value)
     if isinstance(value, dict):
         return {key: _as_json(item) for key, item in value.items()}
     if isinstance(value, list):
