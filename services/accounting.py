@@ -80,6 +80,11 @@ def record_model_call(
     return cost
 
 
+# Money is a decimal string in fixed notation with 10 places: "0.0000005000", never "5E-7".
+def money_text(value: Decimal) -> str:
+    return f"{value:.10f}"
+
+
 def costs_by_query(
     session: Session, query_ids: list[uuid.UUID]
 ) -> dict[uuid.UUID, dict[str, Decimal]]:

@@ -20,11 +20,12 @@ import structlog
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from services.accounting import current_price
+from services.accounting import current_price, money_text
 from services.db import locked_row
 from services.errors import BudgetExceeded
 from services.models import BudgetPeriod, ModelCall, Query, Tenant, Tier, utcnow
 from services.settings import Settings
+from services.webhooks.events import EventType, record_event
 
 log = structlog.get_logger(__name__)
 
@@ -88,6 +89,7 @@ def reserve(
             f"left; this query may cost up to {small} on the small model",
             details={"limit": str(limit), "available": str(max(available, Decimal(0))),
                      "required": str(small), "period": tenant.budget_period},
+            period_start=start,
         )  # fmt: skip
     reserved_large = large if available is None or small + large <= available else Decimal(0)
     period.reserved += small + reserved_large
@@ -104,6 +106,7 @@ def reserve_escalation(
     period = _locked(session, query.budget_period_id)
     limit = tenant.budget_hard_limit
     if limit is not None and large > limit - period.spent - period.reserved:
+        _alert_exhausted(session, tenant, period)
         return False
     period.reserved += large
     query.reserved_large = large
@@ -125,10 +128,39 @@ def settle(session: Session, *, query: Query, tier: Tier, cost: Decimal, tenant:
     soft = tenant.budget_soft_limit
     if soft is not None and period.spent >= soft and period.soft_limit_alerted_at is None:
         period.soft_limit_alerted_at = utcnow()
-        log.warning(
-            "budget.soft_limit_crossed", tenant_id=str(tenant.id), spent=str(period.spent),
-            soft_limit=str(soft), period_start=period.period_start.isoformat(),
-        )  # fmt: skip
+        _alert(session, EventType.BUDGET_SOFT_LIMIT_CROSSED, tenant, period)
+
+
+def alert_exhausted(session: Session, *, tenant: Tenant, period_start: datetime) -> None:
+    """After a refused submit (whose transaction rolled back): alert if this is the period's
+    first refusal."""
+    period = locked_row(session, BudgetPeriod, tenant_id=tenant.id, period_start=period_start)
+    _alert_exhausted(session, tenant, period)
+
+
+def _alert_exhausted(session: Session, tenant: Tenant, period: BudgetPeriod) -> None:
+    """Once per period, when the hard limit first refuses a query or an escalation."""
+    if period.exhausted_alerted_at is None:
+        period.exhausted_alerted_at = utcnow()
+        _alert(session, EventType.BUDGET_EXHAUSTED, tenant, period)
+
+
+def _alert(session: Session, event_type: EventType, tenant: Tenant, period: BudgetPeriod) -> None:
+    data = {
+        "tenant_id": str(tenant.id),
+        "period": tenant.budget_period,
+        "period_start": period.period_start.isoformat(),
+        "spent": money_text(period.spent),
+        "reserved": money_text(period.reserved),
+        "soft_limit": _money_or_none(tenant.budget_soft_limit),
+        "hard_limit": _money_or_none(tenant.budget_hard_limit),
+    }
+    log.warning(event_type.value, **data)
+    record_event(session, tenant_id=tenant.id, event_type=event_type, data=lambda: data)
+
+
+def _money_or_none(value: Decimal | None) -> str | None:
+    return None if value is None else money_text(value)
 
 
 def release(session: Session, *, query: Query, tier: Tier | None = None) -> None:

@@ -28,6 +28,7 @@ from services.llm.margin import MarginUnavailable, candidates_for, margin_and_an
 from services.llm.registry import backend_for, model_pair, tier_settings_of
 from services.models import TERMINAL_STATUSES, Query, QueryStatus, Tenant, Tier, utcnow
 from services.settings import Settings, get_settings
+from services.webhooks.events import EventType, record_query_event
 
 log = structlog.get_logger(__name__)
 
@@ -130,7 +131,7 @@ def answer_on_tier(query_id: uuid.UUID, tier: Tier) -> TierResult:
         _, answer = margin_and_answer(
             generation.first_token_candidates, generation.text, query.choices
         )
-        _succeed(query, answer, Tier.LARGE)
+        _succeed(session, query, answer, Tier.LARGE)
         return TierResult(Outcome.ANSWERED)
 
 
@@ -147,6 +148,7 @@ def _mark_failed(session: Session, query: Query, code: str, message: str) -> Tie
     query.error_code = code
     query.error_message = message
     log.warning("query_failed", error_code=code, error=message)
+    record_query_event(session, query, EventType.QUERY_FAILED)
     return TierResult(Outcome.FAILED)
 
 
@@ -234,19 +236,21 @@ def _decide(
     log.info("decision", margin=margin, threshold=decision.threshold, reason=query.decision)
     if not escalate:
         budgets.release(session, query=query, tier=Tier.LARGE)
-        _succeed(query, answer, Tier.SMALL)
+        _succeed(session, query, answer, Tier.SMALL)
         return TierResult(Outcome.ANSWERED)
     query.status = QueryStatus.ESCALATED
     query.escalated_at = now
     query.updated_at = now
     query.lease_expires_at = None
+    record_query_event(session, query, EventType.QUERY_ESCALATED)
     return TierResult(Outcome.ESCALATE)
 
 
-def _succeed(query: Query, answer: str, tier: Tier) -> None:
+def _succeed(session: Session, query: Query, answer: str, tier: Tier) -> None:
     query.finish(QueryStatus.SUCCEEDED)
     query.answer = answer
     query.answered_by = tier
+    record_query_event(session, query, EventType.QUERY_SUCCEEDED)
 
 
 def _release_lease(query_id: uuid.UUID) -> None:

@@ -320,7 +320,7 @@ def api(host: str, port: int, workers: int) -> None:
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
-@click.option("--queues", "-Q", default="small,large,maintenance", show_default=True)
+@click.option("--queues", "-Q", default="small,large,webhooks,maintenance", show_default=True)
 @click.option("--concurrency", "-c", default=None, type=int, help="Processes (default: cores).")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(queues: str, concurrency: int | None, celery_args: tuple[str, ...]) -> None:

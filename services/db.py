@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
+import structlog
 from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.settings import get_settings
+
+log = structlog.get_logger(__name__)
 
 ModelT = TypeVar("ModelT")
 
@@ -53,7 +56,34 @@ def _sqlite_begin(connection: Connection) -> None:
 
 @lru_cache(maxsize=1)
 def session_factory() -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(), expire_on_commit=False)
+    factory = sessionmaker(bind=get_engine(), expire_on_commit=False)
+    event.listen(factory, "after_commit", _run_after_commit)
+    event.listen(factory, "after_rollback", _forget_after_commit)
+    return factory
+
+
+_AFTER_COMMIT = "twotier.after_commit"
+
+
+def after_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Run ``callback`` once the session's transaction has committed; never if it rolls back.
+
+    For messages to workers about rows this transaction writes: sent before the commit, a
+    worker could look for the rows before they exist.
+    """
+    session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
+def _run_after_commit(session: Session) -> None:
+    for callback in session.info.pop(_AFTER_COMMIT, []):
+        try:
+            callback()
+        except Exception:  # the rows are committed; the recovery sweep sends what failed here
+            log.exception("after_commit_failed")
+
+
+def _forget_after_commit(session: Session) -> None:
+    session.info.pop(_AFTER_COMMIT, None)
 
 
 @contextmanager

@@ -1,9 +1,10 @@
 """The in-process queue of the embedded default (``twotier serve``).
 
 It stands where Celery and Redis stand in the distributed mode and runs the same delivery code:
-one worker thread per tier, delayed redelivery for retries, and the recovery sweep. The queue
-itself is memory only; the database is the durable record, so at start-up every unfinished
-query is queued again and nothing accepted before a shutdown is lost.
+one worker thread per tier and one for webhooks, delayed redelivery for retries, and the
+recovery sweep. The queue itself is memory only; the database is the durable record, so at
+start-up every unfinished query and pending webhook delivery is queued again and nothing
+accepted before a shutdown is lost.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import queue
 import threading
 import uuid
 from collections.abc import Callable
+from typing import TypeVar
 
 import structlog
 
@@ -20,10 +22,16 @@ from services.db import session_scope
 from services.models import Tier
 from services.recovery import reclaim_unfinished_queries, sweep
 from services.settings import get_settings
+from services.webhooks.delivery import (
+    attempt_delivery,
+    claim_due_deliveries,
+    reclaim_pending_deliveries,
+)
 
 log = structlog.get_logger(__name__)
 
 _STOP = None
+T = TypeVar("T")
 
 
 class InProcessQueue:
@@ -31,11 +39,15 @@ class InProcessQueue:
         self._queues: dict[Tier, queue.Queue[tuple[uuid.UUID, int] | None]] = {
             tier: queue.Queue() for tier in Tier
         }
+        self._webhooks: queue.Queue[uuid.UUID | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
 
     def enqueue(self, tier: Tier, query_id: uuid.UUID, *, delay_s: float = 0.0) -> None:
         self._put(tier, query_id, retries_so_far=0, delay_s=delay_s)
+
+    def enqueue_webhook(self, delivery_id: uuid.UUID, *, delay_s: float = 0.0) -> None:
+        _put_later(self._webhooks, delivery_id, delay_s)
 
     def is_reachable(self) -> bool:
         return bool(self._threads) and not self._stopping.is_set()
@@ -44,10 +56,14 @@ class InProcessQueue:
         """Start the tier threads and the sweep, and queue every unfinished query (counted)."""
         with session_scope() as session:
             unfinished = reclaim_unfinished_queries(session)
+            pending_webhooks = reclaim_pending_deliveries(session)
         for query_id, tier in unfinished:
             self.enqueue(tier, query_id)
+        for delivery_id in pending_webhooks:
+            self.enqueue_webhook(delivery_id)
         for tier in Tier:
             self._spawn(f"twotier-{tier.value}", self._work, tier)
+        self._spawn("twotier-webhooks", self._deliver_webhooks)
         self._spawn("twotier-sweep", self._sweep)
         return len(unfinished)
 
@@ -56,6 +72,7 @@ class InProcessQueue:
         self._stopping.set()
         for tier_queue in self._queues.values():
             tier_queue.put(_STOP)
+        self._webhooks.put(_STOP)
         for thread in self._threads:
             thread.join(timeout=timeout_s)
         self._threads.clear()
@@ -66,13 +83,7 @@ class InProcessQueue:
         self._threads.append(thread)
 
     def _put(self, tier: Tier, query_id: uuid.UUID, *, retries_so_far: int, delay_s: float) -> None:
-        item = (query_id, retries_so_far)
-        if delay_s <= 0:
-            self._queues[tier].put(item)
-            return
-        timer = threading.Timer(delay_s, self._queues[tier].put, args=(item,))
-        timer.daemon = True
-        timer.start()
+        _put_later(self._queues[tier], (query_id, retries_so_far), delay_s)
 
     def _work(self, tier: Tier) -> None:
         tier_queue = self._queues[tier]
@@ -88,14 +99,39 @@ class InProcessQueue:
             if retry_in_s is not None:
                 self._put(tier, query_id, retries_so_far=retries_so_far + 1, delay_s=retry_in_s)
 
+    def _deliver_webhooks(self) -> None:
+        settings = get_settings()
+        while (delivery_id := self._webhooks.get()) is not _STOP and not self._stopping.is_set():
+            try:
+                look_again_in_s = attempt_delivery(delivery_id, settings=settings)
+            except Exception:  # one bad delivery must not stop the others; the relay retries it
+                log.exception("webhook_delivery_failed", delivery_id=str(delivery_id))
+                continue
+            if look_again_in_s is not None:
+                self.enqueue_webhook(delivery_id, delay_s=look_again_in_s)
+
     def _sweep(self) -> None:
         settings = get_settings()
         while not self._stopping.wait(settings.recovery_interval_s):
             try:
                 with session_scope() as session:
                     stuck = sweep(session, stuck_after_s=settings.stuck_after_s)
+                    due_webhooks = claim_due_deliveries(
+                        session, grace_s=settings.webhook_relay_interval_s
+                    )
             except Exception:  # the sweep tries again next interval
                 log.exception("sweep_failed")
                 continue
             for query_id, tier in stuck:
                 self.enqueue(tier, query_id)
+            for delivery_id in due_webhooks:
+                self.enqueue_webhook(delivery_id)
+
+
+def _put_later(target: queue.Queue[T], item: T, delay_s: float) -> None:
+    if delay_s <= 0:
+        target.put(item)
+        return
+    timer = threading.Timer(delay_s, target.put, args=(item,))
+    timer.daemon = True
+    timer.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 
@@ -41,6 +42,10 @@ class TenantDisabled(TwotierError):
 class BudgetExceeded(TwotierError):
     code = "budget_exceeded"
 
+    def __init__(self, message: str, *, period_start: datetime, details: Any = None) -> None:
+        super().__init__(message, details=details)
+        self.period_start = period_start  # of the budget period that could not pay
+
 
 class AdminOnly(TwotierError):
     code = "admin_token_required"
@@ -53,3 +58,18 @@ class RateLimited(TwotierError):
         super().__init__(message)
         self.retry_after_s = retry_after_s
         self.code = code
+
+
+class WebhookUrlRefused(TwotierError):
+    """The URL is not one webhooks may be sent to (scheme, credentials, or an address inside
+    a private network that the allowlist does not name)."""
+
+    code = "webhook_url_refused"
+
+
+class WebhookUrlUnresolvable(TwotierError):
+    code = "webhook_url_unresolvable"
+
+
+class WebhookNotReplayable(TwotierError):
+    code = "webhook_not_replayable"

@@ -29,6 +29,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from services.webhooks.signing import new_secret
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -93,6 +95,10 @@ class Tenant(Base):
     budget_per_query: Mapped[Decimal | None] = mapped_column(Numeric(20, 10))
     rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer)
     max_concurrent_queries: Mapped[int | None] = mapped_column(Integer)
+    # Signs the callbacks sent to a query's own ``webhook_url``.
+    webhook_secret: Mapped[str] = mapped_column(String(100), default=new_secret)
+    webhook_previous_secret: Mapped[str | None] = mapped_column(String(100))
+    webhook_previous_secret_expires_at: Mapped[datetime | None] = mapped_column()
 
 
 class BudgetPeriod(Base):
@@ -108,6 +114,7 @@ class BudgetPeriod(Base):
     reserved: Mapped[Decimal] = mapped_column(Numeric(20, 10), default=Decimal(0))
     spent: Mapped[Decimal] = mapped_column(Numeric(20, 10), default=Decimal(0))
     soft_limit_alerted_at: Mapped[datetime | None] = mapped_column()
+    exhausted_alerted_at: Mapped[datetime | None] = mapped_column()
 
 
 class ApiKey(Base):
@@ -177,6 +184,7 @@ class Query(Base):
     request_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
     choices: Mapped[list[str] | None] = mapped_column(JSON)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    webhook_url: Mapped[str | None] = mapped_column(String(2000))
     request_hash: Mapped[str | None] = mapped_column(String(64))
 
     answer: Mapped[str | None] = mapped_column(Text)
@@ -246,3 +254,94 @@ class ModelCall(Base):
     cost: Mapped[Decimal] = mapped_column(Numeric(20, 10))
     latency_ms: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookEndpoint(Base):
+    """A tenant's callback URL, its signing secret (the previous one too, during a rotation)
+    and the event types it wants (None: all)."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (
+        Index("ix_webhook_endpoints_tenant_id_created_at", "tenant_id", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    url: Mapped[str] = mapped_column(String(2000))
+    description: Mapped[str | None] = mapped_column(String(500))
+    event_types: Mapped[list[str] | None] = mapped_column(JSON)
+    thin_payload: Mapped[bool] = mapped_column(Boolean, default=False)
+    webhook_secret: Mapped[str] = mapped_column(String(100), default=new_secret)
+    webhook_previous_secret: Mapped[str | None] = mapped_column(String(100))
+    webhook_previous_secret_expires_at: Mapped[datetime | None] = mapped_column()
+    disabled_at: Mapped[datetime | None] = mapped_column()
+    disabled_reason: Mapped[str | None] = mapped_column(String(500))
+    deleted_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookMessage(Base):
+    """One event, written in the transaction that caused it (the outbox). Its id is the
+    ``webhook-id`` of every delivery and every retry of it."""
+
+    __tablename__ = "webhook_messages"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    event_type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"  # an attempt is due at ``next_attempt_at``
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"  # every attempt failed, or the endpoint is gone: a dead letter to replay
+    DISCARDED = "discarded"  # its endpoint was deleted
+
+
+class WebhookDelivery(Base):
+    """One message on its way to one URL: a registered endpoint, or a query's own
+    ``webhook_url`` (then ``endpoint_id`` is None and the tenant's secret signs it)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'succeeded', 'dead', 'discarded')", name="status"),
+        Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_tenant_id_status", "tenant_id", "status"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    message_id: Mapped[str] = mapped_column(ForeignKey("webhook_messages.id"), index=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    endpoint_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("webhook_endpoints.id"), index=True
+    )
+    url: Mapped[str] = mapped_column(String(2000))
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    lease_expires_at: Mapped[datetime | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(String(1000))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column()
+
+
+class WebhookAttempt(Base):
+    """The delivery log: one row per HTTP attempt, with what the receiver answered."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (Index("ix_webhook_attempts_endpoint_id_id", "endpoint_id", "id"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    delivery_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("webhook_deliveries.id"), index=True)
+    endpoint_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("webhook_endpoints.id"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(1000))
+    response_excerpt: Mapped[str | None] = mapped_column(String(1000))
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    attempted_at: Mapped[datetime] = mapped_column(default=utcnow)

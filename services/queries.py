@@ -21,6 +21,8 @@ from services import budgets, limits
 from services.errors import IdempotencyConflict, InvalidRequest, NotFound, QueryAlreadyFinished
 from services.models import TERMINAL_STATUSES, Query, QueryStatus, Tenant, Tier
 from services.settings import Settings
+from services.webhooks.events import EventType, record_query_event
+from services.webhooks.urls import check_webhook_url
 
 LONG_POLL_INTERVAL_S = 0.05
 
@@ -32,6 +34,7 @@ class NewQuery:
     task: str | None
     metadata: dict[str, Any] | None
     choices: list[str] | None = None
+    webhook_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,8 @@ def submit_query(
     write nothing. The caller commits, then enqueues if ``created``."""
     tenant_id = tenant.id
     max_new_tokens = _validated_max_new_tokens(request, settings)
+    if request.webhook_url is not None:
+        check_webhook_url(request.webhook_url, allowed_networks=settings.webhook_allowed_networks)
     request_hash = _request_hash(request, max_new_tokens)
     if idempotency_key is not None:
         earlier = _by_idempotency_key(session, tenant_id, idempotency_key)
@@ -71,6 +76,7 @@ def submit_query(
         task_label=request.task,
         request_metadata=request.metadata,
         choices=request.choices,
+        webhook_url=request.webhook_url,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
         delivery_attempts=0,
@@ -171,6 +177,7 @@ def cancel_query(session: Session, *, tenant_id: uuid.UUID, query_id: uuid.UUID)
         budgets.release(session, query=query)
     query.finish(QueryStatus.CANCELLED)
     query.lease_expires_at = lease
+    record_query_event(session, query, EventType.QUERY_CANCELLED)
     return query
 
 
@@ -209,6 +216,7 @@ def _request_hash(request: NewQuery, max_new_tokens: int) -> str:
             "task": request.task,
             "metadata": request.metadata,
             "choices": request.choices,
+            "webhook_url": request.webhook_url,
         },
         sort_keys=True,
         separators=(",", ":"),

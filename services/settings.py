@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Literal
 
@@ -138,6 +139,33 @@ class Settings(BaseSettings):
         gt=0,
         description="While a worker holds a query's lease, a duplicate delivery waits "
         "instead of calling the model a second time.",
+    )
+
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, description="How long one webhook attempt may take, all in."
+    )
+    webhook_retry_schedule_s: list[float] = Field(
+        default=[0, 5, 300, 1800, 7200, 18000, 36000, 36000],
+        min_length=1,
+        description="Delay before each webhook attempt (the first is the first attempt); "
+        "each delay is jittered by up to 20%. After the last, the delivery is a dead letter.",
+    )
+    webhook_allowed_networks: list[IPv4Network | IPv6Network] = Field(
+        default=[],
+        description="Private, loopback or link-local networks webhook URLs may resolve to "
+        '(JSON list, e.g. ["10.0.0.0/8"]); everything else of the kind is refused.',
+    )
+    webhook_secret_grace_s: float = Field(
+        default=86400.0,
+        ge=0,
+        description="After a secret rotation, how long deliveries are also signed with the "
+        "previous secret.",
+    )
+    webhook_relay_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often the relay looks for webhook deliveries that are due and not "
+        "queued (retries far in the future, messages lost by the broker).",
     )
 
     admin_token: SecretStr | None = Field(

@@ -20,12 +20,14 @@ class CeleryWorker:
         name: str,
         *,
         log_dir: Path,
-        queues: str = "small,large,maintenance",
+        queues: str = "small,large,webhooks,maintenance",
         concurrency: int = 2,
+        pool: str = "prefork",
     ) -> None:
         self.name = f"{name}@{socket.gethostname()}"
         self.queues = queues
         self.concurrency = concurrency
+        self.pool = pool
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -35,7 +37,7 @@ class CeleryWorker:
         command = [
             sys.executable, "-m", "celery", "-A", "workers.app", "worker",
             "--queues", self.queues, "--concurrency", str(self.concurrency),
-            "--hostname", self.name, "--pool", "prefork", "--loglevel", "INFO",
+            "--hostname", self.name, "--pool", self.pool, "--loglevel", "INFO",
             "--without-gossip", "--without-mingle",
         ]  # fmt: skip
         with self.log_path.open("ab") as log:

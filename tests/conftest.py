@@ -3,6 +3,7 @@ scripted TGI servers, and (per module) real Celery worker processes."""
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ TEST_REDIS_URL = os.environ.get("TWOTIER_TEST_REDIS_URL", "redis://127.0.0.1:637
 WARMUP = 4
 ADMIN_TOKEN = "test-admin-token-0123456789"
 LEASE_S = 3
+WEBHOOK_RETRY_SCHEDULE_S = [0, 0.3, 0.6, 0.9]
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +78,10 @@ def environment(small_tgi: ScriptedTGI, large_tgi: ScriptedTGI) -> Iterator[dict
         "TWOTIER_RECOVERY_INTERVAL_S": "1",
         "TWOTIER_LOG_JSON": "false",
         "TWOTIER_ADMIN_TOKEN": ADMIN_TOKEN,
+        "TWOTIER_WEBHOOK_ALLOWED_NETWORKS": '["127.0.0.0/8"]',
+        "TWOTIER_WEBHOOK_RETRY_SCHEDULE_S": json.dumps(WEBHOOK_RETRY_SCHEDULE_S),
+        "TWOTIER_WEBHOOK_TIMEOUT_S": "3",
+        "TWOTIER_WEBHOOK_RELAY_INTERVAL_S": "1",
     }
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)

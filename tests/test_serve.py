@@ -21,6 +21,7 @@ from tests.local_model_fixtures import load_bundled_model
 from tests.scripted_openai import ScriptedOpenAI
 from tests.server_thread import free_port
 from tests.waiting import wait_for
+from tests.webhook_receiver import WebhookReceiver
 
 TWOTIER = [sys.executable, "-m", "services.cli"]
 
@@ -49,6 +50,7 @@ class ServeProcess:
                 "TWOTIER_LARGE__API_KEY": large.api_key or "",
                 "TWOTIER_WARMUP_QUERIES": "2",
                 "TWOTIER_DEFAULT_TARGET_ESCALATION_RATE": "0.5",
+                "TWOTIER_WEBHOOK_ALLOWED_NETWORKS": '["127.0.0.0/8"]',
             }
         )
         self.process: subprocess.Popen[bytes] | None = None
@@ -160,6 +162,34 @@ def test_serve_answers_with_the_local_model_and_escalates_to_the_large_tier(
             assert query["margin"] < query["threshold"]
             assert large.calls[prompt] == 1
     assert tiers == {"small", "large"}
+
+
+def test_serve_sends_signed_webhooks(serve: ServeProcess, unique: Callable[[str], str]) -> None:
+    receiver = WebhookReceiver().start()
+    try:
+        secret = httpx.get(
+            f"{serve.url}/v1/webhooks/callback-secret", headers=serve.headers, timeout=30
+        ).json()["secret"]
+        response = httpx.post(
+            f"{serve.url}/v1/queries",
+            json={"prompt": unique("Name a fruit."), "max_new_tokens": 4,
+                  "webhook_url": f"{receiver.url}/serve"},
+            headers=serve.headers,
+            timeout=30,
+        )  # fmt: skip
+        assert response.status_code == 202, response.text
+        finished = wait_for(
+            lambda: [
+                payload
+                for delivery in receiver.at("/serve")
+                if (payload := delivery.verified(secret))["type"] == "query.succeeded"
+            ],
+            timeout=120,
+            what="query.succeeded at the receiver",
+        )
+        assert [payload["data"]["query_id"] for payload in finished] == [response.json()["id"]]
+    finally:
+        receiver.stop()
 
 
 def test_ask_prints_the_answer_tier_margin_and_threshold(

@@ -21,12 +21,14 @@ broker_transport_options = {
     "unacked_restore_throttle": 1,
 }
 
-task_queues = (Queue("small"), Queue("large"), Queue("maintenance"))
+task_queues = (Queue("small"), Queue("large"), Queue("webhooks"), Queue("maintenance"))
 task_default_queue = "small"
 task_routes = {
     "twotier.answer_on_small_tier": {"queue": "small"},
     "twotier.answer_on_large_tier": {"queue": "large"},
     "twotier.requeue_stuck_queries": {"queue": "maintenance"},
+    "twotier.deliver_webhook": {"queue": "webhooks"},
+    "twotier.relay_due_webhooks": {"queue": "maintenance"},
 }
 task_serializer = "json"
 accept_content = ["json"]
@@ -43,5 +45,9 @@ beat_schedule = {
     "requeue-stuck-queries": {
         "task": "twotier.requeue_stuck_queries",
         "schedule": _settings.recovery_interval_s,
-    }
+    },
+    "relay-due-webhooks": {
+        "task": "twotier.relay_due_webhooks",
+        "schedule": _settings.webhook_relay_interval_s,
+    },
 }

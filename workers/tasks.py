@@ -7,16 +7,18 @@ import uuid
 import structlog
 from celery import Task
 
-from services import cascade
+from services import cascade, dispatch
 from services.db import session_scope
 from services.models import Tier
 from services.recovery import sweep
 from services.settings import get_settings
+from services.webhooks.delivery import attempt_delivery, claim_due_deliveries
 from workers.app import app
 from workers.dispatch import CeleryDispatcher
 
 log = structlog.get_logger(__name__)
 dispatcher = CeleryDispatcher()
+dispatch.install(dispatcher)
 
 
 def _deliver(task: Task, query_id: str, tier: Tier) -> None:
@@ -50,3 +52,23 @@ def requeue_stuck_queries() -> int:
     if stuck:
         log.warning("requeued_stuck_queries", count=len(stuck))
     return len(stuck)
+
+
+@app.task(name="twotier.deliver_webhook", acks_late=True, reject_on_worker_lost=True)
+def deliver_webhook(delivery_id: str) -> None:
+    settings = get_settings()
+    look_again_in_s = attempt_delivery(uuid.UUID(delivery_id), settings=settings)
+    # A message held back longer than the visibility timeout would be redelivered meanwhile;
+    # the relay sends later attempts once they are due.
+    if look_again_in_s is not None and look_again_in_s < settings.broker_visibility_timeout_s / 2:
+        dispatcher.enqueue_webhook(uuid.UUID(delivery_id), delay_s=look_again_in_s)
+
+
+@app.task(name="twotier.relay_due_webhooks")
+def relay_due_webhooks() -> int:
+    settings = get_settings()
+    with session_scope() as session:
+        due = claim_due_deliveries(session, grace_s=settings.webhook_relay_interval_s)
+    for delivery_id in due:
+        dispatcher.enqueue_webhook(delivery_id)
+    return len(due)

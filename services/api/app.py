@@ -8,7 +8,8 @@ from contextlib import AbstractAsyncContextManager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from services.api import admin, queries, usage
+from services import dispatch
+from services.api import admin, queries, usage, webhooks
 from services.api.errors import install_error_handlers
 from services.db import database_is_reachable
 from services.dispatch import Dispatcher
@@ -26,10 +27,12 @@ def create_app(dispatcher: Dispatcher, *, lifespan: Lifespan | None = None) -> F
         lifespan=lifespan,
     )
     app.state.dispatcher = dispatcher
+    dispatch.install(dispatcher)
     install_error_handlers(app)
     app.include_router(queries.router)
     app.include_router(admin.router)
     app.include_router(usage.router)
+    app.include_router(webhooks.router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

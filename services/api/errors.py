@@ -27,6 +27,9 @@ HTTP_STATUS = {
     errors.BudgetExceeded: 402,
     errors.AdminOnly: 401,
     errors.RateLimited: 429,
+    errors.WebhookUrlRefused: 422,
+    errors.WebhookUrlUnresolvable: 422,
+    errors.WebhookNotReplayable: 409,
 }
 
 HTTP_CODES = {

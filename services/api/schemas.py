@@ -16,6 +16,7 @@ from pydantic import (
     field_validator,
 )
 
+from services.accounting import money_text
 from services.models import Query, QueryStatus
 
 
@@ -29,6 +30,9 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+WebhookUrl = Annotated[
+    str, StringConstraints(min_length=1, max_length=2000, pattern=r"^https?://[^\s]+$")
+]
 ChoiceName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 
 
@@ -56,6 +60,11 @@ class QueryCreate(BaseModel):
         description="Class labels: the margin is taken over their first tokens and the answer "
         "is the winning label (the prompt should ask for one of them).",
     )
+    webhook_url: WebhookUrl | None = Field(
+        default=None,
+        description="Send this query's events here instead of to the tenant's endpoints, "
+        "signed with the tenant's callback secret (`GET /v1/webhooks/callback-secret`).",
+    )
 
     @field_validator("choices")
     @classmethod
@@ -65,11 +74,6 @@ class QueryCreate(BaseModel):
             if len(set(spellings)) != len(spellings):
                 raise ValueError("choices must differ in more than case and spaces")
         return choices
-
-
-# Money is a decimal string in fixed notation with 10 places: "0.0000005000", never "5E-7".
-def money_text(value: Decimal) -> str:
-    return f"{value:.10f}"
 
 
 Money = Annotated[Decimal, PlainSerializer(money_text, return_type=str, when_used="json")]
@@ -102,6 +106,7 @@ class QueryView(BaseModel):
     max_new_tokens: int
     metadata: dict[str, Any] | None
     choices: list[str] | None
+    webhook_url: str | None
     answer: str | None
     tier: str | None = Field(description="The tier that answered: `small` or `large`.")
     escalated: bool | None
@@ -129,6 +134,7 @@ class QueryView(BaseModel):
             max_new_tokens=query.max_new_tokens,
             metadata=query.request_metadata,
             choices=query.choices,
+            webhook_url=query.webhook_url,
             answer=query.answer,
             tier=query.answered_by,
             escalated=None if query.decision is None else query.escalated_at is not None,

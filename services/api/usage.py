@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
+from services.accounting import money_text
 from services.api.deps import SessionDep, TenantDep
 from services.api.errors import ERROR_RESPONSES
-from services.api.schemas import money_text
 from services.usage import Granularity, tenant_usage
 
 router = APIRouter(prefix="/v1/usage", tags=["usage"], responses=ERROR_RESPONSES)

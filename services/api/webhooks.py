@@ -1,0 +1,315 @@
+"""Routes for a tenant's webhooks: endpoints, secrets, the delivery log and dead letters."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.api.deps import SessionDep, SettingsDep, TenantDep
+from services.api.errors import ERROR_RESPONSES
+from services.api.schemas import ErrorBody, WebhookUrl
+from services.models import WebhookDelivery, WebhookEndpoint
+from services.webhooks import endpoints
+from services.webhooks.events import EventType
+
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=ERROR_RESPONSES)
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "No such endpoint for this tenant."}
+}
+
+
+class EndpointCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: WebhookUrl
+    description: str | None = Field(default=None, max_length=500)
+    event_types: list[EventType] | None = Field(
+        default=None, min_length=1, description="Events to send; absent means all of them."
+    )
+    thin_payload: bool = Field(
+        default=False, description="Leave the answer out of query events (fetch it instead)."
+    )
+
+
+class EndpointUpdate(BaseModel):
+    """Only the fields sent change."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: WebhookUrl | None = None
+    description: str | None = Field(default=None, max_length=500)
+    event_types: list[EventType] | None = Field(default=None, min_length=1)
+    all_events: bool = Field(default=False, description="Clear the event filter.")
+    thin_payload: bool | None = None
+    enabled: bool | None = Field(
+        default=None, description="true re-enables an endpoint disabled by a 410 or by you."
+    )
+
+
+class EndpointView(BaseModel):
+    id: uuid.UUID
+    url: str
+    description: str | None
+    event_types: list[str] | None
+    thin_payload: bool
+    enabled: bool
+    disabled_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, endpoint: WebhookEndpoint) -> EndpointView:
+        return cls(
+            id=endpoint.id,
+            url=endpoint.url,
+            description=endpoint.description,
+            event_types=endpoint.event_types,
+            thin_payload=endpoint.thin_payload,
+            enabled=endpoint.disabled_at is None,
+            disabled_reason=endpoint.disabled_reason,
+            created_at=endpoint.created_at,
+            updated_at=endpoint.updated_at,
+        )
+
+
+class EndpointList(BaseModel):
+    data: list[EndpointView]
+
+
+class SigningSecret(BaseModel):
+    secret: str = Field(description="`whsec_...`: verify deliveries with any Standard Webhooks "
+                        "library.")  # fmt: skip
+    previous_secret_expires_at: datetime | None = Field(
+        description="Until then, deliveries also carry a signature by the previous secret."
+    )
+
+
+class CreatedEndpoint(EndpointView):
+    secret: str
+
+
+class AttemptView(BaseModel):
+    id: int
+    delivery_id: uuid.UUID
+    message_id: str = Field(description="The `webhook-id` header, the same on every retry.")
+    event_type: str
+    attempt: int
+    status_code: int | None
+    error: str | None
+    response_excerpt: str | None
+    duration_ms: int
+    attempted_at: datetime
+
+
+class AttemptList(BaseModel):
+    data: list[AttemptView]
+    next_before: int | None = Field(description="Pass as `before` for the next page.")
+
+
+class DeadLetterView(BaseModel):
+    id: uuid.UUID
+    message_id: str
+    event_type: str
+    endpoint_id: uuid.UUID | None = Field(description="None for a query's own webhook_url.")
+    url: str
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class DeadLetterList(BaseModel):
+    data: list[DeadLetterView]
+
+
+class ReplayView(BaseModel):
+    id: uuid.UUID
+    status: str
+
+
+def _dead_letter_view(delivery: WebhookDelivery, event_type: str) -> DeadLetterView:
+    return DeadLetterView(
+        id=delivery.id,
+        message_id=delivery.message_id,
+        event_type=event_type,
+        endpoint_id=delivery.endpoint_id,
+        url=delivery.url,
+        attempts=delivery.attempts,
+        last_error=delivery.last_error,
+        created_at=delivery.created_at,
+        finished_at=delivery.finished_at,
+    )
+
+
+# Fixed paths come before /{endpoint_id} so that they are not read as endpoint ids.
+@router.get("/callback-secret")
+def get_callback_secret(tenant: TenantDep) -> SigningSecret:
+    """The secret that signs callbacks to a query's own `webhook_url`."""
+    return SigningSecret(
+        secret=tenant.webhook_secret,
+        previous_secret_expires_at=tenant.webhook_previous_secret_expires_at,
+    )
+
+
+@router.post("/callback-secret/rotate")
+def rotate_callback_secret(
+    session: SessionDep, tenant: TenantDep, settings: SettingsDep
+) -> SigningSecret:
+    """A new callback secret; the previous one also signs until `previous_secret_expires_at`."""
+    endpoints.rotate_tenant_secret(session, tenant=tenant, settings=settings)
+    session.commit()
+    return get_callback_secret(tenant)
+
+
+@router.get("/dead-letters")
+def list_dead_letters(
+    session: SessionDep,
+    tenant: TenantDep,
+    endpoint_id: uuid.UUID | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> DeadLetterList:
+    """Deliveries that used up their attempts, newest first."""
+    letters = endpoints.dead_letters(
+        session, tenant_id=tenant.id, endpoint_id=endpoint_id, limit=limit
+    )
+    return DeadLetterList(data=[_dead_letter_view(d.delivery, d.event_type) for d in letters])
+
+
+@router.post(
+    "/dead-letters/{delivery_id}/replay",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={**NOT_FOUND, 409: {"model": ErrorBody, "description": "Not a dead letter."}},
+)
+def replay_dead_letter(
+    delivery_id: uuid.UUID, session: SessionDep, tenant: TenantDep
+) -> ReplayView:
+    """Deliver a dead letter again, from the first attempt, with its original webhook-id."""
+    delivery = endpoints.replay_dead_letter(session, tenant_id=tenant.id, delivery_id=delivery_id)
+    session.commit()
+    return ReplayView(id=delivery.id, status=delivery.status)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_endpoint(
+    body: EndpointCreate, session: SessionDep, tenant: TenantDep, settings: SettingsDep
+) -> CreatedEndpoint:
+    """Register a URL; the response carries its signing secret."""
+    endpoint = endpoints.create_endpoint(
+        session,
+        tenant=tenant,
+        url=body.url,
+        description=body.description,
+        event_types=body.event_types,
+        thin_payload=body.thin_payload,
+        settings=settings,
+    )
+    session.commit()
+    return CreatedEndpoint(**EndpointView.of(endpoint).model_dump(), secret=endpoint.webhook_secret)
+
+
+@router.get("")
+def list_endpoints(session: SessionDep, tenant: TenantDep) -> EndpointList:
+    rows = endpoints.list_endpoints(session, tenant_id=tenant.id)
+    return EndpointList(data=[EndpointView.of(endpoint) for endpoint in rows])
+
+
+@router.get("/{endpoint_id}", responses=NOT_FOUND)
+def get_endpoint(endpoint_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> EndpointView:
+    return EndpointView.of(
+        endpoints.get_endpoint(session, tenant_id=tenant.id, endpoint_id=endpoint_id)
+    )
+
+
+@router.patch("/{endpoint_id}", responses=NOT_FOUND)
+def update_endpoint(
+    endpoint_id: uuid.UUID,
+    body: EndpointUpdate,
+    session: SessionDep,
+    tenant: TenantDep,
+    settings: SettingsDep,
+) -> EndpointView:
+    endpoint = endpoints.update_endpoint(
+        session,
+        tenant_id=tenant.id,
+        endpoint_id=endpoint_id,
+        changes=endpoints.EndpointChanges(
+            url=body.url,
+            description=body.description,
+            event_types=body.event_types,
+            all_events=body.all_events,
+            thin_payload=body.thin_payload,
+            enabled=body.enabled,
+        ),
+        settings=settings,
+    )
+    session.commit()
+    return EndpointView.of(endpoint)
+
+
+@router.delete("/{endpoint_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
+def delete_endpoint(endpoint_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> Response:
+    """Delete the endpoint; its pending deliveries and dead letters are discarded."""
+    endpoints.delete_endpoint(session, tenant_id=tenant.id, endpoint_id=endpoint_id)
+    session.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{endpoint_id}/secret", responses=NOT_FOUND)
+def get_endpoint_secret(
+    endpoint_id: uuid.UUID, session: SessionDep, tenant: TenantDep
+) -> SigningSecret:
+    endpoint = endpoints.get_endpoint(session, tenant_id=tenant.id, endpoint_id=endpoint_id)
+    return SigningSecret(
+        secret=endpoint.webhook_secret,
+        previous_secret_expires_at=endpoint.webhook_previous_secret_expires_at,
+    )
+
+
+@router.post("/{endpoint_id}/secret/rotate", responses=NOT_FOUND)
+def rotate_endpoint_secret(
+    endpoint_id: uuid.UUID, session: SessionDep, tenant: TenantDep, settings: SettingsDep
+) -> SigningSecret:
+    """A new secret; the previous one also signs until `previous_secret_expires_at`."""
+    endpoint = endpoints.rotate_endpoint_secret(
+        session, tenant_id=tenant.id, endpoint_id=endpoint_id, settings=settings
+    )
+    session.commit()
+    return SigningSecret(
+        secret=endpoint.webhook_secret,
+        previous_secret_expires_at=endpoint.webhook_previous_secret_expires_at,
+    )
+
+
+@router.get("/{endpoint_id}/attempts", responses=NOT_FOUND)
+def list_attempts(
+    endpoint_id: uuid.UUID,
+    session: SessionDep,
+    tenant: TenantDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    before: Annotated[int | None, Query(ge=1)] = None,
+) -> AttemptList:
+    """The endpoint's delivery log: every attempt and what the receiver answered."""
+    logged = endpoints.delivery_log(
+        session, tenant_id=tenant.id, endpoint_id=endpoint_id, limit=limit, before=before
+    )
+    views = [
+        AttemptView(
+            id=row.attempt.id,
+            delivery_id=row.attempt.delivery_id,
+            message_id=row.message_id,
+            event_type=row.event_type,
+            attempt=row.attempt.attempt,
+            status_code=row.attempt.status_code,
+            error=row.attempt.error,
+            response_excerpt=row.attempt.response_excerpt,
+            duration_ms=row.attempt.duration_ms,
+            attempted_at=row.attempt.attempted_at,
+        )
+        for row in logged
+    ]
+    return AttemptList(data=views, next_before=views[-1].id if len(views) == limit else None)
