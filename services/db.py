@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.settings import get_settings
 
 ModelT = TypeVar("ModelT")
+_ON_COMMIT = "twotier_on_commit"
 
 
 @lru_cache(maxsize=1)
@@ -94,3 +95,19 @@ def locked_row(session: Session, model: type[ModelT], **key: Any) -> ModelT:
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     session.execute(dialect.insert(model).values(**key).on_conflict_do_nothing())
     return session.scalars(locked).one()
+
+
+def on_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Run ``callback`` after the session's transaction commits; never if it rolls back."""
+    session.info.setdefault(_ON_COMMIT, []).append(callback)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_on_commit(session: Session) -> None:
+    for callback in session.info.pop(_ON_COMMIT, []):
+        callback()
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_on_commit(session: Session) -> None:
+    session.info.pop(_ON_COMMIT, None)

@@ -89,6 +89,20 @@ class Settings(BaseSettings):
         "timeout (tasks of workers that died).",
     )
 
+    worker_metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Port of a worker's Prometheus /metrics server (all its pool processes); "
+        "unset: no server.",
+    )
+    worker_shutdown_timeout_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="On SIGTERM a worker lets running tasks finish for this long, then hands "
+        "the rest back to the queue; keep it below the orchestrator's grace period.",
+    )
+
     small: SmallTierSettings = SmallTierSettings()
     large: LargeTierSettings = LargeTierSettings()
 

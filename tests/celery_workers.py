@@ -22,25 +22,35 @@ class CeleryWorker:
         log_dir: Path,
         queues: str = "small,large,maintenance",
         concurrency: int = 2,
+        env: dict[str, str] | None = None,
+        via_cli: bool = False,
     ) -> None:
         self.name = f"{name}@{socket.gethostname()}"
         self.queues = queues
         self.concurrency = concurrency
+        self.env = env or {}
+        self.via_cli = via_cli  # `twotier worker`, as deployed, instead of bare `celery worker`
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> CeleryWorker:
         from workers.app import app
 
+        start = [sys.executable, "-m", "celery", "-A", "workers.app", "worker"]
+        if self.via_cli:
+            start = [sys.executable, "-m", "services.cli", "worker"]
         command = [
-            sys.executable, "-m", "celery", "-A", "workers.app", "worker",
-            "--queues", self.queues, "--concurrency", str(self.concurrency),
+            *start, "--queues", self.queues, "--concurrency", str(self.concurrency),
             "--hostname", self.name, "--pool", "prefork", "--loglevel", "INFO",
             "--without-gossip", "--without-mingle",
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                command, env=dict(os.environ), stdout=log, stderr=log, start_new_session=True
+                command,
+                env={**os.environ, **self.env},
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
             )
         wait_for(
             lambda: bool(app.control.ping(destination=[self.name], timeout=0.5)),

@@ -8,11 +8,12 @@ from typing import Annotated, Any
 import structlog
 from fastapi import APIRouter, Header, Query, Response, status
 
-from services import queries
+from services import metrics, queries
 from services.accounting import costs_by_query
 from services.api.deps import DispatcherDep, SessionDep, SettingsDep, TenantDep
 from services.api.errors import ERROR_RESPONSES
 from services.api.schemas import ErrorBody, QueryCreate, QueryList, QueryView
+from services.errors import BudgetExceeded
 from services.models import Query as QueryRow
 from services.models import QueryStatus, Tier
 
@@ -66,19 +67,23 @@ def submit_query(
     wait: WaitParam = 0,
 ) -> QueryView:
     """Accept a query; poll `Location` for its answer (or pass `wait` to get it here)."""
-    submitted = queries.submit_query(
-        session,
-        tenant=tenant,
-        request=queries.NewQuery(
-            prompt=body.prompt,
-            max_new_tokens=body.max_new_tokens,
-            task=body.task,
-            metadata=body.metadata,
-            choices=body.choices,
-        ),
-        idempotency_key=idempotency_key,
-        settings=settings,
-    )
+    try:
+        submitted = queries.submit_query(
+            session,
+            tenant=tenant,
+            request=queries.NewQuery(
+                prompt=body.prompt,
+                max_new_tokens=body.max_new_tokens,
+                task=body.task,
+                metadata=body.metadata,
+                choices=body.choices,
+            ),
+            idempotency_key=idempotency_key,
+            settings=settings,
+        )
+    except BudgetExceeded:
+        metrics.count_budget_rejection(str(tenant.id))
+        raise
     session.commit()
     query = submitted.query
     if submitted.created:
