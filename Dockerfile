@@ -43,7 +43,8 @@ CMD ["twotier", "api", "--host", "0.0.0.0", "--port", "8000"]
 FROM runtime AS local
 COPY --from=build-local /opt/twotier /opt/twotier
 COPY --from=build-local --chown=10001:0 /opt/twotier-cache /opt/twotier-cache
-ENV TWOTIER_CACHE_DIR=/opt/twotier-cache
+# The model is in the image: never reach for a hub; scratch files go to /tmp.
+ENV TWOTIER_CACHE_DIR=/opt/twotier-cache HF_HUB_OFFLINE=1 HF_HOME=/tmp/huggingface
 USER 10001
 EXPOSE 8081
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import BaseModel, Field, HttpUrl, SecretStr, model_validator
+from pydantic import BaseModel, Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BackendKind = Literal["local", "tgi", "openai"]
@@ -163,6 +163,12 @@ class Settings(BaseSettings):
     log_json: bool | None = Field(
         default=None, description="JSON log lines; unset means JSON unless stderr is a terminal."
     )
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _empty_means_unset(cls, value: object) -> object:
+        # Compose passes `TWOTIER_ADMIN_TOKEN: ${TWOTIER_ADMIN_TOKEN:-}`: empty when not given.
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _complete(self) -> Settings:

@@ -18,9 +18,11 @@ from typing import Any
 import compose
 import pytest
 from alembic import command
+from pydantic import ValidationError
 
 from deploy.server_requirements import requirement_name, server_requirements
 from services.migrate import alembic_config
+from services.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -125,6 +127,17 @@ def test_cpu_profile_serves_the_local_model_under_the_tgi_host_names() -> None:
         assert server["networks"]["default"]["aliases"] == [f"tgi-{tier}"]
     for name in APP_SERVICES:
         assert services[name]["build"]["target"] == "app", name
+
+
+def test_an_empty_admin_token_from_compose_turns_the_admin_api_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert rendered("gpu")["services"]["api"]["environment"]["TWOTIER_ADMIN_TOKEN"] == ""
+    monkeypatch.setenv("TWOTIER_ADMIN_TOKEN", "")
+    assert Settings().admin_token is None
+    monkeypatch.setenv("TWOTIER_ADMIN_TOKEN", "short")
+    with pytest.raises(ValidationError, match="TWOTIER_ADMIN_TOKEN"):
+        Settings()
 
 
 def _seconds(duration: str) -> float:
