@@ -9,6 +9,7 @@ from decimal import Decimal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from services import metrics
 from services.llm.base import Generation
 from services.models import ModelCall, ModelPrice, Tier
 from services.settings import TierSettings
@@ -76,6 +77,15 @@ def record_model_call(
             cost=cost,
             latency_ms=latency_ms,
         )
+    )
+    metrics.count_cost(
+        session,
+        tenant_id=str(tenant_id),
+        tier=tier,
+        model=tier_settings.model,
+        cost=cost,
+        input_tokens=generation.input_tokens,
+        output_tokens=generation.output_tokens,
     )
     return cost
 

@@ -19,7 +19,7 @@ from datetime import timedelta
 import structlog
 from sqlalchemy.orm import Session
 
-from services import budgets, threshold
+from services import budgets, metrics, threshold
 from services.accounting import record_model_call
 from services.db import session_scope
 from services.dispatch import Dispatcher
@@ -93,6 +93,7 @@ def answer_on_tier(query_id: uuid.UUID, tier: Tier) -> TierResult:
     if isinstance(claim, TierResult):
         return claim
     started = time.perf_counter()
+    model = tier_settings_of(tier).model
     try:
         generation = backend_for(tier).generate(
             claim.prompt,
@@ -102,12 +103,14 @@ def answer_on_tier(query_id: uuid.UUID, tier: Tier) -> TierResult:
             ),
         )
     except TransientModelError:
+        _observe_call(tier, model, "transient_error", started)
         _release_lease(query_id)  # so that the task's retry is not kept waiting
         raise
     except ModelError as exc:
+        _observe_call(tier, model, "error", started)
         fail_query(query_id, code="model_error", message=str(exc))
         return TierResult(Outcome.FAILED)
-    latency_ms = round((time.perf_counter() - started) * 1000)
+    latency_ms = round(_observe_call(tier, model, "ok", started) * 1000)
     with session_scope() as session:
         query = _locked(session, query_id)
         tier_settings = tier_settings_of(tier)
@@ -135,6 +138,13 @@ def answer_on_tier(query_id: uuid.UUID, tier: Tier) -> TierResult:
         return TierResult(Outcome.ANSWERED)
 
 
+def _observe_call(tier: Tier, model: str, outcome: str, started: float) -> float:
+    """Record a model call's duration in seconds, and return it."""
+    seconds = time.perf_counter() - started
+    metrics.observe_model_call(tier=tier, model=model, outcome=outcome, seconds=seconds)
+    return seconds
+
+
 def fail_query(query_id: uuid.UUID, *, code: str, message: str) -> None:
     with session_scope() as session:
         query = _locked(session, query_id)
@@ -144,6 +154,7 @@ def fail_query(query_id: uuid.UUID, *, code: str, message: str) -> None:
 
 def _mark_failed(session: Session, query: Query, code: str, message: str) -> TierResult:
     budgets.release(session, query=query)
+    metrics.count_query(session, QueryStatus.FAILED, metrics.waiting_tier(query))
     query.finish(QueryStatus.FAILED)
     query.error_code = code
     query.error_message = message
@@ -202,6 +213,8 @@ def _decide(
     except MarginUnavailable as exc:
         message = f"{exc}; is the server's --max-top-n-tokens at least 2?"
         return _mark_failed(session, query, "margin_unavailable", message)
+    pair = model_pair()
+    metrics.observe_margin(margin, model_pair=pair, kind=settings.margin_kind)
     tenant = session.get_one(Tenant, query.tenant_id)
     worst_case = functools.cache(
         lambda: budgets.worst_case_costs(
@@ -214,7 +227,7 @@ def _decide(
     decision = threshold.decide(
         session,
         tenant_id=query.tenant_id,
-        model_pair=model_pair(),
+        model_pair=pair,
         task_label=query.task_label,
         query_id=query.id,
         margin=margin,
@@ -234,10 +247,21 @@ def _decide(
         escalate = False
         query.decision = "budget_guard"  # below the threshold, but the budget cannot pay L
     log.info("decision", margin=margin, threshold=decision.threshold, reason=query.decision)
+    metrics.observe_decision(
+        tenant_id=str(query.tenant_id),
+        model_pair=pair,
+        task=query.task_label,
+        decision=query.decision,
+        escalated=escalate,
+        threshold=decision.threshold,
+        threshold_version=decision.threshold_version,
+        target_escalation_rate=decision.target_escalation_rate,
+    )
     if not escalate:
         budgets.release(session, query=query, tier=Tier.LARGE)
         _succeed(session, query, answer, Tier.SMALL)
         return TierResult(Outcome.ANSWERED)
+    metrics.count_query(session, QueryStatus.ESCALATED, Tier.LARGE)
     query.status = QueryStatus.ESCALATED
     query.escalated_at = now
     query.updated_at = now
@@ -247,6 +271,7 @@ def _decide(
 
 
 def _succeed(session: Session, query: Query, answer: str, tier: Tier) -> None:
+    metrics.count_query(session, QueryStatus.SUCCEEDED, tier)
     query.finish(QueryStatus.SUCCEEDED)
     query.answer = answer
     query.answered_by = tier

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -22,6 +24,19 @@ def _require_broker() -> None:
             "(e.g. redis://127.0.0.1:6379/0). `twotier serve` runs everything in one process "
             "without one."
         )
+
+
+def _share_metrics_between_processes() -> None:
+    """Forked processes (the Celery pool, uvicorn's workers) write their metrics to files in
+    PROMETHEUS_MULTIPROC_DIR, which the process that serves /metrics reads. It must be set
+    before prometheus_client is first imported, and a previous run's files must go."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="twotier-metrics-")
+        return
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    for stale in Path(folder).glob("*.db"):
+        stale.unlink()
 
 
 @main.command()
@@ -307,6 +322,8 @@ def evaluate_live(data: Path, kind: str, labels: str | None, task: str | None, o
 def api(host: str, port: int, workers: int) -> None:
     """Serve the REST API of a distributed deployment (Celery workers do the work)."""
     _require_broker()
+    if workers > 1:
+        _share_metrics_between_processes()
     import uvicorn  # noqa: PLC0415
 
     uvicorn.run(
@@ -324,8 +341,16 @@ def api(host: str, port: int, workers: int) -> None:
 @click.option("--concurrency", "-c", default=None, type=int, help="Processes (default: cores).")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(queues: str, concurrency: int | None, celery_args: tuple[str, ...]) -> None:
-    """Run a Celery worker pool for the given queues."""
+    """Run a Celery worker pool for the given queues.
+
+    SIGTERM lets running tasks finish for TWOTIER_WORKER_SHUTDOWN_TIMEOUT_S, then hands the
+    rest back to the queue (Celery's soft and cold shutdown), so scaling down loses nothing.
+    """
     _require_broker()
+    # Read by Celery (billiard) when it is imported: SIGTERM starts the cold shutdown, which
+    # waits worker_soft_shutdown_timeout and then requeues what still runs.
+    os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
+    _share_metrics_between_processes()
     from workers.app import app  # noqa: PLC0415
 
     argv = ["worker", "--queues", queues, "--loglevel", get_settings().log_level]

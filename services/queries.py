@@ -17,7 +17,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services import budgets, limits
+from services import budgets, limits, metrics
 from services.errors import IdempotencyConflict, InvalidRequest, NotFound, QueryAlreadyFinished
 from services.models import TERMINAL_STATUSES, Query, QueryStatus, Tenant, Tier
 from services.settings import Settings
@@ -103,6 +103,7 @@ def submit_query(
         if earlier is None:
             raise
         return _replay(earlier, request_hash)
+    metrics.count_query(session, QueryStatus.QUEUED, Tier.SMALL)
     return Submitted(query=query, created=True)
 
 
@@ -175,6 +176,7 @@ def cancel_query(session: Session, *, tenant_id: uuid.UUID, query_id: uuid.UUID)
         budgets.release(session, query=query, tier=Tier.LARGE)
     elif query.status != QueryStatus.ESCALATED or query.large_started_at is None:
         budgets.release(session, query=query)
+    metrics.count_query(session, QueryStatus.CANCELLED, metrics.waiting_tier(query))
     query.finish(QueryStatus.CANCELLED)
     query.lease_expires_at = lease
     record_query_event(session, query, EventType.QUERY_CANCELLED)

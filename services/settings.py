@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import BaseModel, Field, HttpUrl, SecretStr, model_validator
+from pydantic import BaseModel, Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BackendKind = Literal["local", "tgi", "openai"]
@@ -88,6 +88,20 @@ class Settings(BaseSettings):
         gt=0,
         description="How often a worker looks for unacknowledged tasks past the visibility "
         "timeout (tasks of workers that died).",
+    )
+
+    worker_metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Port of a worker's Prometheus /metrics server (all its pool processes); "
+        "unset: no server.",
+    )
+    worker_shutdown_timeout_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="On SIGTERM a worker lets running tasks finish for this long, then hands "
+        "the rest back to the queue; keep it below the orchestrator's grace period.",
     )
 
     small: SmallTierSettings = SmallTierSettings()
@@ -177,6 +191,12 @@ class Settings(BaseSettings):
     log_json: bool | None = Field(
         default=None, description="JSON log lines; unset means JSON unless stderr is a terminal."
     )
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _empty_means_unset(cls, value: object) -> object:
+        # Compose passes `TWOTIER_ADMIN_TOKEN: ${TWOTIER_ADMIN_TOKEN:-}`: empty when not given.
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _complete(self) -> Settings:

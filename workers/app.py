@@ -1,11 +1,18 @@
 """The Celery app. Start a pool with ``twotier worker --queues small`` (or large)."""
 
-from celery import Celery
-from celery.signals import worker_process_init
+import os
 
+import structlog
+from celery import Celery
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
+from prometheus_client import start_http_server
+
+from services import metrics
 from services.db import forget_engines
 from services.logs import configure_logging
 from services.settings import get_settings
+
+log = structlog.get_logger(__name__)
 
 app = Celery("twotier", include=["workers.tasks"])
 app.config_from_object("workers.celeryconfig")
@@ -17,3 +24,21 @@ def _after_fork(**_: object) -> None:
     forget_engines()
     settings = get_settings()
     configure_logging(level=settings.log_level, json=settings.log_json)
+
+
+@worker_init.connect
+def _serve_metrics(**_: object) -> None:
+    # The main process serves /metrics; the pool processes that run the tasks write their
+    # metrics to PROMETHEUS_MULTIPROC_DIR (set by `twotier worker`), where it reads them.
+    port = get_settings().worker_metrics_port
+    if port is None:
+        return
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        log.warning("metrics.no_multiprocess_dir", hint="start workers with `twotier worker`")
+    start_http_server(port, registry=metrics.exposition_registry(broker_url=None, database=False))
+    log.info("metrics.serving", port=port)
+
+
+@worker_process_shutdown.connect
+def _forget_process_metrics(pid: int | None = None, **_: object) -> None:
+    metrics.mark_process_dead(pid or os.getpid())

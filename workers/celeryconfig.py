@@ -38,6 +38,10 @@ task_ignore_result = True
 worker_prefetch_multiplier = 1
 task_acks_late = True
 task_reject_on_worker_lost = True
+# `twotier worker` turns SIGTERM into Celery's cold shutdown: running tasks get this long to
+# finish, then are cancelled and, being acks_late and reject_on_worker_lost, go back on the
+# queue at once; a scaled-down pod hands its work back instead of losing or stalling it.
+worker_soft_shutdown_timeout = _settings.worker_shutdown_timeout_s
 worker_hijack_root_logger = False
 worker_send_task_events = False
 

@@ -6,9 +6,10 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from services import dispatch
+from services import dispatch, metrics
 from services.api import admin, queries, usage, webhooks
 from services.api.errors import install_error_handlers
 from services.db import database_is_reachable
@@ -49,6 +50,13 @@ def create_app(dispatcher: Dispatcher, *, lifespan: Lifespan | None = None) -> F
         ready = all(checks.values())
         body = {"status": "ready" if ready else "not_ready", "checks": checks}
         return JSONResponse(status_code=200 if ready else 503, content=body)
+
+    exposition = metrics.exposition_registry(broker_url=get_settings().broker_url, database=True)
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    def prometheus_metrics() -> Response:
+        """Prometheus metrics: queries, decisions, costs, queue depths (text format)."""
+        return Response(generate_latest(exposition), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

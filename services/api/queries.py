@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import structlog
 from fastapi import APIRouter, Header, Query, Response, status
 
-from services import budgets, queries
+from services import budgets, metrics, queries
 from services.accounting import costs_by_query
 from services.api.deps import DispatcherDep, SessionDep, SettingsDep, TenantDep
 from services.api.errors import ERROR_RESPONSES
@@ -83,6 +83,7 @@ def submit_query(
             settings=settings,
         )
     except BudgetExceeded as refused:
+        metrics.count_budget_rejection(str(tenant.id))
         session.rollback()  # nothing of the query is kept; the alert is
         budgets.alert_exhausted(session, tenant=tenant, period_start=refused.period_start)
         session.commit()

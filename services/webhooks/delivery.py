@@ -23,7 +23,8 @@ import structlog
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from services.db import session_scope
+from services import metrics
+from services.db import after_commit, session_scope
 from services.errors import WebhookUrlRefused, WebhookUrlUnresolvable
 from services.models import (
     DeliveryStatus,
@@ -227,22 +228,34 @@ def _record(attempt: _Attempt, answer: _Answer, settings: Settings) -> float | N
         )  # fmt: skip
         if delivery.status != DeliveryStatus.PENDING:
             return None
-        if answer.delivered:
-            _finish(delivery, DeliveryStatus.SUCCEEDED, None)
-            return None
-        reason = answer.error or f"the receiver answered {answer.status_code}"
-        if answer.status_code == httpx.codes.GONE:
-            _disable_endpoint(session, delivery, "the receiver answered 410 Gone")
-            _finish(delivery, DeliveryStatus.DEAD, "the receiver answered 410 Gone")
-            return None
-        schedule = settings.webhook_retry_schedule_s
-        if answer.refused or delivery.attempts >= len(schedule):
-            _finish(delivery, DeliveryStatus.DEAD, reason)
-            return None
-        delay_s = _next_delay_s(schedule, delivery.attempts, answer.retry_after_s)
-        delivery.last_error = reason[:1000]
-        delivery.next_attempt_at = utcnow() + timedelta(seconds=delay_s)
+        delay_s = _outcome(session, delivery, answer, settings)
+        outcome = (
+            "delivered" if answer.delivered else "dead_lettered" if delay_s is None else "retrying"
+        )
+        after_commit(session, functools.partial(metrics.count_webhook_delivery, outcome))
         return delay_s
+
+
+def _outcome(
+    session: Session, delivery: WebhookDelivery, answer: _Answer, settings: Settings
+) -> float | None:
+    """Record what the attempt means for the delivery; the delay before a retry, if any."""
+    if answer.delivered:
+        _finish(delivery, DeliveryStatus.SUCCEEDED, None)
+        return None
+    reason = answer.error or f"the receiver answered {answer.status_code}"
+    if answer.status_code == httpx.codes.GONE:
+        _disable_endpoint(session, delivery, "the receiver answered 410 Gone")
+        _finish(delivery, DeliveryStatus.DEAD, "the receiver answered 410 Gone")
+        return None
+    schedule = settings.webhook_retry_schedule_s
+    if answer.refused or delivery.attempts >= len(schedule):
+        _finish(delivery, DeliveryStatus.DEAD, reason)
+        return None
+    delay_s = _next_delay_s(schedule, delivery.attempts, answer.retry_after_s)
+    delivery.last_error = reason[:1000]
+    delivery.next_attempt_at = utcnow() + timedelta(seconds=delay_s)
+    return delay_s
 
 
 def _next_delay_s(schedule: list[float], attempts_made: int, retry_after_s: float | None) -> float:
