@@ -25,7 +25,7 @@ from services.db import session_scope
 from services.dispatch import Dispatcher
 from services.llm.base import Generation, ModelError, TransientModelError
 from services.llm.margin import MarginUnavailable, candidates_for, margin_and_answer
-from services.llm.registry import backend_for, model_pair, tier_settings_of
+from services.llm.registry import backend_for, breaker_for, model_pair, tier_settings_of
 from services.models import TERMINAL_STATUSES, Query, QueryStatus, Tenant, Tier, utcnow
 from services.settings import Settings, get_settings
 from services.webhooks.events import EventType, record_query_event
@@ -72,10 +72,9 @@ def deliver(
     try:
         result = answer_on_tier(query_id, tier)
     except TransientModelError as exc:
-        if retries_so_far >= get_settings().task_retries:
-            fail_query(query_id, code="model_unavailable", message=str(exc))
-            return None
-        return float(min(2**retries_so_far, 300))
+        if retries_so_far < get_settings().task_retries:
+            return float(min(2**retries_so_far, 300))
+        result = fall_back(query_id, tier, reason=str(exc))
     finally:
         structlog.contextvars.unbind_contextvars("query_id", "tier")
     if result.outcome is Outcome.ESCALATE:
@@ -95,12 +94,15 @@ def answer_on_tier(query_id: uuid.UUID, tier: Tier) -> TierResult:
     started = time.perf_counter()
     model = tier_settings_of(tier).model
     try:
-        generation = backend_for(tier).generate(
-            claim.prompt,
-            max_new_tokens=claim.max_new_tokens,
-            top_n_tokens=candidates_for(
-                claim.choices, default=settings.top_n_tokens, most=settings.max_top_n_tokens
-            ),
+        generation = breaker_for(tier).call(
+            functools.partial(
+                backend_for(tier).generate,
+                claim.prompt,
+                max_new_tokens=claim.max_new_tokens,
+                top_n_tokens=candidates_for(
+                    claim.choices, default=settings.top_n_tokens, most=settings.max_top_n_tokens
+                ),
+            )
         )
     except TransientModelError:
         _observe_call(tier, model, "transient_error", started)
@@ -143,6 +145,41 @@ def _observe_call(tier: Tier, model: str, outcome: str, started: float) -> float
     seconds = time.perf_counter() - started
     metrics.observe_model_call(tier=tier, model=model, outcome=outcome, seconds=seconds)
     return seconds
+
+
+def fall_back(query_id: uuid.UUID, tier: Tier, *, reason: str) -> TierResult:
+    """The tier's model server kept failing: do what the settings say instead."""
+    settings = get_settings()
+    with session_scope() as session:
+        query = _locked(session, query_id)
+        if query.status not in CLAIMABLE[tier]:
+            return TierResult(Outcome.SKIPPED)
+        log.warning("tier_unavailable", error=reason)
+        if tier is Tier.SMALL and settings.small_unavailable_fallback == "escalate":
+            tenant = session.get_one(Tenant, query.tenant_id)
+            worst_case = functools.cache(
+                lambda: budgets.worst_case_costs(
+                    session, settings, prompt=query.prompt, max_new_tokens=query.max_new_tokens
+                )
+            )
+            if budgets.reserve_escalation(
+                session, query=query, tenant=tenant, worst_case=worst_case
+            ):
+                query.decision = "small_unavailable"
+                budgets.release(session, query=query, tier=Tier.SMALL)  # no small call to pay
+                return _escalate(session, query)
+            reason += "; the budget cannot pay for the large tier instead"
+        if (
+            tier is Tier.LARGE
+            and settings.large_unavailable_fallback == "small_answer"
+            and query.small_answer is not None
+        ):
+            query.decision = "large_unavailable"
+            budgets.release(session, query=query, tier=Tier.LARGE)
+            _succeed(session, query, query.small_answer, Tier.SMALL)
+            return TierResult(Outcome.ANSWERED)
+        message = f"the {tier.value} model server kept failing: {reason}"
+        return _mark_failed(session, query, "model_unavailable", message)
 
 
 def fail_query(query_id: uuid.UUID, *, code: str, message: str) -> None:
@@ -199,9 +236,7 @@ def _claim(query_id: uuid.UUID, tier: Tier, settings: Settings) -> _Claim | Tier
 def _decide(
     session: Session, query: Query, generation: Generation, settings: Settings
 ) -> TierResult:
-    now = utcnow()
-    query.small_answer = generation.text
-    query.small_finished_at = now
+    query.small_finished_at = utcnow()
     try:
         margin, answer = margin_and_answer(
             generation.first_token_candidates,
@@ -213,6 +248,7 @@ def _decide(
     except MarginUnavailable as exc:
         message = f"{exc}; is the server's --max-top-n-tokens at least 2?"
         return _mark_failed(session, query, "margin_unavailable", message)
+    query.small_answer = answer  # the answer should the large tier be unavailable
     pair = model_pair()
     metrics.observe_margin(margin, model_pair=pair, kind=settings.margin_kind)
     tenant = session.get_one(Tenant, query.tenant_id)
@@ -261,7 +297,13 @@ def _decide(
         budgets.release(session, query=query, tier=Tier.LARGE)
         _succeed(session, query, answer, Tier.SMALL)
         return TierResult(Outcome.ANSWERED)
+    return _escalate(session, query)
+
+
+def _escalate(session: Session, query: Query) -> TierResult:
+    """Hand the query to the large tier; the caller enqueues it after the commit."""
     metrics.count_query(session, QueryStatus.ESCALATED, Tier.LARGE)
+    now = utcnow()
     query.status = QueryStatus.ESCALATED
     query.escalated_at = now
     query.updated_at = now

@@ -141,6 +141,25 @@ class Settings(BaseSettings):
     task_retries: int = Field(
         default=5, ge=0, description="Task-level retries once a model call keeps failing."
     )
+    circuit_breaker_failures: int = Field(
+        default=5,
+        ge=1,
+        description="Transient failures in a row after which a worker stops calling a tier's "
+        "model server for a while.",
+    )
+    circuit_breaker_open_s: float = Field(
+        default=30.0, gt=0, description="How long a tripped circuit breaker stays open."
+    )
+    small_unavailable_fallback: Literal["escalate", "fail"] = Field(
+        default="escalate",
+        description="When the small tier keeps failing: answer on the large tier (if the "
+        "budget allows), or fail the query with `model_unavailable`.",
+    )
+    large_unavailable_fallback: Literal["small_answer", "fail"] = Field(
+        default="small_answer",
+        description="When the large tier keeps failing: answer with the small tier's answer "
+        "(`decision: large_unavailable`), or fail the query with `model_unavailable`.",
+    )
     stuck_after_s: int = Field(
         default=900, gt=0, description="A non-terminal query untouched this long is re-enqueued."
     )

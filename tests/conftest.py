@@ -25,6 +25,7 @@ from services.settings import get_settings
 from services.tenants import create_tenant
 from tests.celery_workers import CeleryWorker
 from tests.scripted_tgi import ScriptedTGI
+from tests.server_thread import ServerThread
 from tests.waiting import wait_for
 
 ADMIN_POSTGRES_URL = os.environ.get(
@@ -82,6 +83,7 @@ def environment(small_tgi: ScriptedTGI, large_tgi: ScriptedTGI) -> Iterator[dict
         "TWOTIER_WEBHOOK_RETRY_SCHEDULE_S": json.dumps(WEBHOOK_RETRY_SCHEDULE_S),
         "TWOTIER_WEBHOOK_TIMEOUT_S": "3",
         "TWOTIER_WEBHOOK_RELAY_INTERVAL_S": "1",
+        "TWOTIER_TASK_RETRIES": "2",
     }
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
@@ -123,6 +125,17 @@ def client() -> Iterator[TestClient]:
 
     with TestClient(create_app(CeleryDispatcher())) as test_client:
         yield test_client
+
+
+@pytest.fixture(scope="module")
+def api_server() -> Iterator[ServerThread]:
+    """The API over real HTTP on a loopback port, as clients under load reach it."""
+    from services.api.app import create_app
+    from workers.dispatch import CeleryDispatcher
+
+    server = ServerThread(create_app(CeleryDispatcher())).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -66,16 +66,6 @@ def test_periods_start_on_utc_boundaries() -> None:
     assert budgets.period_start("daily", now) == datetime(2026, 11, 25, tzinfo=UTC)
     assert budgets.period_start("monthly", now) == datetime(2026, 11, 1, tzinfo=UTC)
     assert budgets.period_start("none", now) == budgets.NO_PERIOD
-
-
-@pytest.fixture(scope="module")
-def api_server() -> Iterator[ServerThread]:
-    from services.api.app import create_app
-    from workers.dispatch import CeleryDispatcher
-
-    server = ServerThread(create_app(CeleryDispatcher())).start()
-    yield server
-    server.stop()
 
 
 def test_500_concurrent_submits_accept_exactly_what_the_budget_covers(

@@ -117,8 +117,10 @@ class QueryView(BaseModel):
     )
     target_escalation_rate: float | None
     decision: str | None = Field(
-        description="`warmup`, `below_threshold` (escalated), `at_or_above_threshold`, or "
-        "`budget_guard` (below the threshold, but the budget could not pay the large model)."
+        description="`warmup`, `below_threshold` (escalated), `at_or_above_threshold`, "
+        "`budget_guard` (below the threshold, but the budget could not pay the large model), "
+        "`small_unavailable` (the small model server kept failing: answered by the large "
+        "tier) or `large_unavailable` (the large one kept failing: the small tier's answer)."
     )
     cost: QueryCost
     error: QueryError | None

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from services.llm.base import Backend
+from services.llm.circuit import CircuitBreaker
 from services.llm.http_backend import HttpBackend
 from services.models import Tier
 from services.settings import TierSettings, get_settings
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from services.llm.local_model import LocalModel
 
 _backends: dict[Tier, Backend] = {}
+_breakers: dict[Tier, CircuitBreaker] = {}
 
 
 def backend_for(tier: Tier) -> Backend:
@@ -23,6 +25,18 @@ def backend_for(tier: Tier) -> Backend:
     if tier not in _backends:
         _backends[tier] = _build_backend(tier)
     return _backends[tier]
+
+
+def breaker_for(tier: Tier) -> CircuitBreaker:
+    """The tier's circuit breaker in this process."""
+    if tier not in _breakers:
+        settings = get_settings()
+        _breakers[tier] = CircuitBreaker(
+            name=tier.value,
+            failures_to_open=settings.circuit_breaker_failures,
+            open_for_s=settings.circuit_breaker_open_s,
+        )
+    return _breakers[tier]
 
 
 def _build_backend(tier: Tier) -> Backend:
@@ -79,6 +93,7 @@ def close_backends() -> None:
         if isinstance(backend, HttpBackend):
             backend.close()
     _backends.clear()
+    _breakers.clear()
 
 
 def tier_settings_of(tier: Tier) -> TierSettings:
