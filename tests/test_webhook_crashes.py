@@ -50,6 +50,14 @@ def delivery_to(url: str) -> WebhookDelivery | None:
         return session.scalars(select(WebhookDelivery).where(WebhookDelivery.url == url)).first()
 
 
+def wait_until_recorded_as_delivered(url: str) -> None:
+    wait_for(
+        lambda: (d := delivery_to(url)) is not None and d.status == DeliveryStatus.SUCCEEDED,
+        timeout=10,
+        what="the delivery to be recorded as succeeded",
+    )
+
+
 def test_a_lost_broker_message_is_relayed_from_the_outbox(
     query_worker: CeleryWorker,
     make_tenant: Callable[..., TenantApi],
@@ -78,11 +86,7 @@ def test_a_lost_broker_message_is_relayed_from_the_outbox(
         [delivery] = receiver.wait_for("/outbox", timeout=30)
         assert delivery.verified(endpoint["secret"])["type"] == "query.succeeded"
         assert delivery.webhook_id == pending.message_id
-        wait_for(
-            lambda: (d := delivery_to(url)) is not None and d.status == DeliveryStatus.SUCCEEDED,
-            timeout=10,
-            what="the delivery to be recorded as succeeded",
-        )
+        wait_until_recorded_as_delivered(url)
     finally:
         worker.stop()
         beat.stop()
@@ -113,10 +117,6 @@ def test_a_webhook_worker_killed_mid_delivery_still_delivers(
         first, second = receiver.wait_for("/killed", count=2, timeout=60)
         assert first.webhook_id == second.webhook_id
         assert second.verified(endpoint["secret"])["type"] == "query.succeeded"
-        wait_for(
-            lambda: (d := delivery_to(url)) is not None and d.status == DeliveryStatus.SUCCEEDED,
-            timeout=10,
-            what="the delivery to be recorded as succeeded",
-        )
+        wait_until_recorded_as_delivered(url)
     finally:
         second_worker.stop()

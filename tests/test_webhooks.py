@@ -43,6 +43,33 @@ def add_endpoint(tenant: TenantApi, url: str, **body: Any) -> dict[str, Any]:
     return created
 
 
+def finish_a_query(tenant: TenantApi, small_tgi: ScriptedTGI, prompt: str) -> dict[str, Any]:
+    """Submit a query the small tier answers confidently, and wait until it is finished."""
+    small_tgi.script(prompt, margin=0.9)
+    return tenant.wait_finished(tenant.submit(prompt)["id"])
+
+
+def api_get(tenant: TenantApi, path: str) -> Any:
+    response = tenant.client.get(path, headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def attempt_log(tenant: TenantApi, endpoint_id: str) -> list[dict[str, Any]]:
+    logged: list[dict[str, Any]] = api_get(tenant, f"/v1/webhooks/{endpoint_id}/attempts")["data"]
+    return logged
+
+
+def get_endpoint(tenant: TenantApi, endpoint_id: str) -> dict[str, Any]:
+    view: dict[str, Any] = api_get(tenant, f"/v1/webhooks/{endpoint_id}")
+    return view
+
+
+def dead_letters(tenant: TenantApi) -> list[dict[str, Any]]:
+    letters: list[dict[str, Any]] = api_get(tenant, "/v1/webhooks/dead-letters")["data"]
+    return letters
+
+
 def events(received: list[Received], secret: str) -> list[str]:
     return [r.verified(secret)["type"] for r in received]
 
@@ -145,9 +172,7 @@ def test_a_failing_receiver_is_retried_with_the_same_webhook_id(
     tenant = make_tenant()
     endpoint = add_endpoint(tenant, receiver.url + path)
     receiver.answer_next(path, 500)
-    prompt = unique("Retry me")
-    small_tgi.script(prompt, margin=0.9)
-    tenant.wait_finished(tenant.submit(prompt)["id"])
+    finish_a_query(tenant, small_tgi, unique("Retry me"))
 
     first, second = receiver.wait_for(path, count=2)
     assert first.webhook_id == second.webhook_id
@@ -163,13 +188,6 @@ def test_a_failing_receiver_is_retried_with_the_same_webhook_id(
     assert len(receiver.at(path)) == 2  # delivered once: no attempt after the 200
 
 
-def attempt_log(tenant: TenantApi, endpoint_id: str) -> list[dict[str, Any]]:
-    response = tenant.client.get(f"/v1/webhooks/{endpoint_id}/attempts", headers=tenant.headers)
-    assert response.status_code == 200, response.text
-    logged: list[dict[str, Any]] = response.json()["data"]
-    return logged
-
-
 def test_retry_after_is_honoured(
     make_tenant: Callable[..., TenantApi],
     receiver: WebhookReceiver,
@@ -180,9 +198,7 @@ def test_retry_after_is_honoured(
     tenant = make_tenant()
     add_endpoint(tenant, receiver.url + path)
     receiver.answer_next(path, (429, {"Retry-After": "2"}))
-    prompt = unique("Slow down")
-    small_tgi.script(prompt, margin=0.9)
-    tenant.wait_finished(tenant.submit(prompt)["id"])
+    finish_a_query(tenant, small_tgi, unique("Slow down"))
 
     first, second = receiver.wait_for(path, count=2)
     gap = int(second.headers["webhook-timestamp"]) - int(first.headers["webhook-timestamp"])
@@ -200,9 +216,7 @@ def test_410_disables_the_endpoint(
     tenant = make_tenant()
     endpoint = add_endpoint(tenant, receiver.url + path)
     receiver.answer_next(path, 410)
-    prompt = unique("Gone")
-    small_tgi.script(prompt, margin=0.9)
-    tenant.wait_finished(tenant.submit(prompt)["id"])
+    finish_a_query(tenant, small_tgi, unique("Gone"))
     receiver.wait_for(path)
 
     view = wait_for(
@@ -211,26 +225,10 @@ def test_410_disables_the_endpoint(
         what="the endpoint to be disabled",
     )
     assert "410" in view["disabled_reason"]
-    later = unique("After gone")
-    small_tgi.script(later, margin=0.9)
-    tenant.wait_finished(tenant.submit(later)["id"])
+    finish_a_query(tenant, small_tgi, unique("After gone"))
     assert len(receiver.at(path)) == 1  # nothing more is sent to a disabled endpoint
     [dead] = dead_letters(tenant)
     assert dead["endpoint_id"] == endpoint["id"]
-
-
-def get_endpoint(tenant: TenantApi, endpoint_id: str) -> dict[str, Any]:
-    response = tenant.client.get(f"/v1/webhooks/{endpoint_id}", headers=tenant.headers)
-    assert response.status_code == 200, response.text
-    view: dict[str, Any] = response.json()
-    return view
-
-
-def dead_letters(tenant: TenantApi) -> list[dict[str, Any]]:
-    response = tenant.client.get("/v1/webhooks/dead-letters", headers=tenant.headers)
-    assert response.status_code == 200, response.text
-    letters: list[dict[str, Any]] = response.json()["data"]
-    return letters
 
 
 def test_a_receiver_down_for_every_attempt_ends_in_dead_letters_and_replay_delivers(
@@ -244,9 +242,7 @@ def test_a_receiver_down_for_every_attempt_ends_in_dead_letters_and_replay_deliv
     endpoint = add_endpoint(tenant, receiver.url + path)
     attempts = len(WEBHOOK_RETRY_SCHEDULE_S)
     receiver.answer_next(path, *[503] * attempts)
-    prompt = unique("Nobody home")
-    small_tgi.script(prompt, margin=0.9)
-    tenant.wait_finished(tenant.submit(prompt)["id"])
+    finish_a_query(tenant, small_tgi, unique("Nobody home"))
 
     failed = receiver.wait_for(path, count=attempts)
     [dead] = wait_for(lambda: dead_letters(tenant), timeout=15, what="a dead letter")
@@ -286,9 +282,7 @@ def test_during_a_rotation_both_secrets_verify(
     new_secret = rotated.json()["secret"]
     assert new_secret != endpoint["secret"]
     assert rotated.json()["previous_secret_expires_at"] is not None
-    prompt = unique("Rotate")
-    small_tgi.script(prompt, margin=0.9)
-    tenant.wait_finished(tenant.submit(prompt)["id"])
+    finish_a_query(tenant, small_tgi, unique("Rotate"))
 
     [delivery] = receiver.wait_for(path)
     assert len(delivery.headers["webhook-signature"].split(" ")) == 2

@@ -15,6 +15,7 @@ from services.api.schemas import ErrorBody, WebhookUrl
 from services.models import WebhookDelivery, WebhookEndpoint
 from services.webhooks import endpoints
 from services.webhooks.events import EventType
+from services.webhooks.signing import SecretHolder
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=ERROR_RESPONSES)
 
@@ -88,6 +89,13 @@ class SigningSecret(BaseModel):
         description="Until then, deliveries also carry a signature by the previous secret."
     )
 
+    @classmethod
+    def of(cls, holder: SecretHolder) -> SigningSecret:
+        return cls(
+            secret=holder.webhook_secret,
+            previous_secret_expires_at=holder.webhook_previous_secret_expires_at,
+        )
+
 
 class CreatedEndpoint(EndpointView):
     secret: str
@@ -150,10 +158,7 @@ def _dead_letter_view(delivery: WebhookDelivery, event_type: str) -> DeadLetterV
 @router.get("/callback-secret")
 def get_callback_secret(tenant: TenantDep) -> SigningSecret:
     """The secret that signs callbacks to a query's own `webhook_url`."""
-    return SigningSecret(
-        secret=tenant.webhook_secret,
-        previous_secret_expires_at=tenant.webhook_previous_secret_expires_at,
-    )
+    return SigningSecret.of(tenant)
 
 
 @router.post("/callback-secret/rotate")
@@ -163,7 +168,7 @@ def rotate_callback_secret(
     """A new callback secret; the previous one also signs until `previous_secret_expires_at`."""
     endpoints.rotate_tenant_secret(session, tenant=tenant, settings=settings)
     session.commit()
-    return get_callback_secret(tenant)
+    return SigningSecret.of(tenant)
 
 
 @router.get("/dead-letters")
@@ -264,10 +269,7 @@ def get_endpoint_secret(
     endpoint_id: uuid.UUID, session: SessionDep, tenant: TenantDep
 ) -> SigningSecret:
     endpoint = endpoints.get_endpoint(session, tenant_id=tenant.id, endpoint_id=endpoint_id)
-    return SigningSecret(
-        secret=endpoint.webhook_secret,
-        previous_secret_expires_at=endpoint.webhook_previous_secret_expires_at,
-    )
+    return SigningSecret.of(endpoint)
 
 
 @router.post("/{endpoint_id}/secret/rotate", responses=NOT_FOUND)
@@ -279,10 +281,7 @@ def rotate_endpoint_secret(
         session, tenant_id=tenant.id, endpoint_id=endpoint_id, settings=settings
     )
     session.commit()
-    return SigningSecret(
-        secret=endpoint.webhook_secret,
-        previous_secret_expires_at=endpoint.webhook_previous_secret_expires_at,
-    )
+    return SigningSecret.of(endpoint)
 
 
 @router.get("/{endpoint_id}/attempts", responses=NOT_FOUND)
