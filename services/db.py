@@ -53,7 +53,11 @@ def _sqlite_begin(connection: Connection) -> None:
 
 @lru_cache(maxsize=1)
 def session_factory() -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(), expire_on_commit=False)
+    from services import completion  # noqa: PLC0415 - it maps models, which import nothing here
+
+    factory = sessionmaker(bind=get_engine(), expire_on_commit=False)
+    completion.watch(factory)
+    return factory
 
 
 @contextmanager
