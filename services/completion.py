@@ -70,7 +70,7 @@ class Waiters:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._events: defaultdict[uuid.UUID, list[threading.Event]] = defaultdict(list)
-        self._listener: threading.Thread | None = None
+        self._listen_url: str | None = None  # the database the current listener listens to
         self._listening = threading.Event()
 
     @contextmanager
@@ -100,27 +100,38 @@ class Waiters:
         for finished in events:
             finished.set()
 
+    def stop_listening(self) -> None:
+        """Let the listener end (within a second); the next waiter starts a new one."""
+        with self._lock:
+            self._listen_url = None
+            self._listening.clear()
+
     def _ensure_listener(self, database_url: str) -> None:
         with self._lock:
-            if self._listener is None:
-                self._listener = threading.Thread(
+            if self._listen_url != database_url:
+                self._listen_url = database_url
+                self._listening.clear()
+                threading.Thread(
                     target=self._listen, args=(database_url,), name="twotier-listen", daemon=True
-                )
-                self._listener.start()
+                ).start()
         # The first waiters wait until LISTEN is in place; later ones find it there.
         self._listening.wait(timeout=2.0)
 
     def _listen(self, database_url: str) -> None:
-        libpq_url = make_url(database_url).set(drivername="postgresql")
-        conninfo = libpq_url.render_as_string(hide_password=False)
-        while True:
+        conninfo = make_url(database_url).set(drivername="postgresql")
+        while self._listen_url == database_url:
             try:
-                with psycopg.connect(conninfo, autocommit=True) as connection:
+                with psycopg.connect(
+                    conninfo.render_as_string(hide_password=False), autocommit=True
+                ) as connection:
                     connection.execute(f"LISTEN {CHANNEL}")
                     self._listening.set()
-                    for notification in connection.notifies():
-                        self._wake_payload(notification.payload)
+                    while self._listen_url == database_url:
+                        for notification in connection.notifies(timeout=1.0):
+                            self._wake_payload(notification.payload)
             except psycopg.Error as exc:
+                if self._listen_url != database_url:
+                    return
                 self._listening.clear()
                 log.warning("completion.listen_failed", error=str(exc))
                 # Waiters fall back to looking at the row every RECHECK_S meanwhile.

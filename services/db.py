@@ -82,8 +82,11 @@ def database_is_reachable() -> bool:
 
 def forget_engines() -> None:
     """Drop this process's engines without closing the sockets it inherited from a parent."""
+    from services import completion  # noqa: PLC0415 - see session_factory
+
     for factory in (session_factory, get_engine):
         factory.cache_clear()
+    completion.waiters.stop_listening()  # a listener thread does not survive a fork either
 
 
 def locked_row(session: Session, model: type[ModelT], **key: Any) -> ModelT:

@@ -114,6 +114,15 @@ def test_a_committed_finish_wakes_a_waiter_through_postgres_and_a_rolled_back_on
     query_id = _new_query()
     database_url = get_settings().database_url
     waiters = completion.Waiters()  # not this process's: only PostgreSQL can wake it
+    try:
+        _finish_and_roll_back(waiters, query_id, database_url)
+    finally:
+        waiters.stop_listening()
+
+
+def _finish_and_roll_back(
+    waiters: completion.Waiters, query_id: uuid.UUID, database_url: str
+) -> None:
     with waiters.waiting_for(query_id, database_url) as finished:
         with session_factory()() as session:
             session.execute(
