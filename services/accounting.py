@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from services import metrics
@@ -37,7 +38,11 @@ def settings_price(tier_settings: TierSettings) -> Price:
 
 def current_price(session: Session, tier_settings: TierSettings) -> Price:
     """The admin API's price for the tier's model, else the tier's price settings."""
-    override = session.get(ModelPrice, tier_settings.model)
+    return price_of(session.get(ModelPrice, tier_settings.model), tier_settings)
+
+
+def price_of(override: ModelPrice | None, tier_settings: TierSettings) -> Price:
+    """The price in force given the model's ``model_prices`` row (None: there is none)."""
     if override is None:
         return settings_price(tier_settings)
     return Price(override.price_input_per_mtok, override.price_output_per_mtok)
@@ -52,22 +57,21 @@ def record_model_call(
     tier_settings: TierSettings,
     generation: Generation,
     latency_ms: int,
+    price: Price | None = None,
 ) -> Decimal | None:
     """Charge a call unless this query was already charged on this tier; the cost if charged.
 
-    The caller holds the query's row lock, so the check and the insert cannot interleave with a
-    redelivered task; the unique constraint (query_id, tier) backs it up.
+    The unique constraint (query_id, tier) decides in the one INSERT: a redelivered task's
+    second charge inserts nothing. The caller holds the query's row lock besides. ``price``
+    is the price in force if the caller read it already.
     """
-    already = session.scalar(
-        select(ModelCall.id).where(ModelCall.query_id == query_id, ModelCall.tier == tier)
-    )
-    if already is not None:
-        return None
-    cost = current_price(session, tier_settings).cost(
+    cost = (price or current_price(session, tier_settings)).cost(
         input_tokens=generation.input_tokens, output_tokens=generation.output_tokens
     )
-    session.add(
-        ModelCall(
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    charged = session.scalar(
+        dialect.insert(ModelCall)
+        .values(
             query_id=query_id,
             tenant_id=tenant_id,
             tier=tier,
@@ -77,7 +81,11 @@ def record_model_call(
             cost=cost,
             latency_ms=latency_ms,
         )
+        .on_conflict_do_nothing(index_elements=[ModelCall.query_id, ModelCall.tier])
+        .returning(ModelCall.id)
     )
+    if charged is None:
+        return None
     metrics.count_cost(
         session,
         tenant_id=str(tenant_id),

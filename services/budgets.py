@@ -68,6 +68,11 @@ def worst_case_costs(
     )
 
 
+def has_budget(tenant: Tenant) -> bool:
+    """Whether the tenant's spend is tracked per period (a hard or a soft limit)."""
+    return tenant.budget_hard_limit is not None or tenant.budget_soft_limit is not None
+
+
 def reserve(
     session: Session,
     *,
@@ -77,7 +82,7 @@ def reserve(
     now: datetime | None = None,
 ) -> Reservation:
     """Reserve the small call (or raise BudgetExceeded) and the large one if it also fits."""
-    if tenant.budget_hard_limit is None and tenant.budget_soft_limit is None:
+    if not has_budget(tenant):
         return Reservation(None, Decimal(0), Decimal(0))
     start = period_start(tenant.budget_period, now or utcnow())
     period = locked_row(session, BudgetPeriod, tenant_id=tenant.id, period_start=start)

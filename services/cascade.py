@@ -17,17 +17,26 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import structlog
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services import budgets, metrics, threshold
-from services.accounting import record_model_call
+from services.accounting import Price, price_of, record_model_call
 from services.db import session_scope
 from services.dispatch import Dispatcher
 from services.llm.base import Generation, ModelError, TransientModelError
 from services.llm.margin import MarginUnavailable, candidates_for, margin_and_answer
 from services.llm.registry import backend_for, breaker_for, model_pair, tier_settings_of
-from services.models import TERMINAL_STATUSES, Query, QueryStatus, Tenant, Tier, utcnow
-from services.settings import Settings, get_settings
+from services.models import (
+    TERMINAL_STATUSES,
+    ModelPrice,
+    Query,
+    QueryStatus,
+    Tenant,
+    Tier,
+    utcnow,
+)
+from services.settings import Settings, TierSettings, get_settings
 from services.webhooks.events import EventType, record_query_event
 
 log = structlog.get_logger(__name__)
@@ -114,8 +123,8 @@ def answer_on_tier(query_id: uuid.UUID, tier: Tier) -> TierResult:
         return TierResult(Outcome.FAILED)
     latency_ms = round(_observe_call(tier, model, "ok", started) * 1000)
     with session_scope() as session:
-        query = _locked(session, query_id)
         tier_settings = tier_settings_of(tier)
+        query, tenant, price = _locked_for_answer(session, query_id, tier_settings)
         cost = record_model_call(
             session,
             query_id=query.id,
@@ -124,9 +133,9 @@ def answer_on_tier(query_id: uuid.UUID, tier: Tier) -> TierResult:
             tier_settings=tier_settings,
             generation=generation,
             latency_ms=latency_ms,
+            price=price,
         )
         if cost is not None:
-            tenant = session.get_one(Tenant, query.tenant_id)
             budgets.settle(session, query=query, tier=tier, cost=cost, tenant=tenant)
         log.info("model_call", tier=tier, charged=cost is not None, latency_ms=latency_ms)
         if query.status not in CLAIMABLE[tier]:
@@ -269,11 +278,13 @@ def _decide(
         margin=margin,
         target_escalation_rate=rate,
         warmup=settings.warmup_queries,
+        sketch_k=settings.threshold_sketch_k,
     )
     query.margin = margin
     query.scope_id = decision.scope_id
     query.threshold = decision.threshold
     query.threshold_version = decision.threshold_version
+    query.threshold_rank_error = decision.rank_error
     query.target_escalation_rate = decision.target_escalation_rate
     query.decision = decision.reason
     escalate = decision.escalate
@@ -329,3 +340,18 @@ def _release_lease(query_id: uuid.UUID) -> None:
 
 def _locked(session: Session, query_id: uuid.UUID) -> Query:
     return session.get_one(Query, query_id, with_for_update=True, populate_existing=True)
+
+
+def _locked_for_answer(
+    session: Session, query_id: uuid.UUID, tier_settings: TierSettings
+) -> tuple[Query, Tenant, Price]:
+    """The query (locked), its tenant and the tier's price in force, in one statement."""
+    query, tenant, override = session.execute(
+        select(Query, Tenant, ModelPrice)
+        .join(Tenant, Tenant.id == Query.tenant_id)
+        .outerjoin(ModelPrice, ModelPrice.model == tier_settings.model)
+        .where(Query.id == query_id)
+        .with_for_update(of=Query)
+        .execution_options(populate_existing=True)
+    ).one()
+    return query, tenant, price_of(override, tier_settings)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Protocol
 
+from sqlalchemy.orm import Session
+
+from services.db import after_commit
 from services.models import Tier
 
 
@@ -19,19 +23,27 @@ class Dispatcher(Protocol):
 
 
 _process_dispatcher: Dispatcher | None = None
+_SESSION_DISPATCHER = "twotier.dispatcher"
 
 
 def install(dispatcher: Dispatcher) -> None:
-    """Make ``dispatcher`` the one this process sends webhook deliveries through.
+    """Make ``dispatcher`` the one this process's workers send webhook deliveries through.
 
     Events are recorded deep inside the services (a query finishing, a budget crossing), far
-    from the task or route that holds a dispatcher; each process has exactly one.
+    from the task that holds a dispatcher; a worker process has exactly one.
     """
     global _process_dispatcher  # noqa: PLW0603 - one per process, set when it starts
     _process_dispatcher = dispatcher
 
 
-def enqueue_webhook(delivery_id: uuid.UUID) -> None:
-    """Queue the delivery if this process has a dispatcher; the relay finds it otherwise."""
-    if _process_dispatcher is not None:
-        _process_dispatcher.enqueue_webhook(delivery_id)
+def use_in_session(session: Session, dispatcher: Dispatcher) -> None:
+    """Send what ``session`` records through ``dispatcher`` (an API request's app's own)."""
+    session.info[_SESSION_DISPATCHER] = dispatcher
+
+
+def enqueue_webhook_after_commit(session: Session, delivery_id: uuid.UUID) -> None:
+    """Queue the delivery once ``session`` commits, through the session's dispatcher or the
+    process's; with neither, the relay finds the delivery when it is due."""
+    dispatcher: Dispatcher | None = session.info.get(_SESSION_DISPATCHER, _process_dispatcher)
+    if dispatcher is not None:
+        after_commit(session, functools.partial(dispatcher.enqueue_webhook, delivery_id))

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import structlog
 
-from services import cascade
+from services import cascade, dispatch
 from services.db import session_scope
 from services.models import Tier
 from services.recovery import reclaim_unfinished_queries, sweep
@@ -54,6 +54,7 @@ class InProcessQueue:
 
     def start(self) -> int:
         """Start the tier threads and the sweep, and queue every unfinished query (counted)."""
+        dispatch.install(self)
         with session_scope() as session:
             unfinished = reclaim_unfinished_queries(session)
             pending_webhooks = reclaim_pending_deliveries(session)

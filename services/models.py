@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     String,
@@ -95,6 +96,8 @@ class Tenant(Base):
     budget_per_query: Mapped[Decimal | None] = mapped_column(Numeric(20, 10))
     rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer)
     max_concurrent_queries: Mapped[int | None] = mapped_column(Integer)
+    # Endpoints not deleted: with none, a finishing query looks for no endpoint to notify.
+    webhook_endpoint_count: Mapped[int] = mapped_column(Integer, default=0)
     # Signs the callbacks sent to a query's own ``webhook_url``.
     webhook_secret: Mapped[str] = mapped_column(String(100), default=new_secret)
     webhook_previous_secret: Mapped[str | None] = mapped_column(String(100))
@@ -131,7 +134,10 @@ class ApiKey(Base):
 
 
 class ThresholdScope(Base):
-    """One margin history: tenant x model pair x task label ('' when none)."""
+    """One margin history: tenant x model pair x task label ('' when none).
+
+    ``sketch`` is the serialised KLL quantile sketch of the history's ``margin_count`` margins,
+    written under the row's lock with every decision."""
 
     __tablename__ = "threshold_scopes"
     __table_args__ = (UniqueConstraint("tenant_id", "model_pair", "task_label"),)
@@ -141,16 +147,14 @@ class ThresholdScope(Base):
     model_pair: Mapped[str] = mapped_column(String(400))
     task_label: Mapped[str] = mapped_column(String(100))
     margin_count: Mapped[int] = mapped_column(Integer, default=0)
+    sketch: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class MarginRecord(Base):
     """One margin of the history H; ``seq`` is its 1-based position in the scope."""
 
     __tablename__ = "margin_history"
-    __table_args__ = (
-        UniqueConstraint("scope_id", "seq"),
-        Index("ix_margin_history_scope_id_margin", "scope_id", "margin"),
-    )
+    __table_args__ = (UniqueConstraint("scope_id", "seq"),)
 
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
@@ -194,6 +198,7 @@ class Query(Base):
     scope_id: Mapped[int | None] = mapped_column(ForeignKey("threshold_scopes.id"))
     threshold: Mapped[float | None] = mapped_column(Float)
     threshold_version: Mapped[int | None] = mapped_column(Integer)
+    threshold_rank_error: Mapped[float | None] = mapped_column(Float)
     target_escalation_rate: Mapped[float | None] = mapped_column(Float)
     decision: Mapped[str | None] = mapped_column(String(32))
     error_code: Mapped[str | None] = mapped_column(String(64))

@@ -17,14 +17,12 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services import budgets, limits, metrics
+from services import budgets, completion, limits, metrics
 from services.errors import IdempotencyConflict, InvalidRequest, NotFound, QueryAlreadyFinished
 from services.models import TERMINAL_STATUSES, Query, QueryStatus, Tenant, Tier
 from services.settings import Settings
 from services.webhooks.events import EventType, record_query_event
 from services.webhooks.urls import check_webhook_url
-
-LONG_POLL_INTERVAL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -82,29 +80,38 @@ def submit_query(
         delivery_attempts=0,
     )
     limits.check_limits(session, tenant=tenant)
-    small_cost, large_cost = budgets.worst_case_costs(
-        session, settings, prompt=request.prompt, max_new_tokens=max_new_tokens
-    )
-    try:
-        with session.begin_nested():  # a lost idempotency race undoes the reservation too
-            reservation = budgets.reserve(
-                session,
-                tenant=tenant,
-                small=small_cost,
-                large=Decimal(0) if _never_escalates(tenant) else large_cost,
-            )
-            query.budget_period_id = reservation.period_id
-            query.reserved_small = reservation.small
-            query.reserved_large = reservation.large
-            session.add(query)
-    except IntegrityError:
-        # A concurrent request with the same Idempotency-Key committed first.
-        earlier = _by_idempotency_key(session, tenant_id, idempotency_key or "")
-        if earlier is None:
-            raise
-        return _replay(earlier, request_hash)
+    if idempotency_key is None:  # no unique key to race on: nothing to undo
+        _reserve_and_add(session, query, tenant=tenant, settings=settings)
+    else:
+        try:
+            with session.begin_nested():  # a lost idempotency race undoes the reservation too
+                _reserve_and_add(session, query, tenant=tenant, settings=settings)
+        except IntegrityError:
+            # A concurrent request with the same Idempotency-Key committed first.
+            earlier = _by_idempotency_key(session, tenant_id, idempotency_key)
+            if earlier is None:
+                raise
+            return _replay(earlier, request_hash)
     metrics.count_query(session, QueryStatus.QUEUED, Tier.SMALL)
     return Submitted(query=query, created=True)
+
+
+def _reserve_and_add(session: Session, query: Query, *, tenant: Tenant, settings: Settings) -> None:
+    """Reserve the query's worst case if the tenant has a budget, and add the query."""
+    if budgets.has_budget(tenant):
+        small_cost, large_cost = budgets.worst_case_costs(
+            session, settings, prompt=query.prompt, max_new_tokens=query.max_new_tokens
+        )
+        reservation = budgets.reserve(
+            session,
+            tenant=tenant,
+            small=small_cost,
+            large=Decimal(0) if _never_escalates(tenant) else large_cost,
+        )
+        query.budget_period_id = reservation.period_id
+        query.reserved_small = reservation.small
+        query.reserved_large = reservation.large
+    session.add(query)
 
 
 def _never_escalates(tenant: Tenant) -> bool:
@@ -123,16 +130,26 @@ def wait_until_finished(
 ) -> Query:
     """The query once it is finished, or as it stands after ``timeout_s`` (a long poll).
 
-    Each look is its own short transaction, so waiting holds no lock between looks.
+    The wait ends when the query's finishing transaction commits (services.completion wakes
+    it); each look at the row is its own short transaction, so waiting holds no connection.
     """
     deadline = time.monotonic() + timeout_s
-    while True:
-        session.expire_all()  # read the row afresh
-        query = get_query(session, tenant_id=tenant_id, query_id=query_id)
-        if query.status in TERMINAL_STATUSES or time.monotonic() >= deadline:
-            return query
-        session.rollback()  # hold no transaction (SQLite: no write lock) while sleeping
-        time.sleep(LONG_POLL_INTERVAL_S)
+    bind = session.get_bind()
+    listen_url = (
+        bind.engine.url.render_as_string(hide_password=False)
+        if bind.dialect.name == "postgresql"
+        else None
+    )
+    with completion.waiters.waiting_for(query_id, listen_url) as finished:
+        while True:
+            finished.clear()
+            session.expire_all()  # read the row afresh
+            query = get_query(session, tenant_id=tenant_id, query_id=query_id)
+            remaining = deadline - time.monotonic()
+            if query.status in TERMINAL_STATUSES or remaining <= 0:
+                return query
+            session.rollback()  # hold no transaction (SQLite: no write lock) while waiting
+            finished.wait(min(remaining, completion.RECHECK_S))
 
 
 def list_queries(

@@ -8,9 +8,11 @@ tell it from TGI. Only the test side has the scripting methods.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +46,11 @@ class Script:
     hold: threading.Event | None = None
 
 
+def hashed_margin(prompt: str) -> float:
+    """A margin in [0, 1) fixed by the prompt, spread evenly over many prompts."""
+    return int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:4], "big") / 2**32
+
+
 def distribution_with_margin(margin: float) -> list[tuple[str, float]]:
     """A first-token distribution whose p1 - p2 is ``margin``."""
     p2 = (1.0 - margin) / 2.0
@@ -53,8 +60,10 @@ def distribution_with_margin(margin: float) -> list[tuple[str, float]]:
 
 
 class ScriptedTGI:
-    def __init__(self, model_id: str) -> None:
+    def __init__(self, model_id: str, *, margin_of: Callable[[str], float] | None = None) -> None:
+        """``margin_of`` gives the margin of prompts that were not scripted (default 0.9)."""
         self.model_id = model_id
+        self._margin_of = margin_of or (lambda _prompt: 0.9)
         self._scripts: dict[str, Script] = {}
         self._lock = threading.Lock()
         self.calls: Counter[str] = Counter()
@@ -145,7 +154,9 @@ class ScriptedTGI:
         if error:
             return JSONResponse(error_body(error), status_code=422)
         with self._lock:
-            script = self._scripts.get(prompt) or Script("ok", distribution_with_margin(0.9))
+            script = self._scripts.get(prompt) or Script(
+                "ok", distribution_with_margin(self._margin_of(prompt))
+            )
             status = script.failures.pop(0) if script.failures else None
             arrived = self.arrived.setdefault(prompt, threading.Event())
         arrived.set()

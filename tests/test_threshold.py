@@ -7,11 +7,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from services import threshold
 from services.db import session_scope
-from services.models import MarginRecord, Query, QueryStatus
+from services.models import MarginRecord, Query, QueryStatus, ThresholdScope
 from services.tenants import create_tenant
 
 
@@ -83,6 +83,7 @@ def test_concurrent_decisions_share_one_history_and_replay_exactly() -> None:
                 assert not decision.escalate
                 continue
             history = [stored[seq] for seq in range(1, decision.threshold_version + 1)]
+            assert decision.rank_error == 0.0  # 200 margins fit a sketch of k = 400 whole
             assert decision.threshold == threshold.exact_threshold(history, 0.3)
             assert decision.threshold == threshold.replay_threshold(
                 session,
@@ -115,3 +116,68 @@ def test_task_labels_and_model_pairs_are_separate_scopes() -> None:
         assert decision.threshold_version == 1
         scopes.add(decision.scope_id)
     assert len(scopes) == 3
+
+
+def _decide_in_order(
+    tenant_id: uuid.UUID, margins: dict[uuid.UUID, float], *, sketch_k: int, rate: float
+) -> list[threshold.Decision]:
+    decisions = []
+    for query_id, margin in margins.items():
+        with session_scope() as session:
+            decisions.append(
+                threshold.decide(
+                    session, tenant_id=tenant_id, model_pair="a->b", task_label="sketch",
+                    query_id=query_id, margin=margin, target_escalation_rate=rate, warmup=0,
+                    sketch_k=sketch_k,
+                )
+            )  # fmt: skip
+    return decisions
+
+
+def test_past_k_margins_the_threshold_stays_within_the_sketchs_rank_error() -> None:
+    tenant_id, query_ids = _new_queries(600)
+    rng = random.Random(11)
+    # Ties included: margins rounded to two places repeat often.
+    margins = {query_id: round(rng.random(), rng.choice([2, 6])) for query_id in query_ids}
+    decisions = _decide_in_order(tenant_id, margins, sketch_k=16, rate=0.3)
+
+    history: list[float] = []
+    with session_scope() as session:
+        for decision, margin in zip(decisions, margins.values(), strict=True):
+            history.append(margin)
+            assert decision.threshold is not None
+            assert decision.rank_error is not None
+            size = decision.threshold_version
+            assert size == len(history)
+            if size <= 16:  # the sketch still holds every margin: the paper's rule exactly
+                assert decision.rank_error == 0.0
+                assert decision.threshold == threshold.exact_threshold(history, 0.3)
+                continue
+            bound = threshold.kll_doubles_sketch.get_normalized_rank_error(16, False)
+            assert decision.rank_error == pytest.approx(bound)
+            observed = threshold.rank_distance(history, decision.threshold, 0.3)
+            assert observed <= decision.rank_error + 1 / size
+            assert observed == threshold.replay_rank_error(
+                session, scope_id=decision.scope_id, threshold_version=size,
+                threshold=decision.threshold, target_escalation_rate=0.3,
+            )  # fmt: skip
+            assert decision.escalate == (margin < decision.threshold)
+
+
+def test_a_scope_without_a_sketch_builds_it_from_its_history() -> None:
+    tenant_id, query_ids = _new_queries(60)
+    rng = random.Random(5)
+    margins = {query_id: rng.random() for query_id in query_ids}
+    first = dict(list(margins.items())[:50])
+    decisions = _decide_in_order(tenant_id, first, sketch_k=400, rate=0.3)
+    with session_scope() as session:  # as a scope kept before sketches were stored
+        session.execute(
+            update(ThresholdScope).where(ThresholdScope.tenant_id == tenant_id).values(sketch=None)
+        )
+    rest = dict(list(margins.items())[50:])
+    decisions += _decide_in_order(tenant_id, rest, sketch_k=400, rate=0.3)
+
+    assert [d.threshold_version for d in decisions] == list(range(1, 61))
+    for decision in decisions[50:]:
+        history = list(margins.values())[: decision.threshold_version]
+        assert decision.threshold == threshold.exact_threshold(history, 0.3)

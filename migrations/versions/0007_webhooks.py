@@ -25,6 +25,9 @@ def _new_secret() -> str:
 
 def upgrade() -> None:
     with op.batch_alter_table("tenants") as batch:
+        batch.add_column(
+            sa.Column("webhook_endpoint_count", sa.Integer(), nullable=False, server_default="0")
+        )
         batch.add_column(sa.Column("webhook_secret", sa.String(100), nullable=True))
         batch.add_column(sa.Column("webhook_previous_secret", sa.String(100), nullable=True))
         batch.add_column(
@@ -174,3 +177,4 @@ def downgrade() -> None:
         batch.drop_column("webhook_previous_secret_expires_at")
         batch.drop_column("webhook_previous_secret")
         batch.drop_column("webhook_secret")
+        batch.drop_column("webhook_endpoint_count")

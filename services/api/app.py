@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from services import dispatch, metrics
+from services import metrics
 from services.api import admin, queries, usage, webhooks
 from services.api.errors import install_error_handlers
 from services.db import database_is_reachable
@@ -28,7 +28,6 @@ def create_app(dispatcher: Dispatcher, *, lifespan: Lifespan | None = None) -> F
         lifespan=lifespan,
     )
     app.state.dispatcher = dispatcher
-    dispatch.install(dispatcher)
     install_error_handlers(app)
     app.include_router(queries.router)
     app.include_router(admin.router)

@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from services import dispatch
 from services.db import session_factory
 from services.dispatch import Dispatcher
 from services.errors import AdminOnly, InvalidApiKey
@@ -21,9 +22,11 @@ from services.tenants import authenticate
 bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <api key>`")
 
 
-def get_session() -> Iterator[Session]:
-    """A session that rolls back unless the route commits."""
+def get_session(request: Request) -> Iterator[Session]:
+    """A session that rolls back unless the route commits; what it records for workers goes
+    through the app's dispatcher."""
     with session_factory()() as session:
+        dispatch.use_in_session(session, request.app.state.dispatcher)
         yield session
 
 

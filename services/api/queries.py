@@ -96,6 +96,9 @@ def submit_query(
         except Exception:
             log.exception("enqueue_failed", query_id=str(query.id))
     response.headers["Location"] = f"/v1/queries/{query.id}"
+    if submitted.created and wait <= 0:
+        # The query as it was stored: no model call was charged before it existed.
+        return QueryView.of(query, {})
     return _view(session, _after_waiting(session, tenant, query, wait))
 
 
@@ -103,8 +106,14 @@ def submit_query(
 def get_query(
     query_id: uuid.UUID, session: SessionDep, tenant: TenantDep, wait: WaitParam = 0
 ) -> QueryView:
-    query = queries.get_query(session, tenant_id=tenant.id, query_id=query_id)
-    return _view(session, _after_waiting(session, tenant, query, wait))
+    if wait > 0:  # the wait reads the row itself, after it starts listening
+        return _view(
+            session,
+            queries.wait_until_finished(
+                session, tenant_id=tenant.id, query_id=query_id, timeout_s=wait
+            ),
+        )
+    return _view(session, queries.get_query(session, tenant_id=tenant.id, query_id=query_id))
 
 
 @router.get("")

@@ -115,6 +115,10 @@ class QueryView(BaseModel):
     threshold_version: int | None = Field(
         description="Size of the margin history the threshold was computed from."
     )
+    threshold_rank_error: float | None = Field(
+        description="Bound on how far the threshold's rank in the history may be from the "
+        "target rate (a share of the history; 0: the exact quantile)."
+    )
     target_escalation_rate: float | None
     decision: str | None = Field(
         description="`warmup`, `below_threshold` (escalated), `at_or_above_threshold`, "
@@ -143,6 +147,7 @@ class QueryView(BaseModel):
             margin=query.margin,
             threshold=query.threshold,
             threshold_version=query.threshold_version,
+            threshold_rank_error=query.threshold_rank_error,
             target_escalation_rate=query.target_escalation_rate,
             decision=query.decision,
             cost=QueryCost(total=small + large, small=small, large=large),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import uuid
 from dataclasses import dataclass
 
@@ -10,7 +9,6 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from services import dispatch
-from services.db import after_commit
 from services.errors import InvalidRequest, NotFound, WebhookNotReplayable
 from services.models import (
     DeliveryStatus,
@@ -71,6 +69,7 @@ def create_endpoint(
     )
     session.add(endpoint)
     session.flush()
+    _count_endpoints(session, tenant.id, +1)
     return endpoint
 
 
@@ -131,6 +130,7 @@ def delete_endpoint(session: Session, *, tenant_id: uuid.UUID, endpoint_id: uuid
     now = utcnow()
     endpoint.deleted_at = now
     endpoint.updated_at = now
+    _count_endpoints(session, tenant_id, -1)
     session.execute(
         update(WebhookDelivery)
         .where(
@@ -220,8 +220,16 @@ def replay_dead_letter(
     delivery.next_attempt_at = utcnow()
     delivery.finished_at = None
     delivery.last_error = None
-    after_commit(session, functools.partial(dispatch.enqueue_webhook, delivery.id))
+    dispatch.enqueue_webhook_after_commit(session, delivery.id)
     return delivery
+
+
+def _count_endpoints(session: Session, tenant_id: uuid.UUID, change: int) -> None:
+    session.execute(
+        update(Tenant)
+        .where(Tenant.id == tenant_id)
+        .values(webhook_endpoint_count=Tenant.webhook_endpoint_count + change)
+    )
 
 
 def _distinct(event_types: list[EventType] | None) -> list[str] | None:

@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session
 
 from services import dispatch
 from services.accounting import costs_by_query, money_text
-from services.db import after_commit
 from services.models import (
     DeliveryStatus,
     Query,
+    Tenant,
     WebhookDelivery,
     WebhookEndpoint,
     WebhookMessage,
@@ -57,6 +57,8 @@ def record_event(
     targets: list[tuple[uuid.UUID | None, str]]
     if to_url is not None:
         targets = [(None, to_url)]
+    elif session.get_one(Tenant, tenant_id).webhook_endpoint_count == 0:
+        targets = []  # the tenant row is at hand already: no query for endpoints
     else:
         targets = [
             (endpoint.id, endpoint.url)
@@ -88,7 +90,7 @@ def record_event(
             created_at=now,
         )
         session.add(delivery)
-        after_commit(session, functools.partial(dispatch.enqueue_webhook, delivery.id))
+        dispatch.enqueue_webhook_after_commit(session, delivery.id)
     return message
 
 
