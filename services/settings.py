@@ -135,6 +135,12 @@ class Settings(BaseSettings):
     default_max_new_tokens: int = Field(default=64, ge=1)
     max_new_tokens_limit: int = Field(default=4096, ge=1)
     max_prompt_chars: int = Field(default=100_000, ge=1)
+    max_request_bytes: int | None = Field(
+        default=None,
+        ge=1024,
+        description="Largest request body, in bytes, refused with 413 before it is parsed; "
+        "unset means 4 bytes per prompt character plus 256 KiB for the other fields.",
+    )
     prompt_overhead_tokens: int = Field(
         default=64,
         ge=0,
@@ -242,6 +248,13 @@ class Settings(BaseSettings):
     def demo_key_file(self) -> Path:
         """The local demo tenant's API key, written by ``twotier serve``."""
         return self.home / "demo-api-key"
+
+    @property
+    def request_body_limit(self) -> int:
+        """``max_request_bytes``, or room for the longest prompt in UTF-8 and the rest."""
+        if self.max_request_bytes is not None:
+            return self.max_request_bytes
+        return 4 * self.max_prompt_chars + 256 * 1024
 
     @property
     def embedded(self) -> bool:

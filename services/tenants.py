@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -19,7 +21,13 @@ from services.budgets import PERIODS
 from services.errors import InvalidApiKey, InvalidRequest, NotFound, TenantDisabled
 from services.models import ApiKey, Tenant, utcnow
 
+log = structlog.get_logger(__name__)
+
 KEY_SCHEME = "tt"
+# tt_<16 hex digits>_<token_urlsafe(32)>; anything else is refused before the database is asked.
+KEY_SHAPE = re.compile(rf"{KEY_SCHEME}_(?P<prefix>[0-9a-f]{{16}})_(?P<secret>[A-Za-z0-9_-]{{43}})")
+# Compared with when no key has the prefix; no key hashes to it.
+UNKNOWN_KEY_HASH = "0" * 64
 
 
 @dataclass(frozen=True)
@@ -58,22 +66,33 @@ def issue_api_key(session: Session, *, tenant: Tenant) -> IssuedKey:
     row = ApiKey(tenant_id=tenant.id, prefix=prefix, key_hash=hash_key(raw_key))
     session.add(row)
     session.flush()
+    log.info("api_key_issued", tenant_id=str(tenant.id), key_prefix=prefix)
     return IssuedKey(row=row, raw=raw_key)
 
 
+def key_matches(raw_key: str, key_hash: str) -> bool:
+    """Whether ``raw_key`` hashes to ``key_hash``, compared in constant time so that the
+    time taken says nothing of how much of the hash matched."""
+    return hmac.compare_digest(hash_key(raw_key).encode(), key_hash.encode())
+
+
 def authenticate(session: Session, raw_key: str) -> Tenant:
-    """The tenant that owns ``raw_key``; the comparison is constant-time."""
-    scheme, _, rest = raw_key.partition("_")
-    prefix, _, secret = rest.partition("_")
-    if scheme != KEY_SCHEME or not prefix or not secret:
+    """The tenant that owns ``raw_key``. The key's public prefix finds the row; its secret
+    part is checked by ``key_matches``, also when no row was found, so an unknown prefix
+    costs the same hashing and comparison as a known one."""
+    shape = KEY_SHAPE.fullmatch(raw_key)
+    if shape is None:
+        log.info("api_key_refused", reason="malformed")
         raise InvalidApiKey("the API key is malformed; expected tt_<prefix>_<secret>")
     row = session.execute(
         select(ApiKey, Tenant)
         .join(Tenant, Tenant.id == ApiKey.tenant_id)
-        .where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))
+        .where(ApiKey.prefix == shape["prefix"], ApiKey.revoked_at.is_(None))
     ).one_or_none()
-    expected = row[0].key_hash if row else hash_key("")
-    if not hmac.compare_digest(expected, hash_key(raw_key)) or row is None:
+    matches = key_matches(raw_key, row[0].key_hash if row else UNKNOWN_KEY_HASH)
+    if row is None or not matches:
+        # The prefix is the key's public half (it is listed in the admin API); never log more.
+        log.info("api_key_refused", reason="unknown_or_revoked", key_prefix=shape["prefix"])
         raise InvalidApiKey("the API key is unknown or revoked")
     tenant: Tenant = row[1]
     if tenant.disabled:
@@ -185,4 +204,5 @@ def revoke_key(session: Session, *, tenant_id: uuid.UUID, key_id: uuid.UUID) -> 
     if key is None or key.tenant_id != tenant_id:
         raise NotFound(f"no API key {key_id} for tenant {tenant_id}")
     key.revoked_at = key.revoked_at or utcnow()
+    log.info("api_key_revoked", tenant_id=str(tenant_id), key_prefix=key.prefix)
     return key

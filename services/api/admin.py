@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Path, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
@@ -15,18 +14,33 @@ from services import tenants
 from services.accounting import settings_price
 from services.api.deps import AdminDep, SessionDep, SettingsDep
 from services.api.errors import ERROR_RESPONSES
-from services.api.schemas import Money
+from services.api.schemas import (
+    ErrorBody,
+    Money,
+    StoredAmount,
+    StoredCount,
+    StoredText,
+)
 from services.errors import NotFound
 from services.models import ApiKey, ModelPrice, Tenant, utcnow
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[AdminDep],
                    responses=ERROR_RESPONSES)  # fmt: skip
 
+NO_TENANT: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "No such tenant (or API key of that tenant)."}
+}
+NO_MODEL: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "No admin price for this model, or no such path."}
+}
+# The ledger's and price table's model column; a model name is printable text.
+ModelName = Annotated[str, Path(max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
 
 class TenantCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
+    name: StoredText = Field(min_length=1, max_length=200)
     target_escalation_rate: float = Field(default=0.3, ge=0, le=1)
 
 
@@ -38,17 +52,16 @@ class TenantUpdate(BaseModel):
     target_escalation_rate: float | None = Field(default=None, ge=0, le=1)
     disabled: bool | None = None
     budget_period: Literal["none", "daily", "monthly"] | None = None
-    budget_hard_limit: Decimal | None = Field(default=None, ge=0)
-    budget_soft_limit: Decimal | None = Field(default=None, ge=0)
-    budget_per_query: Decimal | None = Field(
+    budget_hard_limit: StoredAmount | None = None
+    budget_soft_limit: StoredAmount | None = None
+    budget_per_query: StoredAmount | None = Field(
         default=None,
-        ge=0,
         description="Average budget per query B: escalate at p(B) = (B - c_s) / c_l from the "
         "tenant's measured average costs instead of at the target rate; null to stop.",
     )
-    rate_limit_per_minute: int | None = Field(default=None, ge=1)
-    max_concurrent_queries: int | None = Field(
-        default=None, ge=1, description="Most unfinished queries at once; null for no limit."
+    rate_limit_per_minute: StoredCount | None = None
+    max_concurrent_queries: StoredCount | None = Field(
+        default=None, description="Most unfinished queries at once; null for no limit."
     )
 
 
@@ -104,12 +117,12 @@ def list_tenants(session: SessionDep) -> list[TenantView]:
     return [TenantView.of(t) for t in session.scalars(select(Tenant).order_by(Tenant.name))]
 
 
-@router.get("/tenants/{tenant_id}")
+@router.get("/tenants/{tenant_id}", responses=NO_TENANT)
 def get_tenant(tenant_id: uuid.UUID, session: SessionDep) -> TenantView:
     return TenantView.of(tenants.tenant_by_id(session, tenant_id))
 
 
-@router.patch("/tenants/{tenant_id}")
+@router.patch("/tenants/{tenant_id}", responses=NO_TENANT)
 def update_tenant(tenant_id: uuid.UUID, body: TenantUpdate, session: SessionDep) -> TenantView:
     changes: dict[str, Any] = body.model_dump(exclude_unset=True)
     tenant = tenants.update_tenant(session, tenant_id=tenant_id, changes=changes)
@@ -117,19 +130,19 @@ def update_tenant(tenant_id: uuid.UUID, body: TenantUpdate, session: SessionDep)
     return TenantView.of(tenant)
 
 
-@router.post("/tenants/{tenant_id}/keys", status_code=status.HTTP_201_CREATED)
+@router.post("/tenants/{tenant_id}/keys", status_code=status.HTTP_201_CREATED, responses=NO_TENANT)
 def issue_key(tenant_id: uuid.UUID, session: SessionDep) -> NewKeyView:
     issued = tenants.issue_api_key(session, tenant=tenants.tenant_by_id(session, tenant_id))
     session.commit()
     return NewKeyView(**KeyView.of(issued.row).model_dump(), api_key=issued.raw)
 
 
-@router.get("/tenants/{tenant_id}/keys")
+@router.get("/tenants/{tenant_id}/keys", responses=NO_TENANT)
 def list_keys(tenant_id: uuid.UUID, session: SessionDep) -> list[KeyView]:
     return [KeyView.of(key) for key in tenants.list_keys(session, tenant_id=tenant_id)]
 
 
-@router.delete("/tenants/{tenant_id}/keys/{key_id}")
+@router.delete("/tenants/{tenant_id}/keys/{key_id}", responses=NO_TENANT)
 def revoke_key(tenant_id: uuid.UUID, key_id: uuid.UUID, session: SessionDep) -> KeyView:
     key = tenants.revoke_key(session, tenant_id=tenant_id, key_id=key_id)
     session.commit()
@@ -139,8 +152,8 @@ def revoke_key(tenant_id: uuid.UUID, key_id: uuid.UUID, session: SessionDep) -> 
 class PriceSet(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    price_input_per_mtok: Decimal = Field(ge=0, description="Price of 1M input tokens.")
-    price_output_per_mtok: Decimal = Field(ge=0, description="Price of 1M output tokens.")
+    price_input_per_mtok: StoredAmount = Field(description="Price of 1M input tokens.")
+    price_output_per_mtok: StoredAmount = Field(description="Price of 1M output tokens.")
 
 
 class PriceView(BaseModel):
@@ -166,8 +179,8 @@ def list_prices(session: SessionDep, settings: SettingsDep) -> list[PriceView]:
     return [views[model] for model in sorted(views)]
 
 
-@router.put("/prices/{model:path}")
-def set_price(model: str, body: PriceSet, session: SessionDep) -> PriceView:
+@router.put("/prices/{model:path}", responses=NO_MODEL)
+def set_price(model: ModelName, body: PriceSet, session: SessionDep) -> PriceView:
     """Price a model's calls from now on (calls already in the ledger keep their cost)."""
     row = session.get(ModelPrice, model, with_for_update=True) or ModelPrice(model=model)
     row.price_input_per_mtok = body.price_input_per_mtok
@@ -179,8 +192,8 @@ def set_price(model: str, body: PriceSet, session: SessionDep) -> PriceView:
                      price_output_per_mtok=row.price_output_per_mtok)  # fmt: skip
 
 
-@router.delete("/prices/{model:path}", status_code=status.HTTP_204_NO_CONTENT)
-def clear_price(model: str, session: SessionDep) -> None:
+@router.delete("/prices/{model:path}", status_code=status.HTTP_204_NO_CONTENT, responses=NO_MODEL)
+def clear_price(model: ModelName, session: SessionDep) -> None:
     """Go back to the tier's price settings for this model."""
     row = session.get(ModelPrice, model)
     if row is None:

@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services import metrics
 from services.api import admin, queries, usage, webhooks
+from services.api.body_limit import RequestBodyLimit
 from services.api.errors import install_error_handlers
 from services.db import database_is_reachable
 from services.dispatch import Dispatcher
@@ -28,6 +29,7 @@ def create_app(dispatcher: Dispatcher, *, lifespan: Lifespan | None = None) -> F
         lifespan=lifespan,
     )
     app.state.dispatcher = dispatcher
+    app.add_middleware(RequestBodyLimit, max_bytes=get_settings().request_body_limit)
     install_error_handlers(app)
     app.include_router(queries.router)
     app.include_router(admin.router)

@@ -19,6 +19,7 @@ from services.models import Tenant
 from services.settings import Settings, get_settings
 from services.tenants import authenticate
 
+log = structlog.get_logger(__name__)
 bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <api key>`")
 
 
@@ -50,6 +51,7 @@ def require_admin(
     expected = settings.admin_token.get_secret_value().encode()
     given = (credentials.credentials if credentials else "").encode()
     if not hmac.compare_digest(expected, given):
+        log.info("admin_token_refused", sent=credentials is not None)
         raise AdminOnly("send the admin token as `Authorization: Bearer <admin token>`")
 
 

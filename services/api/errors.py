@@ -37,15 +37,35 @@ HTTP_CODES = {
     401: "unauthenticated",
     404: "not_found",
     405: "method_not_allowed",
+    413: "request_too_large",
 }
+
+
+class RequestTooLarge(HTTPException):
+    """A request body over ``TWOTIER_MAX_REQUEST_BYTES``. Raised while the body streams in;
+    FastAPI passes HTTPExceptions from body reading through to the handlers unchanged."""
+
+    code = "request_too_large"
+
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__(
+            413,
+            f"the request body is larger than {limit_bytes} bytes; "
+            "send a shorter prompt or less metadata",
+        )
+        self.details = {"limit_bytes": limit_bytes}
+
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": description}
     for status, description in {
+        400: "The request body is not JSON in UTF-8.",
         401: "Missing, malformed, unknown or revoked API key.",
-        429: "Over the tenant's rate limit or unfinished-query limit; see Retry-After.",
         403: "The tenant is disabled.",
+        413: "The request body is over `TWOTIER_MAX_REQUEST_BYTES`.",
         422: "The request is invalid; `error.details` says where.",
+        429: "Over the tenant's rate limit or unfinished-query limit; see Retry-After.",
+        503: "The database is unreachable; retry after Retry-After seconds.",
     }.items()
 }
 
@@ -82,7 +102,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
         code = HTTP_CODES.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+        details = exc.details if isinstance(exc, RequestTooLarge) else None
+        return error_response(exc.status_code, code, str(exc.detail), details, exc.headers)
 
     @app.exception_handler(OperationalError)
     async def _database_down(_: Request, exc: OperationalError) -> JSONResponse:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -11,6 +10,7 @@ from fastapi import APIRouter, Query
 from services.accounting import money_text
 from services.api.deps import SessionDep, TenantDep
 from services.api.errors import ERROR_RESPONSES
+from services.api.schemas import UtcInstant
 from services.usage import Granularity, tenant_usage
 
 router = APIRouter(prefix="/v1/usage", tags=["usage"], responses=ERROR_RESPONSES)
@@ -21,8 +21,12 @@ def get_usage(
     session: SessionDep,
     tenant: TenantDep,
     granularity: Granularity = "day",
-    since: Annotated[datetime | None, Query(description="Inclusive, ISO 8601.")] = None,
-    until: Annotated[datetime | None, Query(description="Exclusive, ISO 8601.")] = None,
+    since: Annotated[
+        UtcInstant | None, Query(description="Inclusive, ISO 8601 (UTC without an offset).")
+    ] = None,
+    until: Annotated[
+        UtcInstant | None, Query(description="Exclusive, ISO 8601 (UTC without an offset).")
+    ] = None,
 ) -> dict[str, Any]:
     """Spend and calls per day or month, per tier, model and task label; the realised
     escalation rate against the target; the current budget period (amounts as strings)."""

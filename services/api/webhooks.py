@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.api.deps import SessionDep, SettingsDep, TenantDep
 from services.api.errors import ERROR_RESPONSES
-from services.api.schemas import ErrorBody, WebhookUrl
+from services.api.schemas import ErrorBody, StoredText, WebhookUrl
 from services.models import WebhookDelivery, WebhookEndpoint
 from services.webhooks import endpoints
 from services.webhooks.events import EventType
@@ -28,7 +28,7 @@ class EndpointCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: WebhookUrl
-    description: str | None = Field(default=None, max_length=500)
+    description: StoredText | None = Field(default=None, max_length=500)
     event_types: list[EventType] | None = Field(
         default=None, min_length=1, description="Events to send; absent means all of them."
     )
@@ -43,7 +43,7 @@ class EndpointUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: WebhookUrl | None = None
-    description: str | None = Field(default=None, max_length=500)
+    description: StoredText | None = Field(default=None, max_length=500)
     event_types: list[EventType] | None = Field(default=None, min_length=1)
     all_events: bool = Field(default=False, description="Clear the event filter.")
     thin_payload: bool | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+import structlog
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -23,6 +24,8 @@ from services.settings import Settings
 from services.webhooks.events import EventType
 from services.webhooks.signing import rotate_secret
 from services.webhooks.urls import check_webhook_url
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ def create_endpoint(
     session.add(endpoint)
     session.flush()
     _count_endpoints(session, tenant.id, +1)
+    log.info("webhook_endpoint_created", tenant_id=str(tenant.id), endpoint_id=str(endpoint.id))
     return endpoint
 
 
@@ -147,12 +151,14 @@ def rotate_endpoint_secret(
     endpoint = get_endpoint(session, tenant_id=tenant_id, endpoint_id=endpoint_id, lock=True)
     rotate_secret(endpoint, grace_s=settings.webhook_secret_grace_s)
     endpoint.updated_at = utcnow()
+    log.info("webhook_secret_rotated", tenant_id=str(tenant_id), endpoint_id=str(endpoint_id))
     return endpoint
 
 
 def rotate_tenant_secret(session: Session, *, tenant: Tenant, settings: Settings) -> Tenant:
     session.refresh(tenant, with_for_update=True)
     rotate_secret(tenant, grace_s=settings.webhook_secret_grace_s)
+    log.info("webhook_callback_secret_rotated", tenant_id=str(tenant.id))
     return tenant
 
 

@@ -22,7 +22,10 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 def check_webhook_url(url: str, *, allowed_networks: Sequence[Network]) -> None:
     """Raise WebhookUrlRefused or WebhookUrlUnresolvable unless ``url`` may be called."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unbalanced "[" or "]" around the host, for one
+        raise WebhookUrlRefused(f"the webhook URL is malformed: {exc}") from exc
     if parts.scheme not in ("http", "https"):
         raise WebhookUrlRefused(f"webhook URLs must be http or https, not {parts.scheme!r}")
     if parts.username is not None or parts.password is not None:
@@ -49,7 +52,7 @@ def _addresses(host: str, port: int) -> list[IPAddress]:
         pass
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
+    except (OSError, ValueError) as exc:  # gaierror; a name IDNA cannot encode; a NUL
         raise WebhookUrlUnresolvable(f"the webhook host {host!r} does not resolve: {exc}") from exc
     return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
 
