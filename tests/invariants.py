@@ -61,6 +61,7 @@ def check_invariants(
         figures: dict[str, Any] = {
             "queries_accepted": len(ids),
             "statuses": dict(statuses),
+            "decisions": dict(Counter(str(query.decision) for query in queries)),
             "lost": len(ids) - sum(statuses[status] for status in TERMINAL_STATUSES),
             "double_charges": sum(1 for _, _, count in per_tier if count > 1),
             "answered_without_a_charge": sum(
