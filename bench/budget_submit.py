@@ -16,19 +16,18 @@ import json
 import os
 import statistics
 import time
-import uuid
 from decimal import Decimal
 from pathlib import Path
 
 import httpx
-import psycopg
 import redis
 
 from services.api.app import create_app
-from services.db import get_engine, session_scope
+from services.db import session_scope
 from services.migrate import upgrade_to_head
 from services.tenants import create_tenant, set_budget
 from tests.server_thread import ServerThread
+from tests.throwaway_database import throwaway_database
 from workers.dispatch import CeleryDispatcher
 
 
@@ -41,20 +40,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/budget_submit.json"))
     args = parser.parse_args()
 
-    database = f"twotier_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{database}"')
-    os.environ["TWOTIER_DATABASE_URL"] = (
-        args.admin_url.replace("postgresql://", "postgresql+psycopg://").rsplit("/", 1)[0]
-        + f"/{database}"
-    )
     os.environ["TWOTIER_BROKER_URL"] = args.redis
-    try:
+    with throwaway_database(args.admin_url):
         results = run(args.submits, args.concurrency)
-    finally:
-        get_engine().dispose()
-        with psycopg.connect(args.admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     for name, value in results.items():
         print(f"{name:>36}: {value}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -40,13 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import redis
 from fastapi.testclient import TestClient
 
 from services import cascade
 from services.api.app import create_app
-from services.db import get_engine, session_scope
+from services.db import session_scope
 from services.logs import configure_logging
 from services.migrate import upgrade_to_head
 from services.models import Tier
@@ -54,6 +53,7 @@ from services.settings import get_settings
 from services.tenants import create_tenant
 from tests.server_thread import free_port
 from tests.sql_counter import counted_statements
+from tests.throwaway_database import throwaway_database
 
 BENCH_DIR = Path(__file__).resolve().parent
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -83,23 +83,13 @@ def main() -> None:
     )  # fmt: skip
     args = parser.parse_args()
 
-    database = f"twotier_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{database}"')
-    os.environ["TWOTIER_DATABASE_URL"] = (
-        args.admin_url.replace("postgresql://", "postgresql+psycopg://").rsplit("/", 1)[0]
-        + f"/{database}"
-    )
     os.environ["TWOTIER_BROKER_URL"] = args.redis
     os.environ.setdefault("TWOTIER_LOG_JSON", "true")
     redis.Redis.from_url(args.redis).flushdb()
     try:
-        with _processes() as spawn:
+        with throwaway_database(args.admin_url), _processes() as spawn:
             results = run(args, spawn)
     finally:
-        get_engine().dispose()
-        with psycopg.connect(args.admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         redis.Redis.from_url(args.redis).flushdb()
     _print(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 import uuid
@@ -29,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psycopg
 from datasketches import kll_doubles_sketch
 from sqlalchemy import select, text
 
@@ -37,8 +35,8 @@ from services import threshold
 from services.db import get_engine, session_scope
 from services.migrate import upgrade_to_head
 from services.models import ThresholdScope
-from services.settings import get_settings
 from services.tenants import create_tenant
+from tests.throwaway_database import throwaway_database
 
 RATE = 0.3
 PAIR = "bench/small->bench/large"
@@ -67,23 +65,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/threshold.json"))
     args = parser.parse_args()
 
-    database = f"twotier_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{database}"')
-    os.environ["TWOTIER_DATABASE_URL"] = (
-        args.admin_url.replace("postgresql://", "postgresql+psycopg://").rsplit("/", 1)[0]
-        + f"/{database}"
-    )
-    get_settings.cache_clear()
-    try:
+    with throwaway_database(args.admin_url):
         upgrade_to_head()
         rows = [
             measure(int(size), decisions=args.decisions, k=args.k) for size in args.sizes.split(",")
         ]
-    finally:
-        get_engine().dispose()
-        with psycopg.connect(args.admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     smallest = rows[0]
     for row in rows:
         row["decision_p50_vs_smallest"] = round(

@@ -20,12 +20,11 @@ import time
 import uuid
 from pathlib import Path
 
-import psycopg
 import redis
 from sqlalchemy import func, select
 
 from services import dispatch
-from services.db import get_engine, session_scope
+from services.db import session_scope
 from services.migrate import upgrade_to_head
 from services.models import DeliveryStatus, WebhookDelivery
 from services.settings import get_settings
@@ -33,6 +32,7 @@ from services.tenants import create_tenant
 from services.webhooks.endpoints import create_endpoint
 from services.webhooks.events import EventType, record_event
 from tests.celery_workers import CeleryWorker
+from tests.throwaway_database import throwaway_database
 from tests.waiting import wait_for
 from tests.webhook_receiver import WebhookReceiver
 
@@ -49,15 +49,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/webhooks.json"))
     args = parser.parse_args()
 
-    database = f"twotier_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{database}"')
     os.environ.update(
         {
-            "TWOTIER_DATABASE_URL": args.admin_url.replace(
-                "postgresql://", "postgresql+psycopg://"
-            ).rsplit("/", 1)[0]
-            + f"/{database}",
             "TWOTIER_BROKER_URL": args.redis,
             "TWOTIER_WEBHOOK_ALLOWED_NETWORKS": '["127.0.0.0/8"]',
             "TWOTIER_LOG_LEVEL": "WARNING",
@@ -65,12 +58,8 @@ def main() -> None:
         }
     )
     redis.Redis.from_url(args.redis).flushdb()
-    try:
+    with throwaway_database(args.admin_url):
         results = run(args.deliveries, args.concurrency, args.pool)
-    finally:
-        get_engine().dispose()
-        with psycopg.connect(args.admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     for name, value in results.items():
         print(f"{name:>28}: {value}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,13 +8,20 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
+import kombu.exceptions
 import psutil
+import redis
 
 from tests.waiting import wait_for
 
 
 class CeleryWorker:
+    # Every worker this process started and has not stopped: the session stops what a failed
+    # test left behind, so that no worker outlives it and takes another run's tasks.
+    running: ClassVar[set[CeleryWorker]] = set()
+
     def __init__(
         self,
         name: str,
@@ -54,11 +61,23 @@ class CeleryWorker:
                 stderr=log,
                 start_new_session=True,
             )
-        wait_for(
-            lambda: bool(app.control.ping(destination=[self.name], timeout=0.5)),
-            timeout=60,
-            what=f"worker {self.name} to answer a ping (log: {self.log_path})",
-        )
+        CeleryWorker.running.add(self)
+
+        def answers() -> bool:
+            try:
+                return bool(app.control.ping(destination=[self.name], timeout=0.5))
+            except (redis.ConnectionError, kombu.exceptions.OperationalError):
+                return False  # a connection the broker dropped (a restart); the next is new
+
+        try:
+            wait_for(
+                answers,
+                timeout=60,
+                what=f"worker {self.name} to answer a ping (log: {self.log_path})",
+            )
+        except BaseException:
+            self.kill()  # a worker nobody holds would go on taking the next tests' tasks
+            raise
         return self
 
     @property
@@ -74,8 +93,10 @@ class CeleryWorker:
         os.killpg(self.pid, signal.SIGKILL)
         assert self.process is not None
         self.process.wait(timeout=30)
+        CeleryWorker.running.discard(self)
 
     def stop(self) -> None:
+        CeleryWorker.running.discard(self)
         if self.process is None or self.process.poll() is not None:
             return
         os.killpg(self.pid, signal.SIGTERM)

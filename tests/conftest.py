@@ -92,6 +92,8 @@ def environment(small_tgi: ScriptedTGI, large_tgi: ScriptedTGI) -> Iterator[dict
     redis.Redis.from_url(TEST_REDIS_URL).flushdb()
     upgrade_to_head()
     yield env
+    for leftover in list(CeleryWorker.running):
+        leftover.stop()
     close_backends()
     get_engine().dispose()
     forget_engines()

@@ -32,6 +32,7 @@ from tests.invariants import all_finished, check_invariants, no_pending_webhooks
 from tests.scripted_tgi import ScriptedTGI
 from tests.waiting import wait_for
 from tests.webhook_receiver import WebhookReceiver
+from workers.app import app as celery_app
 
 pytestmark = pytest.mark.chaos
 
@@ -92,6 +93,10 @@ def restart_redis() -> None:
         check=True,
     )  # fmt: skip
     wait_for(_redis_answers, timeout=30, what="Redis to start")
+    # This process's pooled Celery connections went with the old server: start new pools, as
+    # Celery does after a fork (closing the old ones would fail every later send).
+    celery_app._pool = None
+    celery_app.amqp._producer_pool = None
 
 
 def _tool(name: str) -> str:

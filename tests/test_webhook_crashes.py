@@ -81,8 +81,9 @@ def test_a_lost_broker_message_is_relayed_from_the_outbox(
     broker.delete("webhooks")  # every queued webhook message is lost
 
     beat = CeleryBeat(log_dir=log_dir).start()
-    worker = webhook_worker(log_dir).start()
+    worker = webhook_worker(log_dir)
     try:
+        worker.start()
         [delivery] = receiver.wait_for("/outbox", timeout=30)
         assert delivery.verified(endpoint["secret"])["type"] == "query.succeeded"
         assert delivery.webhook_id == pending.message_id
@@ -105,18 +106,19 @@ def test_a_webhook_worker_killed_mid_delivery_still_delivers(
     endpoint = add_endpoint(tenant, url)
     receiver.hold = hold = threading.Event()
     first_worker = webhook_worker(log_dir).start()
-    prompt = unique("Kill the sender")
-    small_tgi.script(prompt, margin=0.9)
-    tenant.wait_finished(tenant.submit(prompt)["id"])
-
-    assert receiver.held.wait(30), "the first attempt never arrived"
-    first_worker.kill()
-    hold.set()
-    second_worker = webhook_worker(log_dir).start()
+    second_worker = webhook_worker(log_dir)
     try:
+        prompt = unique("Kill the sender")
+        small_tgi.script(prompt, margin=0.9)
+        tenant.wait_finished(tenant.submit(prompt)["id"])
+        assert receiver.held.wait(30), "the first attempt never arrived"
+        first_worker.kill()
+        hold.set()
+        second_worker.start()
         first, second = receiver.wait_for("/killed", count=2, timeout=60)
         assert first.webhook_id == second.webhook_id
         assert second.verified(endpoint["secret"])["type"] == "query.succeeded"
         wait_until_recorded_as_delivered(url)
     finally:
+        first_worker.stop()
         second_worker.stop()

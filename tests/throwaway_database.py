@@ -1,0 +1,33 @@
+"""A PostgreSQL database made for one benchmark run and dropped after it."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+from services.db import forget_engines, get_engine
+from services.settings import get_settings
+
+
+@contextmanager
+def throwaway_database(admin_url: str) -> Iterator[None]:
+    """Create a database beside ``admin_url``'s, point ``TWOTIER_DATABASE_URL`` at it, and
+    drop it (and this process's connections to it) at the end."""
+    name = f"twotier_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(admin_url).set(drivername="postgresql+psycopg", database=name)
+    os.environ["TWOTIER_DATABASE_URL"] = url.render_as_string(hide_password=False)
+    get_settings.cache_clear()
+    forget_engines()
+    try:
+        yield
+    finally:
+        get_engine().dispose()
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
