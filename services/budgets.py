@@ -10,6 +10,7 @@ its ledger row; whatever a query did not use is released when it finishes.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,6 +72,15 @@ def worst_case_costs(
 def has_budget(tenant: Tenant) -> bool:
     """Whether the tenant's spend is tracked per period (a hard or a soft limit)."""
     return tenant.budget_hard_limit is not None or tenant.budget_soft_limit is not None
+
+
+def lazy_worst_case(session: Session, settings: Settings, *, query: Query) -> WorstCase:
+    """The query's worst-case costs, computed on the first call only."""
+    return functools.cache(
+        lambda: worst_case_costs(
+            session, settings, prompt=query.prompt, max_new_tokens=query.max_new_tokens
+        )
+    )
 
 
 def reserve(

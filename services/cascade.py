@@ -166,11 +166,7 @@ def fall_back(query_id: uuid.UUID, tier: Tier, *, reason: str) -> TierResult:
         log.warning("tier_unavailable", error=reason)
         if tier is Tier.SMALL and settings.small_unavailable_fallback == "escalate":
             tenant = session.get_one(Tenant, query.tenant_id)
-            worst_case = functools.cache(
-                lambda: budgets.worst_case_costs(
-                    session, settings, prompt=query.prompt, max_new_tokens=query.max_new_tokens
-                )
-            )
+            worst_case = budgets.lazy_worst_case(session, settings, query=query)
             if budgets.reserve_escalation(
                 session, query=query, tenant=tenant, worst_case=worst_case
             ):
@@ -261,11 +257,7 @@ def _decide(
     pair = model_pair()
     metrics.observe_margin(margin, model_pair=pair, kind=settings.margin_kind)
     tenant = session.get_one(Tenant, query.tenant_id)
-    worst_case = functools.cache(
-        lambda: budgets.worst_case_costs(
-            session, settings, prompt=query.prompt, max_new_tokens=query.max_new_tokens
-        )
-    )
+    worst_case = budgets.lazy_worst_case(session, settings, query=query)
     rate = budgets.escalation_rate_for(
         session, tenant=tenant, settings=settings, worst_case=worst_case
     )

@@ -36,6 +36,7 @@ from services.models import (
     utcnow,
 )
 from services.settings import Settings
+from services.webhooks.endpoints import disable_endpoint
 from services.webhooks.events import FULL_PAYLOAD_ONLY
 from services.webhooks.signing import live_secrets, signature_header
 from services.webhooks.urls import check_webhook_url
@@ -291,13 +292,9 @@ def _read_excerpt(response: httpx.Response) -> str:
 
 
 def _disable_endpoint(session: Session, delivery: WebhookDelivery, reason: str) -> None:
-    if delivery.endpoint_id is None:
-        return
-    endpoint = session.get_one(WebhookEndpoint, delivery.endpoint_id, with_for_update=True)
-    if endpoint.disabled_at is None:
-        endpoint.disabled_at = utcnow()
-        endpoint.disabled_reason = reason
-        log.warning("webhook_endpoint_disabled", endpoint_id=str(endpoint.id), reason=reason)
+    if delivery.endpoint_id is not None:
+        endpoint = session.get_one(WebhookEndpoint, delivery.endpoint_id, with_for_update=True)
+        disable_endpoint(endpoint, reason=reason)
 
 
 def _finish(delivery: WebhookDelivery, status: DeliveryStatus, error: str | None) -> None:

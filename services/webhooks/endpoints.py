@@ -121,11 +121,18 @@ def update_endpoint(
     if changes.enabled is True:
         endpoint.disabled_at = None
         endpoint.disabled_reason = None
-    elif changes.enabled is False and endpoint.disabled_at is None:
-        endpoint.disabled_at = utcnow()
-        endpoint.disabled_reason = "disabled through the API"
+    elif changes.enabled is False:
+        disable_endpoint(endpoint, reason="disabled through the API")
     endpoint.updated_at = utcnow()
     return endpoint
+
+
+def disable_endpoint(endpoint: WebhookEndpoint, *, reason: str) -> None:
+    """Send the endpoint nothing more until it is enabled again; the first reason stays."""
+    if endpoint.disabled_at is None:
+        endpoint.disabled_at = utcnow()
+        endpoint.disabled_reason = reason
+        log.warning("webhook_endpoint_disabled", endpoint_id=str(endpoint.id), reason=reason)
 
 
 def delete_endpoint(session: Session, *, tenant_id: uuid.UUID, endpoint_id: uuid.UUID) -> None:
