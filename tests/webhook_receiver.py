@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import defaultdict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -21,6 +22,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    arrived_s: float = field(default_factory=time.monotonic)
 
     @property
     def webhook_id(self) -> str:
