@@ -26,6 +26,19 @@ def _require_broker() -> None:
         )
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on: its affinity, capped by a cgroup v2 CPU quota (a
+    container's CPU limit), at least 1."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+    except (OSError, ValueError):
+        return cpus
+    if quota == "max":
+        return cpus
+    return max(1, min(cpus, int(quota) // int(period)))
+
+
 def _share_metrics_between_processes() -> None:
     """Forked processes (the Celery pool, uvicorn's workers) write their metrics to files in
     PROMETHEUS_MULTIPROC_DIR, which the process that serves /metrics reads. It must be set
@@ -318,10 +331,21 @@ def evaluate_live(data: Path, kind: str, labels: str | None, task: str | None, o
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--workers", default=1, show_default=True, type=int)
-def api(host: str, port: int, workers: int) -> None:
-    """Serve the REST API of a distributed deployment (Celery workers do the work)."""
+@click.option(
+    "--workers",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Processes (default: the CPUs this process may use).",
+)
+def api(host: str, port: int, workers: int | None) -> None:
+    """Serve the REST API of a distributed deployment (Celery workers do the work).
+
+    Each process answers any number of waiting clients on one event loop; its database work
+    runs on TWOTIER_API_DATABASE_THREADS threads, so it needs that many connections plus a
+    few (docs/deploy.md). One process per CPU keeps every core busy.
+    """
     _require_broker()
+    workers = workers or available_cpus()
     if workers > 1:
         _share_metrics_between_processes()
     import uvicorn  # noqa: PLC0415
@@ -333,6 +357,7 @@ def api(host: str, port: int, workers: int) -> None:
         port=port,
         workers=workers,
         log_level=get_settings().log_level.lower(),
+        access_log=False,  # services.api.access_log writes it, as JSON, without query strings
     )
 
 

@@ -22,10 +22,14 @@ ModelT = TypeVar("ModelT")
 
 @lru_cache(maxsize=1)
 def get_engine() -> Engine:
-    url = database_url(get_settings().database_url)
+    settings = get_settings()
+    url = database_url(settings.database_url)
+    # A checkout that waits POOL_TIMEOUT_S raises, and the api answers 503: a connection is
+    # held only while statements run, so waiting longer means the database is the bottleneck.
+    pool = {"pool_size": settings.database_pool_size, "max_overflow": 10, "pool_timeout": 10}
     if url.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        return create_engine(url, pool_pre_ping=True, **pool)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
     event.listen(engine, "connect", _sqlite_connect)
     event.listen(engine, "begin", _sqlite_begin)
     return engine

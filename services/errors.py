@@ -73,3 +73,13 @@ class WebhookUrlUnresolvable(TwotierError):
 
 class WebhookNotReplayable(TwotierError):
     code = "webhook_not_replayable"
+
+
+class ServiceOverloaded(TwotierError):
+    """More requests than the process can serve right now; the client should retry."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

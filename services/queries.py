@@ -6,7 +6,6 @@ import base64
 import binascii
 import hashlib
 import json
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,7 +16,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services import budgets, completion, limits, metrics
+from services import budgets, limits, metrics
 from services.errors import IdempotencyConflict, InvalidRequest, NotFound, QueryAlreadyFinished
 from services.models import TERMINAL_STATUSES, Query, QueryStatus, Tenant, Tier
 from services.settings import Settings
@@ -123,33 +122,6 @@ def get_query(session: Session, *, tenant_id: uuid.UUID, query_id: uuid.UUID) ->
     if query is None or query.tenant_id != tenant_id:
         raise NotFound(f"no query {query_id}")
     return query
-
-
-def wait_until_finished(
-    session: Session, *, tenant_id: uuid.UUID, query_id: uuid.UUID, timeout_s: float
-) -> Query:
-    """The query once it is finished, or as it stands after ``timeout_s`` (a long poll).
-
-    The wait ends when the query's finishing transaction commits (services.completion wakes
-    it); each look at the row is its own short transaction, so waiting holds no connection.
-    """
-    deadline = time.monotonic() + timeout_s
-    bind = session.get_bind()
-    listen_url = (
-        bind.engine.url.render_as_string(hide_password=False)
-        if bind.dialect.name == "postgresql"
-        else None
-    )
-    with completion.waiters.waiting_for(query_id, listen_url) as finished:
-        while True:
-            finished.clear()
-            session.expire_all()  # read the row afresh
-            query = get_query(session, tenant_id=tenant_id, query_id=query_id)
-            remaining = deadline - time.monotonic()
-            if query.status in TERMINAL_STATUSES or remaining <= 0:
-                return query
-            session.rollback()  # hold no transaction (SQLite: no write lock) while waiting
-            finished.wait(min(remaining, completion.RECHECK_S))
 
 
 def list_queries(

@@ -104,6 +104,32 @@ class Settings(BaseSettings):
         "the rest back to the queue; keep it below the orchestrator's grace period.",
     )
 
+    database_pool_size: int = Field(
+        default=20,
+        ge=1,
+        description="Pooled database connections per process (10 more may open under a burst); "
+        "keep it above `api_database_threads`.",
+    )
+    api_database_threads: int = Field(
+        default=16,
+        ge=1,
+        le=256,
+        description="Threads per api process that run the requests' database work; a request "
+        "holds a thread and a connection only while its statements run, never while it waits.",
+    )
+    api_max_waiting_requests: int = Field(
+        default=2000,
+        ge=1,
+        description="Requests of one api process that may wait for one of those threads; "
+        "beyond, the answer is 503 `overloaded` with Retry-After.",
+    )
+    api_max_wait_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="A request that waited this long for a thread is answered 503 "
+        "`overloaded` with Retry-After instead of waiting on.",
+    )
+
     small: SmallTierSettings = SmallTierSettings()
     large: LargeTierSettings = LargeTierSettings()
 

@@ -407,11 +407,12 @@ def test_urls_that_could_reach_inside_are_refused(
 def test_loopback_is_refused_without_the_allowlist(
     client: TestClient, make_tenant: Callable[..., TenantApi], receiver: WebhookReceiver
 ) -> None:
+    from services.api.deps import current_settings
     from services.settings import get_settings
 
     tenant = make_tenant()
     strict = get_settings().model_copy(update={"webhook_allowed_networks": []})
-    client.app.dependency_overrides[get_settings] = lambda: strict  # type: ignore[attr-defined]
+    client.app.dependency_overrides[current_settings] = lambda: strict  # type: ignore[attr-defined]
     try:
         for url in (receiver.url + "/hook", "http://localhost:9/hook", "http://[::1]/hook"):
             response = tenant.client.post("/v1/webhooks", json={"url": url}, headers=tenant.headers)

@@ -9,10 +9,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from services import tenants
 from services.accounting import settings_price
-from services.api.deps import AdminDep, SessionDep, SettingsDep
+from services.api.deps import AdminDep, DatabaseDep, SettingsDep
 from services.api.errors import ERROR_RESPONSES
 from services.api.schemas import (
     ErrorBody,
@@ -104,49 +105,72 @@ class NewTenantView(BaseModel):
 
 
 @router.post("/tenants", status_code=status.HTTP_201_CREATED)
-def create_tenant(body: TenantCreate, session: SessionDep) -> NewTenantView:
-    created = tenants.create_tenant(
-        session, name=body.name, target_escalation_rate=body.target_escalation_rate
-    )
-    session.commit()
-    return NewTenantView(tenant=TenantView.of(created.tenant), api_key=created.api_key)
+async def create_tenant(body: TenantCreate, database: DatabaseDep) -> NewTenantView:
+    def create(session: Session) -> NewTenantView:
+        created = tenants.create_tenant(
+            session, name=body.name, target_escalation_rate=body.target_escalation_rate
+        )
+        session.commit()
+        return NewTenantView(tenant=TenantView.of(created.tenant), api_key=created.api_key)
+
+    return await database.run(create)
 
 
 @router.get("/tenants")
-def list_tenants(session: SessionDep) -> list[TenantView]:
-    return [TenantView.of(t) for t in session.scalars(select(Tenant).order_by(Tenant.name))]
+async def list_tenants(database: DatabaseDep) -> list[TenantView]:
+    return await database.run(
+        lambda session: [
+            TenantView.of(t) for t in session.scalars(select(Tenant).order_by(Tenant.name))
+        ]
+    )
 
 
 @router.get("/tenants/{tenant_id}", responses=NO_TENANT)
-def get_tenant(tenant_id: uuid.UUID, session: SessionDep) -> TenantView:
-    return TenantView.of(tenants.tenant_by_id(session, tenant_id))
+async def get_tenant(tenant_id: uuid.UUID, database: DatabaseDep) -> TenantView:
+    return await database.run(
+        lambda session: TenantView.of(tenants.tenant_by_id(session, tenant_id))
+    )
 
 
 @router.patch("/tenants/{tenant_id}", responses=NO_TENANT)
-def update_tenant(tenant_id: uuid.UUID, body: TenantUpdate, session: SessionDep) -> TenantView:
+async def update_tenant(
+    tenant_id: uuid.UUID, body: TenantUpdate, database: DatabaseDep
+) -> TenantView:
     changes: dict[str, Any] = body.model_dump(exclude_unset=True)
-    tenant = tenants.update_tenant(session, tenant_id=tenant_id, changes=changes)
-    session.commit()
-    return TenantView.of(tenant)
+
+    def update(session: Session) -> TenantView:
+        tenant = tenants.update_tenant(session, tenant_id=tenant_id, changes=changes)
+        session.commit()
+        return TenantView.of(tenant)
+
+    return await database.run(update)
 
 
 @router.post("/tenants/{tenant_id}/keys", status_code=status.HTTP_201_CREATED, responses=NO_TENANT)
-def issue_key(tenant_id: uuid.UUID, session: SessionDep) -> NewKeyView:
-    issued = tenants.issue_api_key(session, tenant=tenants.tenant_by_id(session, tenant_id))
-    session.commit()
-    return NewKeyView(**KeyView.of(issued.row).model_dump(), api_key=issued.raw)
+async def issue_key(tenant_id: uuid.UUID, database: DatabaseDep) -> NewKeyView:
+    def issue(session: Session) -> NewKeyView:
+        issued = tenants.issue_api_key(session, tenant=tenants.tenant_by_id(session, tenant_id))
+        session.commit()
+        return NewKeyView(**KeyView.of(issued.row).model_dump(), api_key=issued.raw)
+
+    return await database.run(issue)
 
 
 @router.get("/tenants/{tenant_id}/keys", responses=NO_TENANT)
-def list_keys(tenant_id: uuid.UUID, session: SessionDep) -> list[KeyView]:
-    return [KeyView.of(key) for key in tenants.list_keys(session, tenant_id=tenant_id)]
+async def list_keys(tenant_id: uuid.UUID, database: DatabaseDep) -> list[KeyView]:
+    return await database.run(
+        lambda session: [KeyView.of(key) for key in tenants.list_keys(session, tenant_id=tenant_id)]
+    )
 
 
 @router.delete("/tenants/{tenant_id}/keys/{key_id}", responses=NO_TENANT)
-def revoke_key(tenant_id: uuid.UUID, key_id: uuid.UUID, session: SessionDep) -> KeyView:
-    key = tenants.revoke_key(session, tenant_id=tenant_id, key_id=key_id)
-    session.commit()
-    return KeyView.of(key)
+async def revoke_key(tenant_id: uuid.UUID, key_id: uuid.UUID, database: DatabaseDep) -> KeyView:
+    def revoke(session: Session) -> KeyView:
+        key = tenants.revoke_key(session, tenant_id=tenant_id, key_id=key_id)
+        session.commit()
+        return KeyView.of(key)
+
+    return await database.run(revoke)
 
 
 class PriceSet(BaseModel):
@@ -164,7 +188,7 @@ class PriceView(BaseModel):
 
 
 @router.get("/prices")
-def list_prices(session: SessionDep, settings: SettingsDep) -> list[PriceView]:
+async def list_prices(database: DatabaseDep, settings: SettingsDep) -> list[PriceView]:
     """The price of every model the tiers name, and of any other model priced here."""
     views = {}
     for tier in (settings.small, settings.large):
@@ -172,7 +196,7 @@ def list_prices(session: SessionDep, settings: SettingsDep) -> list[PriceView]:
         views[tier.model] = PriceView(model=tier.model, source="settings",
                                       price_input_per_mtok=price.input_per_mtok,
                                       price_output_per_mtok=price.output_per_mtok)  # fmt: skip
-    for row in session.scalars(select(ModelPrice)):
+    for row in await database.run(lambda session: list(session.scalars(select(ModelPrice)))):
         views[row.model] = PriceView(model=row.model, source="admin",
                                      price_input_per_mtok=row.price_input_per_mtok,
                                      price_output_per_mtok=row.price_output_per_mtok)  # fmt: skip
@@ -180,23 +204,32 @@ def list_prices(session: SessionDep, settings: SettingsDep) -> list[PriceView]:
 
 
 @router.put("/prices/{model:path}", responses=NO_MODEL)
-def set_price(model: ModelName, body: PriceSet, session: SessionDep) -> PriceView:
+async def set_price(model: ModelName, body: PriceSet, database: DatabaseDep) -> PriceView:
     """Price a model's calls from now on (calls already in the ledger keep their cost)."""
-    row = session.get(ModelPrice, model, with_for_update=True) or ModelPrice(model=model)
-    row.price_input_per_mtok = body.price_input_per_mtok
-    row.price_output_per_mtok = body.price_output_per_mtok
-    row.updated_at = utcnow()
-    session.add(row)
-    session.commit()
-    return PriceView(model=model, source="admin", price_input_per_mtok=row.price_input_per_mtok,
-                     price_output_per_mtok=row.price_output_per_mtok)  # fmt: skip
+
+    def store(session: Session) -> PriceView:
+        row = session.get(ModelPrice, model, with_for_update=True) or ModelPrice(model=model)
+        row.price_input_per_mtok = body.price_input_per_mtok
+        row.price_output_per_mtok = body.price_output_per_mtok
+        row.updated_at = utcnow()
+        session.add(row)
+        session.commit()
+        return PriceView(model=model, source="admin",
+                         price_input_per_mtok=row.price_input_per_mtok,
+                         price_output_per_mtok=row.price_output_per_mtok)  # fmt: skip
+
+    return await database.run(store)
 
 
 @router.delete("/prices/{model:path}", status_code=status.HTTP_204_NO_CONTENT, responses=NO_MODEL)
-def clear_price(model: ModelName, session: SessionDep) -> None:
+async def clear_price(model: ModelName, database: DatabaseDep) -> None:
     """Go back to the tier's price settings for this model."""
-    row = session.get(ModelPrice, model)
-    if row is None:
-        raise NotFound(f"no admin price for {model}")
-    session.delete(row)
-    session.commit()
+
+    def clear(session: Session) -> None:
+        row = session.get(ModelPrice, model)
+        if row is None:
+            raise NotFound(f"no admin price for {model}")
+        session.delete(row)
+        session.commit()
+
+    await database.run(clear)

@@ -5,13 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
+import anyio
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services import metrics
 from services.api import admin, queries, usage, webhooks
+from services.api.access_log import AccessLog
 from services.api.body_limit import RequestBodyLimit
+from services.api.database import RequestDatabase
 from services.api.errors import install_error_handlers
 from services.db import database_is_reachable
 from services.dispatch import Dispatcher
@@ -20,8 +24,15 @@ from services.settings import get_settings
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
+# /readyz reports "not ready" rather than making a prober wait longer than this.
+READINESS_TIMEOUT_S = 2.0
+# The health routes get threads of their own, so that no load on the requests' database
+# threads can slow them down.
+_health_threads = anyio.CapacityLimiter(4)
+
 
 def create_app(dispatcher: Dispatcher, *, lifespan: Lifespan | None = None) -> FastAPI:
+    settings = get_settings()
     app = FastAPI(
         title="twotier",
         version="0.1.0",
@@ -29,7 +40,14 @@ def create_app(dispatcher: Dispatcher, *, lifespan: Lifespan | None = None) -> F
         lifespan=lifespan,
     )
     app.state.dispatcher = dispatcher
-    app.add_middleware(RequestBodyLimit, max_bytes=get_settings().request_body_limit)
+    app.state.database = RequestDatabase(
+        dispatcher=dispatcher,
+        threads=settings.api_database_threads,
+        max_waiting=settings.api_max_waiting_requests,
+        max_wait_s=settings.api_max_wait_s,
+    )
+    app.add_middleware(RequestBodyLimit, max_bytes=settings.request_body_limit)
+    app.add_middleware(AccessLog)
     install_error_handlers(app)
     app.include_router(queries.router)
     app.include_router(admin.router)
@@ -37,27 +55,34 @@ def create_app(dispatcher: Dispatcher, *, lifespan: Lifespan | None = None) -> F
     app.include_router(webhooks.router)
 
     @app.get("/healthz", tags=["health"])
-    def healthz() -> dict[str, str]:
-        """The process is up."""
+    async def healthz() -> dict[str, str]:
+        """The process is up (answered by the event loop alone)."""
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"])
-    def readyz(request: Request) -> JSONResponse:
+    async def readyz(request: Request) -> JSONResponse:
         """The database and the broker are reachable."""
-        checks = {
-            "database": database_is_reachable(),
-            "broker": request.app.state.dispatcher.is_reachable(),
-        }
+        checks = {"database": False, "broker": False}
+        with anyio.move_on_after(READINESS_TIMEOUT_S):
+            checks["database"] = await anyio.to_thread.run_sync(
+                database_is_reachable, limiter=_health_threads, abandon_on_cancel=True
+            )
+            checks["broker"] = await anyio.to_thread.run_sync(
+                request.app.state.dispatcher.is_reachable,
+                limiter=_health_threads,
+                abandon_on_cancel=True,
+            )
         ready = all(checks.values())
         body = {"status": "ready" if ready else "not_ready", "checks": checks}
         return JSONResponse(status_code=200 if ready else 503, content=body)
 
-    exposition = metrics.exposition_registry(broker_url=get_settings().broker_url, database=True)
+    exposition = metrics.exposition_registry(broker_url=settings.broker_url, database=True)
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
-    def prometheus_metrics() -> Response:
+    async def prometheus_metrics() -> Response:
         """Prometheus metrics: queries, decisions, costs, queue depths (text format)."""
-        return Response(generate_latest(exposition), media_type=CONTENT_TYPE_LATEST)
+        text = await anyio.to_thread.run_sync(generate_latest, exposition, limiter=_health_threads)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     return app
 

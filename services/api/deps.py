@@ -1,19 +1,25 @@
-"""Dependencies shared by the routes: one session per request, the calling tenant."""
+"""Dependencies shared by the routes: the calling tenant's database work, the admin token.
+
+Every dependency here is ``async``: a sync dependency would run on a thread of its own, and a
+session opened there would hold its connection while the request waited for the next thread.
+The database work of a request (the key's check included) runs in the hops of
+``RequestDatabase`` (services/api/database.py), each opening and closing its own session.
+"""
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterator
-from typing import Annotated
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, TypeVar
 
 import structlog
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from services import dispatch
-from services.db import session_factory
-from services.dispatch import Dispatcher
+from services.api.database import RequestDatabase
 from services.errors import AdminOnly, InvalidApiKey
 from services.models import Tenant
 from services.settings import Settings, get_settings
@@ -22,29 +28,55 @@ from services.tenants import authenticate
 log = structlog.get_logger(__name__)
 bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <api key>`")
 
-
-def get_session(request: Request) -> Iterator[Session]:
-    """A session that rolls back unless the route commits; what it records for workers goes
-    through the app's dispatcher."""
-    with session_factory()() as session:
-        dispatch.use_in_session(session, request.app.state.dispatcher)
-        yield session
+T = TypeVar("T")
 
 
-def get_tenant(
-    session: Annotated[Session, Depends(get_session)],
+async def current_settings() -> Settings:
+    return get_settings()
+
+
+async def request_database(request: Request) -> RequestDatabase:
+    database: RequestDatabase = request.app.state.database
+    return database
+
+
+SettingsDep = Annotated[Settings, Depends(current_settings)]
+DatabaseDep = Annotated[RequestDatabase, Depends(request_database)]
+
+
+@dataclass(frozen=True)
+class TenantCalls:
+    """The calling tenant (authenticated in a hop of its own, before the body is looked at)
+    and its database work."""
+
+    database: RequestDatabase
+    tenant: Tenant  # as read when the key was checked; each hop attaches it to its session
+
+    @property
+    def tenant_id(self) -> uuid.UUID:
+        return self.tenant.id
+
+    async def run(self, work: Callable[[Session, Tenant], T]) -> T:
+        def as_tenant(session: Session) -> T:
+            return work(session, session.merge(self.tenant, load=False))
+
+        return await self.database.run(as_tenant)
+
+
+async def tenant_calls(
+    database: DatabaseDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> Tenant:
+) -> TenantCalls:
     if credentials is None:
         raise InvalidApiKey("send the API key as `Authorization: Bearer <api key>`")
-    tenant = authenticate(session, credentials.credentials)
+    tenant = await database.run(lambda session: authenticate(session, credentials.credentials))
     structlog.contextvars.bind_contextvars(tenant_id=str(tenant.id))
-    return tenant
+    return TenantCalls(database=database, tenant=tenant)
 
 
-def require_admin(
+async def require_admin(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    settings: Annotated[Settings, Depends(get_settings)],
+    settings: SettingsDep,
 ) -> None:
     if settings.admin_token is None:
         raise AdminOnly("the admin API is off: set TWOTIER_ADMIN_TOKEN to turn it on")
@@ -55,13 +87,5 @@ def require_admin(
         raise AdminOnly("send the admin token as `Authorization: Bearer <admin token>`")
 
 
-def get_dispatcher(request: Request) -> Dispatcher:
-    dispatcher: Dispatcher = request.app.state.dispatcher
-    return dispatcher
-
-
-SessionDep = Annotated[Session, Depends(get_session)]
-TenantDep = Annotated[Tenant, Depends(get_tenant)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+TenantDep = Annotated[TenantCalls, Depends(tenant_calls)]
 AdminDep = Depends(require_admin)

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
 from services import errors
@@ -30,6 +31,7 @@ HTTP_STATUS = {
     errors.WebhookUrlRefused: 422,
     errors.WebhookUrlUnresolvable: 422,
     errors.WebhookNotReplayable: 409,
+    errors.ServiceOverloaded: 503,
 }
 
 HTTP_CODES = {
@@ -65,7 +67,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         413: "The request body is over `TWOTIER_MAX_REQUEST_BYTES`.",
         422: "The request is invalid; `error.details` says where.",
         429: "Over the tenant's rate limit or unfinished-query limit; see Retry-After.",
-        503: "The database is unreachable; retry after Retry-After seconds.",
+        503: "Overloaded, or the database is unreachable; retry after Retry-After seconds.",
     }.items()
 }
 
@@ -86,7 +88,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _domain_error(_: Request, exc: errors.TwotierError) -> JSONResponse:
         status = HTTP_STATUS.get(type(exc), 400)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        if isinstance(exc, errors.RateLimited):
+        if isinstance(exc, errors.RateLimited | errors.ServiceOverloaded):
             headers = {"Retry-After": str(exc.retry_after_s)}
         return error_response(status, exc.code, exc.message, exc.details, headers)
 
@@ -113,6 +115,16 @@ def install_error_handlers(app: FastAPI) -> None:
             "database_unavailable",
             "the database is unreachable; retry shortly",
             headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(PoolTimeout)
+    async def _no_connection(_: Request, exc: PoolTimeout) -> JSONResponse:
+        log.warning("database_pool_exhausted", error=str(exc))
+        return error_response(
+            503,
+            "overloaded",
+            "no database connection was free; retry shortly",
+            headers={"Retry-After": "1"},
         )
 
     @app.exception_handler(Exception)

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Header, Query, Response, status
+from sqlalchemy.orm import Session
 
 from services import budgets, metrics, queries
 from services.accounting import costs_by_query
-from services.api.deps import DispatcherDep, SessionDep, SettingsDep, TenantDep
+from services.api.deps import SettingsDep, TenantDep
 from services.api.errors import ERROR_RESPONSES
+from services.api.long_poll import read_until_finished
 from services.api.schemas import ErrorBody, QueryCreate, QueryList, QueryView
 from services.errors import BudgetExceeded
+from services.models import TERMINAL_STATUSES, QueryStatus, Tenant, Tier
 from services.models import Query as QueryRow
-from services.models import QueryStatus, Tier
 
 log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/v1/queries", tags=["queries"], responses=ERROR_RESPONSES)
@@ -35,17 +38,27 @@ WaitParam = Annotated[
 ]
 
 
-def _view(session: SessionDep, query: QueryRow) -> QueryView:
+def _view(session: Session, query: QueryRow) -> QueryView:
     return QueryView.of(query, costs_by_query(session, [query.id])[query.id])
 
 
-def _after_waiting(
-    session: SessionDep, tenant: TenantDep, query: QueryRow, wait: float
-) -> QueryRow:
-    if wait <= 0:
-        return query
-    return queries.wait_until_finished(
-        session, tenant_id=tenant.id, query_id=query.id, timeout_s=wait
+async def _poll(caller: TenantDep, query_id: uuid.UUID, *, deadline: float) -> QueryView:
+    """The query once it has finished, or as it stands at ``deadline`` (time.monotonic)."""
+
+    async def read() -> QueryView:
+        return await caller.run(
+            lambda session, tenant: _view(
+                session, queries.get_query(session, tenant_id=tenant.id, query_id=query_id)
+            )
+        )
+
+    if deadline <= time.monotonic():
+        return await read()
+    return await read_until_finished(
+        read,
+        query_id=query_id,
+        is_finished=lambda view: view.status in TERMINAL_STATUSES,
+        deadline=deadline,
     )
 
 
@@ -56,91 +69,95 @@ def _after_waiting(
         409: {"model": ErrorBody, "description": "Idempotency-Key reused with another body."}
     },
 )
-def submit_query(
+async def submit_query(
     body: QueryCreate,
     response: Response,
-    session: SessionDep,
-    tenant: TenantDep,
+    caller: TenantDep,
     settings: SettingsDep,
-    dispatcher: DispatcherDep,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
     wait: WaitParam = 0,
 ) -> QueryView:
     """Accept a query; poll `Location` for its answer (or pass `wait` to get it here)."""
-    try:
-        submitted = queries.submit_query(
-            session,
-            tenant=tenant,
-            request=queries.NewQuery(
-                prompt=body.prompt,
-                max_new_tokens=body.max_new_tokens,
-                task=body.task,
-                metadata=body.metadata,
-                choices=body.choices,
-                webhook_url=body.webhook_url,
-            ),
-            idempotency_key=idempotency_key,
-            settings=settings,
-        )
-    except BudgetExceeded as refused:
-        metrics.count_budget_rejection(str(tenant.id))
-        session.rollback()  # nothing of the query is kept; the alert is
-        budgets.alert_exhausted(session, tenant=tenant, period_start=refused.period_start)
-        session.commit()
-        raise
-    session.commit()
-    query = submitted.query
-    if submitted.created:
+    deadline = time.monotonic() + wait
+    request = queries.NewQuery(
+        prompt=body.prompt,
+        max_new_tokens=body.max_new_tokens,
+        task=body.task,
+        metadata=body.metadata,
+        choices=body.choices,
+        webhook_url=body.webhook_url,
+    )
+
+    def submit(session: Session, tenant: Tenant) -> tuple[QueryView, bool]:
         try:
-            dispatcher.enqueue(Tier.SMALL, query.id)
-        except Exception:
-            log.exception("enqueue_failed", query_id=str(query.id))
-    response.headers["Location"] = f"/v1/queries/{query.id}"
-    if submitted.created and wait <= 0:
-        # The query as it was stored: no model call was charged before it existed.
-        return QueryView.of(query, {})
-    return _view(session, _after_waiting(session, tenant, query, wait))
+            submitted = queries.submit_query(
+                session,
+                tenant=tenant,
+                request=request,
+                idempotency_key=idempotency_key,
+                settings=settings,
+            )
+        except BudgetExceeded as refused:
+            metrics.count_budget_rejection(str(tenant.id))
+            session.rollback()  # nothing of the query is kept; the alert is
+            budgets.alert_exhausted(session, tenant=tenant, period_start=refused.period_start)
+            session.commit()
+            raise
+        session.commit()
+        query = submitted.query
+        if submitted.created:
+            try:
+                caller.database.dispatcher.enqueue(Tier.SMALL, query.id)
+            except Exception:
+                log.exception("enqueue_failed", query_id=str(query.id))
+            # The query as it was stored: no model call was charged before it existed.
+            return QueryView.of(query, {}), query.status in TERMINAL_STATUSES
+        return _view(session, query), query.status in TERMINAL_STATUSES
+
+    view, finished = await caller.run(submit)
+    response.headers["Location"] = f"/v1/queries/{view.id}"
+    if wait <= 0 or finished:
+        return view
+    return await _poll(caller, view.id, deadline=deadline)
 
 
 @router.get("/{query_id}", responses=NOT_FOUND)
-def get_query(
-    query_id: uuid.UUID, session: SessionDep, tenant: TenantDep, wait: WaitParam = 0
-) -> QueryView:
-    if wait > 0:  # the wait reads the row itself, after it starts listening
-        return _view(
-            session,
-            queries.wait_until_finished(
-                session, tenant_id=tenant.id, query_id=query_id, timeout_s=wait
-            ),
-        )
-    return _view(session, queries.get_query(session, tenant_id=tenant.id, query_id=query_id))
+async def get_query(query_id: uuid.UUID, caller: TenantDep, wait: WaitParam = 0) -> QueryView:
+    return await _poll(caller, query_id, deadline=time.monotonic() + wait)
 
 
 @router.get("")
-def list_queries(
-    session: SessionDep,
-    tenant: TenantDep,
+async def list_queries(
+    caller: TenantDep,
     status: QueryStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> QueryList:
     """The tenant's queries, newest first."""
-    page = queries.list_queries(
-        session, tenant_id=tenant.id, status=status, limit=limit, cursor=cursor
-    )
-    costs = costs_by_query(session, [query.id for query in page.queries])
-    return QueryList(
-        data=[QueryView.of(query, costs[query.id]) for query in page.queries],
-        next_cursor=page.next_cursor,
-    )
+
+    def page_of_queries(session: Session, tenant: Tenant) -> QueryList:
+        page = queries.list_queries(
+            session, tenant_id=tenant.id, status=status, limit=limit, cursor=cursor
+        )
+        costs = costs_by_query(session, [query.id for query in page.queries])
+        return QueryList(
+            data=[QueryView.of(query, costs[query.id]) for query in page.queries],
+            next_cursor=page.next_cursor,
+        )
+
+    return await caller.run(page_of_queries)
 
 
 @router.delete(
     "/{query_id}",
     responses={**NOT_FOUND, 409: {"model": ErrorBody, "description": "Already finished."}},
 )
-def cancel_query(query_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> QueryView:
+async def cancel_query(query_id: uuid.UUID, caller: TenantDep) -> QueryView:
     """Cancel a query that has not finished; a model call already running is still paid."""
-    query = queries.cancel_query(session, tenant_id=tenant.id, query_id=query_id)
-    session.commit()
-    return _view(session, query)
+
+    def cancel(session: Session, tenant: Tenant) -> QueryView:
+        query = queries.cancel_query(session, tenant_id=tenant.id, query_id=query_id)
+        session.commit()
+        return _view(session, query)
+
+    return await caller.run(cancel)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from services.accounting import money_text
-from services.api.deps import SessionDep, TenantDep
+from services.api.deps import TenantDep
 from services.api.errors import ERROR_RESPONSES
 from services.api.schemas import UtcInstant
 from services.usage import Granularity, tenant_usage
@@ -17,9 +17,8 @@ router = APIRouter(prefix="/v1/usage", tags=["usage"], responses=ERROR_RESPONSES
 
 
 @router.get("")
-def get_usage(
-    session: SessionDep,
-    tenant: TenantDep,
+async def get_usage(
+    caller: TenantDep,
     granularity: Granularity = "day",
     since: Annotated[
         UtcInstant | None, Query(description="Inclusive, ISO 8601 (UTC without an offset).")
@@ -30,7 +29,11 @@ def get_usage(
 ) -> dict[str, Any]:
     """Spend and calls per day or month, per tier, model and task label; the realised
     escalation rate against the target; the current budget period (amounts as strings)."""
-    usage = tenant_usage(session, tenant=tenant, granularity=granularity, since=since, until=until)
+    usage = await caller.run(
+        lambda session, tenant: tenant_usage(
+            session, tenant=tenant, granularity=granularity, since=since, until=until
+        )
+    )
     as_json: dict[str, Any] = _as_json(usage)
     return as_json
 

@@ -8,11 +8,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
 
-from services.api.deps import SessionDep, SettingsDep, TenantDep
+from services.api.deps import SettingsDep, TenantDep
 from services.api.errors import ERROR_RESPONSES
 from services.api.schemas import ErrorBody, StoredText, WebhookUrl
-from services.models import WebhookDelivery, WebhookEndpoint
+from services.models import Tenant, WebhookDelivery, WebhookEndpoint
 from services.webhooks import endpoints
 from services.webhooks.events import EventType
 from services.webhooks.signing import SecretHolder
@@ -156,33 +157,38 @@ def _dead_letter_view(delivery: WebhookDelivery, event_type: str) -> DeadLetterV
 
 # Fixed paths come before /{endpoint_id} so that they are not read as endpoint ids.
 @router.get("/callback-secret")
-def get_callback_secret(tenant: TenantDep) -> SigningSecret:
+async def get_callback_secret(caller: TenantDep) -> SigningSecret:
     """The secret that signs callbacks to a query's own `webhook_url`."""
-    return SigningSecret.of(tenant)
+    return await caller.run(lambda _, tenant: SigningSecret.of(tenant))
 
 
 @router.post("/callback-secret/rotate")
-def rotate_callback_secret(
-    session: SessionDep, tenant: TenantDep, settings: SettingsDep
-) -> SigningSecret:
+async def rotate_callback_secret(caller: TenantDep, settings: SettingsDep) -> SigningSecret:
     """A new callback secret; the previous one also signs until `previous_secret_expires_at`."""
-    endpoints.rotate_tenant_secret(session, tenant=tenant, settings=settings)
-    session.commit()
-    return SigningSecret.of(tenant)
+
+    def rotate(session: Session, tenant: Tenant) -> SigningSecret:
+        endpoints.rotate_tenant_secret(session, tenant=tenant, settings=settings)
+        session.commit()
+        return SigningSecret.of(tenant)
+
+    return await caller.run(rotate)
 
 
 @router.get("/dead-letters")
-def list_dead_letters(
-    session: SessionDep,
-    tenant: TenantDep,
+async def list_dead_letters(
+    caller: TenantDep,
     endpoint_id: uuid.UUID | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> DeadLetterList:
     """Deliveries that used up their attempts, newest first."""
-    letters = endpoints.dead_letters(
-        session, tenant_id=tenant.id, endpoint_id=endpoint_id, limit=limit
-    )
-    return DeadLetterList(data=[_dead_letter_view(d.delivery, d.event_type) for d in letters])
+
+    def dead_letters(session: Session, tenant: Tenant) -> DeadLetterList:
+        letters = endpoints.dead_letters(
+            session, tenant_id=tenant.id, endpoint_id=endpoint_id, limit=limit
+        )
+        return DeadLetterList(data=[_dead_letter_view(d.delivery, d.event_type) for d in letters])
+
+    return await caller.run(dead_letters)
 
 
 @router.post(
@@ -190,125 +196,152 @@ def list_dead_letters(
     status_code=status.HTTP_202_ACCEPTED,
     responses={**NOT_FOUND, 409: {"model": ErrorBody, "description": "Not a dead letter."}},
 )
-def replay_dead_letter(
-    delivery_id: uuid.UUID, session: SessionDep, tenant: TenantDep
-) -> ReplayView:
+async def replay_dead_letter(delivery_id: uuid.UUID, caller: TenantDep) -> ReplayView:
     """Deliver a dead letter again, from the first attempt, with its original webhook-id."""
-    delivery = endpoints.replay_dead_letter(session, tenant_id=tenant.id, delivery_id=delivery_id)
-    session.commit()
-    return ReplayView(id=delivery.id, status=delivery.status)
+
+    def replay(session: Session, tenant: Tenant) -> ReplayView:
+        delivery = endpoints.replay_dead_letter(
+            session, tenant_id=tenant.id, delivery_id=delivery_id
+        )
+        session.commit()
+        return ReplayView(id=delivery.id, status=delivery.status)
+
+    return await caller.run(replay)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-def create_endpoint(
-    body: EndpointCreate, session: SessionDep, tenant: TenantDep, settings: SettingsDep
+async def create_endpoint(
+    body: EndpointCreate, caller: TenantDep, settings: SettingsDep
 ) -> CreatedEndpoint:
     """Register a URL; the response carries its signing secret."""
-    endpoint = endpoints.create_endpoint(
-        session,
-        tenant=tenant,
-        url=body.url,
-        description=body.description,
-        event_types=body.event_types,
-        thin_payload=body.thin_payload,
-        settings=settings,
-    )
-    session.commit()
-    return CreatedEndpoint(**EndpointView.of(endpoint).model_dump(), secret=endpoint.webhook_secret)
+
+    def create(session: Session, tenant: Tenant) -> CreatedEndpoint:
+        endpoint = endpoints.create_endpoint(
+            session,
+            tenant=tenant,
+            url=body.url,
+            description=body.description,
+            event_types=body.event_types,
+            thin_payload=body.thin_payload,
+            settings=settings,
+        )
+        session.commit()
+        view = EndpointView.of(endpoint).model_dump()
+        return CreatedEndpoint(**view, secret=endpoint.webhook_secret)
+
+    return await caller.run(create)
 
 
 @router.get("")
-def list_endpoints(session: SessionDep, tenant: TenantDep) -> EndpointList:
-    rows = endpoints.list_endpoints(session, tenant_id=tenant.id)
-    return EndpointList(data=[EndpointView.of(endpoint) for endpoint in rows])
+async def list_endpoints(caller: TenantDep) -> EndpointList:
+    def listed(session: Session, tenant: Tenant) -> EndpointList:
+        rows = endpoints.list_endpoints(session, tenant_id=tenant.id)
+        return EndpointList(data=[EndpointView.of(endpoint) for endpoint in rows])
+
+    return await caller.run(listed)
 
 
 @router.get("/{endpoint_id}", responses=NOT_FOUND)
-def get_endpoint(endpoint_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> EndpointView:
-    return EndpointView.of(
-        endpoints.get_endpoint(session, tenant_id=tenant.id, endpoint_id=endpoint_id)
+async def get_endpoint(endpoint_id: uuid.UUID, caller: TenantDep) -> EndpointView:
+    return await caller.run(
+        lambda session, tenant: EndpointView.of(
+            endpoints.get_endpoint(session, tenant_id=tenant.id, endpoint_id=endpoint_id)
+        )
     )
 
 
 @router.patch("/{endpoint_id}", responses=NOT_FOUND)
-def update_endpoint(
-    endpoint_id: uuid.UUID,
-    body: EndpointUpdate,
-    session: SessionDep,
-    tenant: TenantDep,
-    settings: SettingsDep,
+async def update_endpoint(
+    endpoint_id: uuid.UUID, body: EndpointUpdate, caller: TenantDep, settings: SettingsDep
 ) -> EndpointView:
-    endpoint = endpoints.update_endpoint(
-        session,
-        tenant_id=tenant.id,
-        endpoint_id=endpoint_id,
-        changes=endpoints.EndpointChanges(
-            url=body.url,
-            description=body.description,
-            event_types=body.event_types,
-            all_events=body.all_events,
-            thin_payload=body.thin_payload,
-            enabled=body.enabled,
-        ),
-        settings=settings,
+    changes = endpoints.EndpointChanges(
+        url=body.url,
+        description=body.description,
+        event_types=body.event_types,
+        all_events=body.all_events,
+        thin_payload=body.thin_payload,
+        enabled=body.enabled,
     )
-    session.commit()
-    return EndpointView.of(endpoint)
+
+    def update(session: Session, tenant: Tenant) -> EndpointView:
+        endpoint = endpoints.update_endpoint(
+            session,
+            tenant_id=tenant.id,
+            endpoint_id=endpoint_id,
+            changes=changes,
+            settings=settings,
+        )
+        session.commit()
+        return EndpointView.of(endpoint)
+
+    return await caller.run(update)
 
 
 @router.delete("/{endpoint_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
-def delete_endpoint(endpoint_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> Response:
+async def delete_endpoint(endpoint_id: uuid.UUID, caller: TenantDep) -> Response:
     """Delete the endpoint; its pending deliveries and dead letters are discarded."""
-    endpoints.delete_endpoint(session, tenant_id=tenant.id, endpoint_id=endpoint_id)
-    session.commit()
+
+    def delete(session: Session, tenant: Tenant) -> None:
+        endpoints.delete_endpoint(session, tenant_id=tenant.id, endpoint_id=endpoint_id)
+        session.commit()
+
+    await caller.run(delete)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/{endpoint_id}/secret", responses=NOT_FOUND)
-def get_endpoint_secret(
-    endpoint_id: uuid.UUID, session: SessionDep, tenant: TenantDep
-) -> SigningSecret:
-    endpoint = endpoints.get_endpoint(session, tenant_id=tenant.id, endpoint_id=endpoint_id)
-    return SigningSecret.of(endpoint)
+async def get_endpoint_secret(endpoint_id: uuid.UUID, caller: TenantDep) -> SigningSecret:
+    return await caller.run(
+        lambda session, tenant: SigningSecret.of(
+            endpoints.get_endpoint(session, tenant_id=tenant.id, endpoint_id=endpoint_id)
+        )
+    )
 
 
 @router.post("/{endpoint_id}/secret/rotate", responses=NOT_FOUND)
-def rotate_endpoint_secret(
-    endpoint_id: uuid.UUID, session: SessionDep, tenant: TenantDep, settings: SettingsDep
+async def rotate_endpoint_secret(
+    endpoint_id: uuid.UUID, caller: TenantDep, settings: SettingsDep
 ) -> SigningSecret:
     """A new secret; the previous one also signs until `previous_secret_expires_at`."""
-    endpoint = endpoints.rotate_endpoint_secret(
-        session, tenant_id=tenant.id, endpoint_id=endpoint_id, settings=settings
-    )
-    session.commit()
-    return SigningSecret.of(endpoint)
+
+    def rotate(session: Session, tenant: Tenant) -> SigningSecret:
+        endpoint = endpoints.rotate_endpoint_secret(
+            session, tenant_id=tenant.id, endpoint_id=endpoint_id, settings=settings
+        )
+        session.commit()
+        return SigningSecret.of(endpoint)
+
+    return await caller.run(rotate)
 
 
 @router.get("/{endpoint_id}/attempts", responses=NOT_FOUND)
-def list_attempts(
+async def list_attempts(
     endpoint_id: uuid.UUID,
-    session: SessionDep,
-    tenant: TenantDep,
+    caller: TenantDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     before: Annotated[int | None, Query(ge=1)] = None,
 ) -> AttemptList:
     """The endpoint's delivery log: every attempt and what the receiver answered."""
-    logged = endpoints.delivery_log(
-        session, tenant_id=tenant.id, endpoint_id=endpoint_id, limit=limit, before=before
-    )
-    views = [
-        AttemptView(
-            id=row.attempt.id,
-            delivery_id=row.attempt.delivery_id,
-            message_id=row.message_id,
-            event_type=row.event_type,
-            attempt=row.attempt.attempt,
-            status_code=row.attempt.status_code,
-            error=row.attempt.error,
-            response_excerpt=row.attempt.response_excerpt,
-            duration_ms=row.attempt.duration_ms,
-            attempted_at=row.attempt.attempted_at,
+
+    def attempts(session: Session, tenant: Tenant) -> list[AttemptView]:
+        logged = endpoints.delivery_log(
+            session, tenant_id=tenant.id, endpoint_id=endpoint_id, limit=limit, before=before
         )
-        for row in logged
-    ]
+        return [
+            AttemptView(
+                id=row.attempt.id,
+                delivery_id=row.attempt.delivery_id,
+                message_id=row.message_id,
+                event_type=row.event_type,
+                attempt=row.attempt.attempt,
+                status_code=row.attempt.status_code,
+                error=row.attempt.error,
+                response_excerpt=row.attempt.response_excerpt,
+                duration_ms=row.attempt.duration_ms,
+                attempted_at=row.attempt.attempted_at,
+            )
+            for row in logged
+        ]
+
+    views = await caller.run(attempts)
     return AttemptList(data=views, next_before=views[-1].id if len(views) == limit else None)
