@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,6 +48,7 @@ from load_e2e import end_to_end
 from load_http import long_polls, submitters, write_json
 from load_scope import scope_decisions
 from load_stack import BENCH_DIR, Stack, busy_processes, load_average, scenario_stack
+
 from tests.throwaway_database import throwaway_database
 
 SCENARIOS = ("a", "b", "c", "d", "scope")
@@ -108,8 +110,17 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
                args.redis, "--admin-url", args.admin_url, "--out", str(out)]  # fmt: skip
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     figures: dict[str, Any] = json.loads(out.read_text())
-    keep = ("throughput_ratio", "twotier_per_s", "bare_celery_per_s", "twotier_p50_ms",
-            "twotier_p99_ms", "queries_per_round", "concurrency", "worker_concurrency", "rounds")
+    keep = (
+        "throughput_ratio",
+        "twotier_per_s",
+        "bare_celery_per_s",
+        "twotier_p50_ms",
+        "twotier_p99_ms",
+        "queries_per_round",
+        "concurrency",
+        "worker_concurrency",
+        "rounds",
+    )
     return {"command": " ".join(command[1:-2]), **{k: figures[k] for k in keep if k in figures}}
 
 
@@ -159,7 +170,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _commit() -> str:
-    found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+    git = shutil.which("git") or "git"
+    found = subprocess.run([git, "rev-parse", "--short", "HEAD"], capture_output=True,
                            text=True, cwd=BENCH_DIR, check=False)  # fmt: skip
     return found.stdout.strip()
 

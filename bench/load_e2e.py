@@ -15,11 +15,11 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from sqlalchemy import text
-
 from load_http import submit_many
 from load_stack import Sampler, Stack
 from pipeline import _wait_until
+from sqlalchemy import text
+
 from services.db import get_engine
 
 PROGRESS = text(

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from load_stack import BENCH_DIR, Stack
 from sqlalchemy import text
 
-from load_stack import BENCH_DIR, Stack
 from services.db import get_engine
 
 SSL = ssl.create_default_context()
@@ -170,7 +170,10 @@ def long_polls(stack: Stack, *, polls: int, wait_s: float, tolerance_s: float) -
 
 
 def _lateness(
-    sent: float, answered: float, status: str, wait_s: float,
+    sent: float,
+    answered: float,
+    status: str,
+    wait_s: float,
     cancel: tuple[float, float, str] | None,
 ) -> tuple[float, bool]:
     """How late a poll answered after its end (its query's cancellation, or its wait's end,
@@ -199,9 +202,7 @@ def submitters(
             sent = time.perf_counter()
             body = {"prompt": f"load submit {number}-{i}", "max_new_tokens": 16}
             try:
-                result: httpx.Response | BaseException = await client.post(
-                    "/v1/queries", json=body
-                )
+                result: httpx.Response | BaseException = await client.post("/v1/queries", json=body)
                 latencies.append(time.perf_counter() - sent)
             except httpx.HTTPError as exc:
                 result = exc

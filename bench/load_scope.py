@@ -26,11 +26,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sqlalchemy import event
-
 from load_http import percentiles_ms
 from load_stack import ModelServer, Stack
 from pipeline import _wait_until
+from sqlalchemy import event
+
 from services import cascade
 from services.db import get_engine, session_scope
 from services.logs import configure_logging
@@ -42,14 +42,20 @@ from services.tenants import create_tenant
 
 
 class StatementClock:
-    """Per thread: when the scope lock was asked for and granted."""
+    """Per thread: when the scope lock was asked for and granted, and when the commit that
+    releases it was sent."""
 
     def __init__(self) -> None:
         self.asked: dict[int, float] = {}
         self.granted: dict[int, float] = {}
+        self.committing: dict[int, float] = {}
         engine = get_engine()
         event.listen(engine, "before_cursor_execute", self._before)
         event.listen(engine, "after_cursor_execute", self._after)
+        event.listen(engine, "commit", self._commit)
+
+    def _commit(self, _conn: Any) -> None:
+        self.committing[threading.get_ident()] = time.perf_counter()
 
     @staticmethod
     def _is_scope_lock(statement: str) -> bool:
@@ -66,6 +72,7 @@ class StatementClock:
     def clear(self) -> None:
         self.asked.clear()
         self.granted.clear()
+        self.committing.clear()
 
 
 def scope_decisions(args: Any, stack: Stack) -> dict[str, Any]:
@@ -82,23 +89,29 @@ def scope_decisions(args: Any, stack: Stack) -> dict[str, Any]:
     with session_scope() as session:
         tenant_id = create_tenant(session, name="scope", target_escalation_rate=0.3).tenant.id
     clock = StatementClock()
-    warm = _submit(tenant_id, args.scope_warmup, task=lambda _: "one")
+    warm = _submit(tenant_id, ["one"] * args.scope_warmup)
     with ThreadPoolExecutor(16) as pool:  # the scope's warm-up (W = 20) and some history
         list(pool.map(lambda q: cascade.answer_on_tier(q, Tier.SMALL), warm))
     rounds: dict[str, list[dict[str, Any]]] = {"one_scope": [], "distinct_scopes": []}
     for number in range(args.scope_rounds):
-        for mode in rounds:
-            task = (lambda _: "one") if mode == "one_scope" else (lambda i: f"s{number}-{i}")
-            ids = _submit(tenant_id, args.scope_burst, task=task)
-            rounds[mode].append(_burst(ids, server, clock))
+        for mode, runs in rounds.items():
+            labels = [
+                "one" if mode == "one_scope" else f"s{number}-{i}" for i in range(args.scope_burst)
+            ]
+            runs.append(_burst(_submit(tenant_id, labels), server, clock))
     pool_status = get_engine().pool.status()
-    summary: dict[str, Any] = {"burst": args.scope_burst, "rounds": args.scope_rounds,
-                               "history_before": args.scope_warmup, "db_pool": pool_status}
+    summary: dict[str, Any] = {
+        "burst": args.scope_burst,
+        "rounds": args.scope_rounds,
+        "history_before": args.scope_warmup,
+        "db_pool": pool_status,
+    }
     for mode, runs in rounds.items():
         summary[mode] = {
             "decisions_per_s": statistics.median(r["decisions_per_s"] for r in runs),
             "lock_wait": percentiles_ms([w for r in runs for w in r["lock_wait_s"]]),
             "lock_hold": percentiles_ms([h for r in runs for h in r["lock_hold_s"]]),
+            "of_which_commit": percentiles_ms([c for r in runs for c in r["commit_s"]]),
             "burst_seconds": statistics.median(r["seconds"] for r in runs),
             "calls_held_at_once": min(r["calls_held"] for r in runs),
             "per_round_decisions_per_s": [r["decisions_per_s"] for r in runs],
@@ -108,14 +121,15 @@ def scope_decisions(args: Any, stack: Stack) -> dict[str, Any]:
     return summary
 
 
-def _submit(tenant_id: uuid.UUID, count: int, *, task: Any) -> list[uuid.UUID]:
+def _submit(tenant_id: uuid.UUID, labels: list[str]) -> list[uuid.UUID]:
+    """One query per task label, stored as the API stores them."""
     settings = get_settings()
     ids = []
     with session_scope() as session:
         tenant = session.get_one(Tenant, tenant_id)
-        for i in range(count):
+        for label in labels:
             request = NewQuery(prompt=f"scope {uuid.uuid4().hex}", max_new_tokens=16,
-                               task=task(i), metadata=None)  # fmt: skip
+                               task=label, metadata=None)  # fmt: skip
             submitted = submit_query(
                 session, tenant=tenant, request=request, idempotency_key=None, settings=settings
             )
@@ -144,10 +158,12 @@ def _burst(ids: list[uuid.UUID], server: ModelServer, clock: StatementClock) -> 
     threads = [t for t in done if t in clock.granted]
     waits = [clock.granted[t] - clock.asked[t] for t in threads]
     holds = [done[t] - clock.granted[t] for t in threads]
+    commits = [done[t] - clock.committing[t] for t in threads]
     first = min(clock.asked[t] for t in threads)
     span = max(done[t] for t in threads) - first
     return {"decisions_per_s": round(len(threads) / span, 1), "seconds": round(span, 3),
-            "lock_wait_s": waits, "lock_hold_s": holds, "calls_held": held}  # fmt: skip
+            "lock_wait_s": waits, "lock_hold_s": holds, "commit_s": commits,
+            "calls_held": held}  # fmt: skip
 
 
 def _all_arrived(server: ModelServer, *, settle_s: float = 1.0) -> int:

@@ -30,8 +30,8 @@ from typing import Any
 import httpx
 import psutil
 import redis
-
 from pipeline import _wait_until
+
 from tests.server_thread import free_port
 from tests.throwaway_database import throwaway_database
 
@@ -44,7 +44,8 @@ class ModelServer:
 
     def __init__(self, model: str, *, latency_s: float, max_concurrent: int, log: Path) -> None:
         command = [sys.executable, str(BENCH_DIR / "load_tgi.py"), "--model", model,
-                   "--latency", str(latency_s), "--max-concurrent", str(max_concurrent)]  # fmt: skip
+                   "--latency", str(latency_s),
+                   "--max-concurrent", str(max_concurrent)]  # fmt: skip
         with log.open("ab") as handle:
             self.process = subprocess.Popen(
                 command, stdout=subprocess.PIPE, stderr=handle, start_new_session=True
@@ -155,8 +156,9 @@ class Stack:
             return False
 
     def start_workers(self) -> None:
-        self.start("worker_small",
-                   [*TWOTIER, "worker", "--queues", "small,maintenance", *self.worker_args])
+        self.start(
+            "worker_small", [*TWOTIER, "worker", "--queues", "small,maintenance", *self.worker_args]
+        )
         self.start("worker_large", [*TWOTIER, "worker", "--queues", "large", *self.worker_args])
         self.start("beat", [*TWOTIER, "beat"])  # fmt: skip
 
@@ -165,10 +167,8 @@ class Stack:
         if child is None or child.poll() is not None:
             return
         child.terminate()
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             child.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGKILL)  # its session: a pool left behind goes too
         child.wait()

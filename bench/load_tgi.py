@@ -50,7 +50,7 @@ from services.llm.tgi_wire import (
 from tests.scripted_tgi import distribution_with_margin, hashed_margin
 
 LIMITS = ServerLimits(max_input_tokens=4096, max_total_tokens=8192, max_top_n_tokens=5)
-ANSWER = "The answer is yes because the benchmark says so".split()
+ANSWER = ["The", "answer", "is", "yes", "because", "the", "benchmark", "says", "so"]
 
 
 class Gauge:
