@@ -196,7 +196,8 @@ def submitters(
 ) -> dict[str, Any]:
     """(b) ``submitters`` clients submitting back to back for ``duration_s``, no worker running.
 
-    Also counts queries stored whose client got no 202 (a timeout or a dropped connection)."""
+    Also counts the queries stored whose client got no 202 (a timeout, a dropped connection),
+    once the API has stopped."""
     latencies: list[float] = []
     outcomes = Counter[str]()
 
@@ -226,6 +227,7 @@ def submitters(
 
     with healthz_probe(stack) as healthz:
         elapsed = asyncio.run(run())
+    stack.stop("api")  # what it still had in hand is written, or never will be
     with get_engine().connect() as connection:
         stored = connection.execute(text("SELECT count(*) FROM queries")).scalar_one()
     return {
