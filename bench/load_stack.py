@@ -88,7 +88,7 @@ class ModelServer:
     def stop(self) -> None:
         self._http.close()
         self.process.kill()
-        self.process.wait()
+        self.process.communicate()
 
 
 class Stack:

@@ -35,7 +35,7 @@ def server_url() -> Iterator[str]:
         yield url
     finally:
         server.kill()
-        server.wait()
+        server.communicate()
 
 
 def _healthy(url: str) -> bool:
