@@ -204,7 +204,7 @@ def _print(results: dict[str, Any]) -> None:
         c = s["c"]
         slow = c["slow_small_model"]
         rows += [
-            ("c", f"finished/s ({c['finished']}/{c['queries']})",
+            ("c", f"finished/s ({c['finished']}/{c['accepted']})",
              f"{c['finished_per_s']} (steady {c['finished_per_s_steady']})", ">= 100"),
             ("c", "model servers' ceiling /s", c["ceiling_per_s"], ""),
             ("c", "escalated share", c["escalated_share"], "0.3"),

@@ -80,23 +80,38 @@ def healthz_probe(stack: Stack, interval_s: float = 0.05) -> Iterator[dict[str, 
     )
 
 
-async def submit_many(stack: Stack, count: int, *, clients: int, tag: str) -> list[str]:
-    """Submit ``count`` queries from ``clients`` clients at once; the ids accepted (202),
-    retrying a 429 or 503 after its Retry-After."""
+async def submit_many(
+    stack: Stack, count: int, *, clients: int, tag: str, outcomes: Counter[str] | None = None
+) -> list[str]:
+    """Submit ``count`` queries from ``clients`` clients at once; the ids accepted (202).
+
+    Like a careful client, each query carries an Idempotency-Key and is sent again after a
+    429 or 503 (after its Retry-After), a 5xx, a timeout or a dropped connection, up to 20
+    times; ``outcomes`` counts every attempt's outcome."""
     ids: list[str] = []
     numbers = iter(range(count))
+    seen = outcomes if outcomes is not None else Counter[str]()
 
     async def one_client() -> None:
-        async with client_for(stack, timeout_s=60) as client:
+        async with client_for(stack, timeout_s=30) as client:
             for i in numbers:
                 body = {"prompt": f"load {tag} {i}", "max_new_tokens": 16}
-                for _ in range(30):
-                    response = await client.post("/v1/queries", json=body)
-                    if response.status_code not in (429, 503):
+                headers = {"Idempotency-Key": f"{tag}-{i}"}
+                for attempt in range(20):
+                    try:
+                        result: httpx.Response | BaseException = await client.post(
+                            "/v1/queries", json=body, headers=headers
+                        )
+                    except httpx.HTTPError as exc:
+                        result = exc
+                    seen[outcome(result)] += 1
+                    if isinstance(result, httpx.Response) and result.status_code < 300:
+                        ids.append(result.json()["id"])
                         break
-                    await asyncio.sleep(min(float(response.headers.get("Retry-After", 1)), 2))
-                response.raise_for_status()
-                ids.append(response.json()["id"])
+                    retry_after = 0.2 * 2 ** min(attempt, 4)
+                    if isinstance(result, httpx.Response):
+                        retry_after = float(result.headers.get("Retry-After", retry_after))
+                    await asyncio.sleep(min(retry_after, 5))
 
     await asyncio.gather(*(one_client() for _ in range(clients)))
     return ids
