@@ -13,12 +13,13 @@ starts them: `twotier api`, `twotier worker --queues small,maintenance`, `twotie
 bench/load_tgi.py (asyncio, a set latency, 429 beyond ``--max-concurrent``, a gauge of the calls
 in flight). Clients talk HTTP with the tenant's API key, from one asyncio event loop.
 
-(a) ``--polls`` long polls (``?wait=--poll-wait``) at once on one api process, no worker
-    running; half the queries are cancelled halfway (which finishes them). Each poll must answer
-    within ``--poll-tolerance`` of its query's end or its wait's end; /healthz is timed from a
-    process of its own throughout.
-(b) ``--submitters`` clients submit back to back for ``--submit-seconds``: submits/s, latency,
-    2xx/429/503/5xx/client timeouts (``--client-timeout``), queries stored without a 202.
+(a) ``--polls`` long polls (``?wait=--poll-wait``) at once on one api process (``--workers 1``
+    unless ``--api-args`` names a count; (c) too), no worker running; half the queries are
+    cancelled halfway (which finishes them). Each poll must answer within ``--poll-tolerance``
+    of its query's end or its wait's end; /healthz is timed from a process of its own throughout.
+(b) ``--submitters`` clients submit back to back for ``--submit-seconds`` to `twotier api` with
+    its default process count: submits/s, latency, 2xx/429/503/5xx/client timeouts
+    (``--client-timeout``), queries stored without a 202.
 (c) ``--queries`` queries through both tiers at ``--small-latency``/``--large-latency``, 30 %
     escalated: finished/s against the servers' ceiling, calls in flight per worker process, RSS
     per process; then the small model at ``--slow-small-latency`` to count calls in flight.
@@ -88,7 +89,7 @@ def run_long_polls(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_submitters(args: argparse.Namespace) -> dict[str, Any]:
-    with scenario_stack(args) as stack:
+    with scenario_stack(args, one_api_process=False) as stack:  # as many as `twotier api` starts
         return submitters(stack, submitters=args.submitters, duration_s=args.submit_seconds,
                           timeout_s=args.client_timeout)  # fmt: skip
 

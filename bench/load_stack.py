@@ -143,10 +143,12 @@ class Stack:
         self.processes[name] = child
         return child
 
-    def start_api(self) -> None:
+    def start_api(self, *, one_process: bool) -> None:
+        """`twotier api`; ``one_process`` pins one process unless --api-args names a count."""
         port = free_port()
         self.api_url = f"http://127.0.0.1:{port}"
-        self.start("api", [*TWOTIER, "api", "--port", str(port), *self.api_args])
+        pinned = ["--workers", "1"] if one_process and "--workers" not in self.api_args else []
+        self.start("api", [*TWOTIER, "api", "--port", str(port), *pinned, *self.api_args])
         _wait_until(self._api_ready, what=f"the API (log: {self.logs / 'api.log'})")
 
     def _api_ready(self) -> bool:
@@ -181,7 +183,9 @@ class Stack:
 
 
 @contextlib.contextmanager
-def scenario_stack(args: Any, *, latency: tuple[float, float] = (0.0, 0.0)) -> Any:
+def scenario_stack(
+    args: Any, *, latency: tuple[float, float] = (0.0, 0.0), one_api_process: bool = True
+) -> Any:
     """A fresh database, Redis database, model servers and tenant; the API running."""
     redis.Redis.from_url(args.redis).flushdb()
     stack = Stack(redis_url=args.redis, worker_args=args.worker_args, api_args=args.api_args)
@@ -191,7 +195,7 @@ def scenario_stack(args: Any, *, latency: tuple[float, float] = (0.0, 0.0)) -> A
                 small_s=latency[0], large_s=latency[1], max_concurrent=args.max_concurrent
             )
             stack.prepare()
-            stack.start_api()
+            stack.start_api(one_process=one_api_process)
             yield stack
     finally:
         stack.close()
