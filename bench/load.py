@@ -83,9 +83,8 @@ def main() -> None:
 
 def run_long_polls(args: argparse.Namespace) -> dict[str, Any]:
     with scenario_stack(args) as stack:
-        return long_polls(
-            stack, polls=args.polls, wait_s=args.poll_wait, tolerance_s=args.poll_tolerance
-        )
+        return long_polls(stack, polls=args.polls, wait_s=args.poll_wait,
+                          tolerance_s=args.poll_tolerance, launch_s=args.poll_launch)  # fmt: skip
 
 
 def run_submitters(args: argparse.Namespace) -> dict[str, Any]:
@@ -150,6 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--polls", type=int, default=1000, help="(a)")
     add("--poll-wait", type=float, default=20.0, help="(a) ?wait= seconds")
     add("--poll-tolerance", type=float, default=1.0, help="(a) seconds late still on time")
+    add("--poll-launch", type=float, default=2.0, help="(a) seconds over which polls are sent")
     add("--submitters", type=int, default=500, help="(b)")
     add("--submit-seconds", type=float, default=20.0, help="(b)")
     add("--client-timeout", type=float, default=10.0, help="(b) per request")

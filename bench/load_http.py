@@ -117,24 +117,26 @@ async def submit_many(
     return ids
 
 
-def long_polls(stack: Stack, *, polls: int, wait_s: float, tolerance_s: float) -> dict[str, Any]:
-    """(a) ``polls`` long polls at once, no worker running: half of the queries are cancelled
-    (which finishes them) halfway through the wait, the other half stay queued. Each poll must
-    answer within ``tolerance_s`` of its query's cancellation, or of the end of its wait."""
+def long_polls(
+    stack: Stack, *, polls: int, wait_s: float, tolerance_s: float, launch_s: float
+) -> dict[str, Any]:
+    """(a) ``polls`` long polls at once (sent evenly over ``launch_s``), no worker running: half
+    of the queries are cancelled (which finishes them) halfway through the wait, the other half
+    stay queued. Each poll must answer within ``tolerance_s`` of its query's cancellation, or of
+    the end of its wait. The client's own lag is reported beside: the time its event loop took to
+    put each request on the wire, and how late its loop ran a 10 ms timer."""
     ids = asyncio.run(submit_many(stack, polls, clients=32, tag="poll"))
     cancelled = set(ids[::2])
     answers: dict[str, tuple[float, float, httpx.Response | BaseException]] = {}
     finished_at: dict[str, tuple[float, float, str]] = {}
 
+    send_lag: list[float] = []
+    loop_lag: list[float] = []
+
     async def poll(query_id: str, client: httpx.AsyncClient) -> None:
-        sent = time.perf_counter()
-        try:
-            result: httpx.Response | BaseException = await client.get(
-                f"/v1/queries/{query_id}", params={"wait": wait_s}
-            )
-        except httpx.HTTPError as exc:
-            result = exc
-        answers[query_id] = (sent, time.perf_counter(), result)
+        sent, answered, result, lag = await _one_poll(client, query_id, wait_s)
+        send_lag.append(lag)
+        answers[query_id] = (sent, answered, result)
 
     async def cancel(to_cancel: list[str], until: float) -> None:
         """DELETE each query in turn; none is sent after ``until`` (a wedged API's)."""
@@ -152,11 +154,17 @@ def long_polls(stack: Stack, *, polls: int, wait_s: float, tolerance_s: float) -
 
     async def run() -> None:
         clients = [client_for(stack, timeout_s=wait_s + 30) for _ in ids]
-        tasks = [asyncio.create_task(poll(q, c)) for q, c in zip(ids, clients, strict=True)]
-        await asyncio.sleep(wait_s / 2)
+        ticker = asyncio.create_task(_measure_loop_lag(loop_lag))
+        begun = time.perf_counter()
+        tasks = []
+        for number, (query_id, client) in enumerate(zip(ids, clients, strict=True)):
+            tasks.append(asyncio.create_task(poll(query_id, client)))
+            await asyncio.sleep(max(0.0, begun + number * launch_s / polls - time.perf_counter()))
+        await asyncio.sleep(max(0.0, begun + wait_s / 2 - time.perf_counter()))
         batch, until = sorted(cancelled), time.perf_counter() + wait_s / 2
         await asyncio.gather(*(cancel(batch[i::32], until) for i in range(32)))
         await asyncio.gather(*tasks)
+        ticker.cancel()
         await asyncio.gather(*(client.aclose() for client in clients))
 
     with healthz_probe(stack) as healthz:
@@ -184,8 +192,42 @@ def long_polls(stack: Stack, *, polls: int, wait_s: float, tolerance_s: float) -
         "on_time_waited": f"{on_time['waited']}/{len(ids) - len(cancelled)}",
         "late_after_cancel": percentiles_ms(late["cancelled"]),
         "late_after_wait": percentiles_ms(late["waited"]),
+        "launch_s": launch_s, "client_send_lag": percentiles_ms(send_lag),
+        "client_loop_lag": percentiles_ms(loop_lag),
         "healthz": healthz,
     }  # fmt: skip
+
+
+async def _one_poll(
+    client: httpx.AsyncClient, query_id: str, wait_s: float
+) -> tuple[float, float, httpx.Response | BaseException, float]:
+    """When the poll went on the wire and was answered, the answer, and the client's send lag.
+
+    The wait counts from the moment the request is on the wire (httpcore's trace), not from the
+    coroutine's start, which this event loop may reach late with a thousand clients to serve."""
+    started = time.perf_counter()
+    wire: dict[str, float] = {}
+
+    async def trace(event: str, _info: dict[str, Any]) -> None:
+        if event == "http11.send_request_headers.complete":
+            wire["sent"] = time.perf_counter()
+
+    try:
+        result: httpx.Response | BaseException = await client.get(
+            f"/v1/queries/{query_id}", params={"wait": wait_s}, extensions={"trace": trace}
+        )
+    except httpx.HTTPError as exc:
+        result = exc
+    sent = wire.get("sent", started)
+    return sent, time.perf_counter(), result, sent - started
+
+
+async def _measure_loop_lag(lags: list[float], period_s: float = 0.01) -> None:
+    """How late this event loop wakes a timer: what its own busyness adds to every figure."""
+    while True:
+        asked = time.perf_counter()
+        await asyncio.sleep(period_s)
+        lags.append(time.perf_counter() - asked - period_s)
 
 
 def _lateness(
