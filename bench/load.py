@@ -33,6 +33,7 @@ processes of the machine beside each scenario.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -45,10 +46,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
 from load_e2e import end_to_end
-from load_http import long_polls, submitters, write_json
+from load_http import long_polls, submitters
 from load_scope import scope_decisions
-from load_stack import BENCH_DIR, Stack, busy_processes, load_average, scenario_stack
+from load_stack import BENCH_DIR, Stack, scenario_stack
 
 from tests.throwaway_database import throwaway_database
 
@@ -175,6 +177,32 @@ def _commit() -> str:
     found = subprocess.run([git, "rev-parse", "--short", "HEAD"], capture_output=True,
                            text=True, cwd=BENCH_DIR, check=False)  # fmt: skip
     return found.stdout.strip()
+
+
+def load_average() -> list[float]:
+    return [round(value, 2) for value in os.getloadavg()]
+
+
+def busy_processes(limit: int = 6) -> list[str]:
+    """What else is using the CPUs right now (for the record beside the figures)."""
+    processes = list(psutil.process_iter(["pid", "name", "cmdline"]))
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.cpu_percent(None)
+    time.sleep(1.0)
+    usage = []
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            cpu = process.cpu_percent(None)
+            if cpu >= 5:
+                command = " ".join(process.info["cmdline"] or [process.info["name"]])[:90]
+                usage.append((cpu, f"{cpu:.0f}% {command}"))
+    return [line for _, line in sorted(usage, reverse=True)[:limit]]
+
+
+def write_json(path: Path, results: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
 
 
 def _print(results: dict[str, Any]) -> None:

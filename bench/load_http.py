@@ -18,7 +18,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -294,8 +293,3 @@ def submitters(
         "latency": percentiles_ms(latencies), "stored_without_202": stored - outcomes["2xx"],
         "healthz": healthz,
     }  # fmt: skip
-
-
-def write_json(path: Path, results: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n")

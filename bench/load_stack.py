@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -279,24 +278,3 @@ def _calls_held(process: psutil.Process, ports: dict[int, Counter[int]]) -> int:
         for c in connections
         if c.raddr and c.raddr.port in ports and c.laddr.port in ports[c.raddr.port]
     )
-
-
-def load_average() -> list[float]:
-    return [round(value, 2) for value in os.getloadavg()]
-
-
-def busy_processes(limit: int = 6) -> list[str]:
-    """What else is using the CPUs right now (for the record beside the figures)."""
-    processes = list(psutil.process_iter(["pid", "name", "cmdline"]))
-    for process in processes:
-        with contextlib.suppress(psutil.Error):
-            process.cpu_percent(None)
-    time.sleep(1.0)
-    usage = []
-    for process in processes:
-        with contextlib.suppress(psutil.Error):
-            cpu = process.cpu_percent(None)
-            if cpu >= 5:
-                command = " ".join(process.info["cmdline"] or [process.info["name"]])[:90]
-                usage.append((cpu, f"{cpu:.0f}% {command}"))
-    return [line for _, line in sorted(usage, reverse=True)[:limit]]
