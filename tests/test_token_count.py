@@ -22,7 +22,7 @@ TEXTS = {
     "code": "def f(x):\n    return {k: v for k, v in x.items() if v is not None}  # filter\n",
     "german": "Größenwahnsinnige Straßenbahnfahrer überqueren die Brücke.",
     "russian": "Привет, как дела? Это тестовое предложение.",
-    "chinese": "我们今天去公园散步，天气很好。",
+    "chinese": "我们今天去公园散步，天气很好。",  # noqa: RUF001 - a Chinese comma, on purpose
     "emoji": "🙂🚀🔥 ok 👍🏽",
     "spaces": "a    b     c      d",
     "prose": (ROOT / "README.md").read_text()[:3000],
