@@ -123,7 +123,7 @@ def limit_problems(
     settings: Settings, tier: TierSettings, *, name: str, info: ServerInfo, tasks_at_once: int
 ) -> list[str]:
     """What the settings ask of the server beyond its limits, each naming the setting."""
-    server = f"the {name} model server ({tier.url})"
+    server = f"the {name} model server at {str(tier.url).rstrip('/')}"
     problems = []
     top_n_limit = info.max_top_n_tokens
     for setting, value in (
@@ -132,8 +132,8 @@ def limit_problems(
     ):
         if top_n_limit is not None and value > top_n_limit:
             problems.append(
-                f"{setting}={value} is above {server}'s limit of {top_n_limit} candidates "
-                f"per token (TGI: --max-top-n-tokens; OpenAI: top_logprobs <= 20); "
+                f"{setting}={value} is above the limit of {server}: {top_n_limit} "
+                f"candidates per token (TGI: --max-top-n-tokens; OpenAI: top_logprobs <= 20); "
                 f"lower {setting} or raise the server's limit."
             )
     concurrent = info.max_concurrent_requests
@@ -147,7 +147,7 @@ def limit_problems(
     if total is not None and settings.default_max_new_tokens >= total:
         problems.append(
             f"TWOTIER_DEFAULT_MAX_NEW_TOKENS={settings.default_max_new_tokens} leaves no room "
-            f"for a prompt in {server}'s max_total_tokens={total}."
+            f"for a prompt within the max_total_tokens={total} of {server}."
         )
     elif total is not None and settings.max_new_tokens_limit >= total:
         log.warning(
