@@ -345,6 +345,11 @@ def api(host: str, port: int, workers: int) -> None:
         _share_metrics_between_processes()
     import uvicorn  # noqa: PLC0415
 
+    from services.llm.server_limits import name_models_if_reachable  # noqa: PLC0415
+
+    # Prices are looked up by model name: name the tiers as the workers do.
+    name_models_if_reachable(get_settings())
+
     uvicorn.run(
         "services.api.app:create_default_app",
         factory=True,

@@ -13,7 +13,11 @@ from typing import Any
 
 import pytest
 
-from services.llm.server_limits import ModelServerUnfit, check_model_servers
+from services.llm.server_limits import (
+    ModelServerUnfit,
+    check_model_servers,
+    name_models_if_reachable,
+)
 from services.settings import Settings
 from tests.scripted_openai import ScriptedOpenAI
 from tests.scripted_tgi import MAX_CONCURRENT_REQUESTS, MAX_TOP_N_TOKENS, ScriptedTGI
@@ -121,3 +125,17 @@ def test_a_worker_whose_server_is_down_exits_with_a_message() -> None:
     )
     assert result.returncode != 0
     assert f"the small model server at {DEAD_URL} did not answer for 1 s" in result.stderr
+
+
+def test_the_api_names_models_it_can_reach_and_starts_anyway_when_it_cannot(
+    small_tgi: ScriptedTGI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TWOTIER_SMALL__MODEL", raising=False)
+    monkeypatch.delenv("TWOTIER_LARGE__MODEL", raising=False)
+    dead = {"backend": "tgi", "url": DEAD_URL, "model": ""}
+    settings = Settings(small=tgi(small_tgi), large=dead, model_server_start_wait_s=30)
+    started = time.monotonic()
+    name_models_if_reachable(settings)
+    assert time.monotonic() - started < 10  # asked once, not for the start wait
+    assert settings.small.model == small_tgi.model_id
+    assert settings.large.model == ""  # its price settings apply meanwhile

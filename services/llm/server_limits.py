@@ -91,7 +91,26 @@ def check_model_servers(settings: Settings, *, tiers: list[str], tasks_at_once: 
         raise ModelServerUnfit("\n".join(problems))
 
 
-def read_server_info(tier: TierSettings, *, name: str, settings: Settings) -> ServerInfo:
+def name_models_if_reachable(settings: Settings) -> None:
+    """For the API process: name the tiers whose model is unset after their servers, asking
+    each once (the workers check the limits). A server down now leaves the name unset, and the
+    tier's price settings apply until a restart; set TWOTIER_{SMALL,LARGE}__MODEL to avoid it."""
+    for name in ("small", "large"):
+        tier: TierSettings = getattr(settings, name)
+        if tier.backend == "local" or tier.model:
+            continue
+        try:
+            info = read_server_info(tier, name=name, settings=settings, wait_s=0)
+            problems = adopt_model_id(tier, name=name, info=info)
+        except ModelServerUnfit as exc:
+            problems = [str(exc)]
+        for problem in problems:
+            log.warning("model_server.model_not_named", tier=name, problem=problem)
+
+
+def read_server_info(
+    tier: TierSettings, *, name: str, settings: Settings, wait_s: float | None = None
+) -> ServerInfo:
     wanted_top_n = max(settings.top_n_tokens, settings.max_top_n_tokens)
     headers = {}
     if tier.api_key is not None:
@@ -100,10 +119,11 @@ def read_server_info(tier: TierSettings, *, name: str, settings: Settings) -> Se
     if tier.backend == "openai":
         url = url if url.endswith("/v1") else f"{url}/v1"
     timeout = httpx.Timeout(min(tier.timeout_s, 10.0))
+    wait = settings.model_server_start_wait_s if wait_s is None else wait_s
     with httpx.Client(base_url=url, headers=headers, timeout=timeout) as client:
         asking = Retrying(
             retry=retry_if_exception_type(_NotAnswering),
-            stop=stop_after_delay(settings.model_server_start_wait_s),
+            stop=stop_after_delay(wait),
             wait=wait_exponential_jitter(multiplier=0.5, max=10.0),
             reraise=True,
         )
@@ -114,7 +134,7 @@ def read_server_info(tier: TierSettings, *, name: str, settings: Settings) -> Se
         except _NotAnswering as exc:
             raise ModelServerUnfit(
                 f"the {name} model server at {url} did not answer for "
-                f"{settings.model_server_start_wait_s:g} s (TWOTIER_MODEL_SERVER_START_WAIT_S): "
+                f"{wait:g} s (TWOTIER_MODEL_SERVER_START_WAIT_S): "
                 f"{exc}. Start it, or point TWOTIER_{name.upper()}__URL at it."
             ) from exc
 
