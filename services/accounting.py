@@ -77,6 +77,7 @@ def record_model_call(
             tier=tier,
             model=tier_settings.model,
             input_tokens=generation.input_tokens,
+            input_tokens_estimated=generation.input_tokens_estimated,
             output_tokens=generation.output_tokens,
             cost=cost,
             latency_ms=latency_ms,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from services import budgets, metrics, threshold
 from services.accounting import Price, price_of, record_model_call
 from services.db import session_scope
 from services.dispatch import Dispatcher
-from services.llm.base import Generation, ModelError, TransientModelError
+from services.llm.base import Generation, ModelError, ModelOverloaded, TransientModelError
 from services.llm.margin import MarginUnavailable, candidates_for, margin_and_answer
 from services.llm.registry import backend_for, breaker_for, model_pair, tier_settings_of
 from services.models import (
@@ -48,6 +49,7 @@ class Outcome(enum.StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"  # nothing to do: finished, cancelled, or not at this tier
     BUSY = "busy"  # another delivery holds the lease; try again after ``retry_in_s``
+    OVERLOADED = "overloaded"  # the model server is full; queue the query again after that
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,10 @@ class _Claim:
     max_new_tokens: int
     choices: list[str] | None
 
+
+# How long a query waits in the queue after the model server stayed full for a whole call,
+# when it did not say (Retry-After).
+OVERLOAD_REQUEUE_S = 5.0
 
 CLAIMABLE = {
     Tier.SMALL: frozenset({QueryStatus.QUEUED, QueryStatus.RUNNING}),
@@ -80,6 +86,11 @@ def deliver(
     structlog.contextvars.bind_contextvars(query_id=str(query_id), tier=tier.value)
     try:
         result = answer_on_tier(query_id, tier)
+    except ModelOverloaded as exc:
+        # Back-pressure, not failure: the query waits in the queue with its retries untouched,
+        # and is never failed or handed to a fallback for it.
+        wait_s = exc.retry_after_s if exc.retry_after_s is not None else OVERLOAD_REQUEUE_S
+        result = TierResult(Outcome.OVERLOADED, wait_s * random.uniform(1.0, 1.2))
     except TransientModelError as exc:
         if retries_so_far < get_settings().task_retries:
             return float(min(2**retries_so_far, 300))
@@ -91,6 +102,8 @@ def deliver(
     elif result.outcome is Outcome.BUSY:
         # Another delivery of this query is mid-call; look again when its lease runs out.
         dispatcher.enqueue(tier, query_id, delay_s=result.retry_in_s + 0.5)
+    elif result.outcome is Outcome.OVERLOADED:
+        dispatcher.enqueue(tier, query_id, delay_s=result.retry_in_s)
     return None
 
 
@@ -113,6 +126,10 @@ def answer_on_tier(query_id: uuid.UUID, tier: Tier) -> TierResult:
                 ),
             )
         )
+    except ModelOverloaded:
+        _observe_call(tier, model, "overloaded", started)
+        _release_lease(query_id, delivered=False)  # a refused call is no delivery attempt
+        raise
     except TransientModelError:
         _observe_call(tier, model, "transient_error", started)
         _release_lease(query_id)  # so that the task's retry is not kept waiting
@@ -323,9 +340,12 @@ def _succeed(session: Session, query: Query, answer: str, tier: Tier) -> None:
     record_query_event(session, query, EventType.QUERY_SUCCEEDED)
 
 
-def _release_lease(query_id: uuid.UUID) -> None:
+def _release_lease(query_id: uuid.UUID, *, delivered: bool = True) -> None:
     with session_scope() as session:
         query = _locked(session, query_id)
+        if not delivered:
+            # So that a long overload never fails the query as delivery_attempts_exhausted.
+            query.delivery_attempts = max(query.delivery_attempts - 1, 0)
         query.lease_expires_at = None
         query.updated_at = utcnow()
 

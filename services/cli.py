@@ -175,6 +175,18 @@ def ask(
 )
 @click.option("--model-id", default=None, help="Name reported by /info.")
 @click.option("--max-top-n-tokens", default=5, show_default=True, type=click.IntRange(min=0))
+@click.option(
+    "--max-concurrent-requests",
+    default=128,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Requests in flight beyond which it answers 429, as TGI does.",
+)
+@click.option(
+    "--enable-prefill-logprobs",
+    is_flag=True,
+    help="Return the prompt's log-probs (details.prefill), as TGI 3.x's flag of that name.",
+)
 @click.option("--raw-prompts", is_flag=True, help="Do not wrap prompts in the chat template.")
 def model_server(
     host: str,
@@ -182,9 +194,12 @@ def model_server(
     model_spec: str | None,
     model_id: str | None,
     max_top_n_tokens: int,
+    max_concurrent_requests: int,
+    enable_prefill_logprobs: bool,
     raw_prompts: bool,
 ) -> None:
-    """Serve the local model over TGI's HTTP API (/generate, /health, /info, /metrics)."""
+    """Serve the local model over TGI's HTTP API (/generate, /tokenize, /health, /info,
+    /metrics)."""
     import uvicorn  # noqa: PLC0415
     from rich.console import Console  # noqa: PLC0415
 
@@ -196,10 +211,14 @@ def model_server(
     source = prepare_local_model(model_spec, cache_dir=get_settings().cache_dir, console=console)
     with console.status(f"Loading {source} ..."):
         model = LocalModel(source, chat_template=not raw_prompts)
+    from services.settings import BUNDLED_MODEL_NAME  # noqa: PLC0415
+
     app = create_model_server(
         model,
-        model_id=model_id or get_settings().small.model,
+        model_id=model_id or model_spec or BUNDLED_MODEL_NAME,
         max_top_n_tokens=max_top_n_tokens,
+        max_concurrent_requests=max_concurrent_requests,
+        prefill_logprobs=enable_prefill_logprobs,
     )
     console.print(f"TGI-compatible model server on http://{host}:{port}")
     uvicorn.run(app, host=host, port=port, log_level="warning")
@@ -349,6 +368,11 @@ def api(host: str, port: int, workers: int | None) -> None:
     if workers > 1:
         _share_metrics_between_processes()
     import uvicorn  # noqa: PLC0415
+
+    from services.llm.server_limits import name_models_if_reachable  # noqa: PLC0415
+
+    # Prices are looked up by model name: name the tiers as the workers do.
+    name_models_if_reachable(get_settings())
 
     uvicorn.run(
         "services.api.app:create_default_app",

@@ -255,6 +255,8 @@ class ModelCall(Base):
     tier: Mapped[str] = mapped_column(String(16))
     model: Mapped[str] = mapped_column(String(200))
     input_tokens: Mapped[int] = mapped_column(Integer)
+    # True: the server reported no prompt token count and input_tokens is an estimate.
+    input_tokens_estimated: Mapped[bool] = mapped_column(Boolean, default=False)
     output_tokens: Mapped[int] = mapped_column(Integer)
     cost: Mapped[Decimal] = mapped_column(Numeric(20, 10))
     latency_ms: Mapped[int] = mapped_column(Integer)

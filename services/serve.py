@@ -14,6 +14,7 @@ from services.api.app import create_app
 from services.db import session_scope
 from services.embedded import InProcessQueue
 from services.llm.registry import backend_for
+from services.llm.server_limits import check_or_exit
 from services.logs import configure_logging
 from services.migrate import upgrade_to_head
 from services.models import Tier
@@ -28,6 +29,7 @@ def run_embedded(*, host: str, port: int) -> None:
     configure_logging(level=settings.log_level, json=settings.log_json)
     console = Console(stderr=True)
     started = time.monotonic()
+    check_or_exit(settings, tiers=["small", "large"], tasks_at_once=1, who="twotier serve")
     for tier in Tier:  # fetch, convert and load local models now, with progress on the console
         backend_for(tier)
     upgrade_to_head()

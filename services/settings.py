@@ -27,9 +27,11 @@ class TierSettings(BaseModel):
     )
     url: HttpUrl | None = Field(default=None, description="Server URL for `tgi` and `openai`.")
     model: str = Field(
-        default=BUNDLED_MODEL_NAME,
-        min_length=1,
-        description="Model name in scopes and the ledger; sent as `model` to OpenAI servers.",
+        default="",
+        description="Model name in scopes and the ledger; sent as `model` to OpenAI servers. "
+        "Unset: the bundled model's name for `local`; for `tgi` and `openai`, the id the "
+        "server reports (TGI's /info `model_id`, the one model of /v1/models), read when a "
+        "worker or `twotier serve` starts.",
     )
     local_model: str | None = Field(
         default=None,
@@ -177,6 +179,19 @@ class Settings(BaseSettings):
     model_call_attempts: int = Field(
         default=3, ge=1, description="Attempts of one model call on transient errors."
     )
+    model_overload_patience_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long one model call waits out a full server (429, or 503 with "
+        "Retry-After), as long as each Retry-After asks, before its query goes back in the "
+        "queue; at most half of TWOTIER_TASK_LEASE_S. Overload never fails a query.",
+    )
+    model_server_start_wait_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="At start, how long a worker or `twotier serve` waits for its model "
+        "servers to answer (their limits and model id) before it stops with a message.",
+    )
     task_retries: int = Field(
         default=5, ge=0, description="Task-level retries once a model call keeps failing."
     )
@@ -259,6 +274,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _complete(self) -> Settings:
         for name, tier in (("small", self.small), ("large", self.large)):
+            if tier.backend == "local" and not tier.model:
+                tier.model = BUNDLED_MODEL_NAME if tier.local_model is None else tier.local_model
             if tier.backend != "local" and tier.url is None:
                 variable = f"TWOTIER_{name.upper()}__URL"
                 raise ValueError(f"{variable} must be set for the {tier.backend} backend")
@@ -281,6 +298,11 @@ class Settings(BaseSettings):
         if self.max_request_bytes is not None:
             return self.max_request_bytes
         return 4 * self.max_prompt_chars + 256 * 1024
+
+    @property
+    def overload_patience_s(self) -> float:
+        """The patience with a full server, capped so that the query's lease outlives it."""
+        return min(self.model_overload_patience_s, self.task_lease_s / 2)
 
     @property
     def embedded(self) -> bool:

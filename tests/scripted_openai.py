@@ -1,5 +1,7 @@
-"""An OpenAI-compatible HTTP server (chat and legacy completions, with log-probs) whose answers
-and first-token distributions a test scripts."""
+"""An OpenAI-compatible HTTP server (chat and legacy completions, with log-probs; ``GET
+/v1/models``) whose answers and first-token distributions a test scripts. Like OpenAI and
+vLLM, it refuses more than 20 top log-probs and reports ``usage`` (words stand for tokens);
+``sends_usage = False`` makes it a server that reports none."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ class ScriptedOpenAI:
         self.answers: dict[str, tuple[str, list[tuple[str, float]]]] = {}
         self.calls: Counter[str] = Counter()
         self.requests: list[dict[str, Any]] = []
+        self.sends_usage = True
         self._server = ServerThread(self._app())
         self.url = self._server.url
 
@@ -39,6 +42,13 @@ class ScriptedOpenAI:
     def _app(self) -> FastAPI:
         app = FastAPI()
 
+        @app.get("/v1/models")
+        async def models(request: Request) -> JSONResponse:
+            if self.api_key and request.headers.get("authorization") != f"Bearer {self.api_key}":
+                return _error(401, "invalid_api_key", "Incorrect API key provided")
+            model = {"id": self.model, "object": "model", "created": 0, "owned_by": "test"}
+            return JSONResponse({"object": "list", "data": [model]})
+
         @app.post("/v1/chat/completions")
         async def chat(request: Request) -> JSONResponse:
             body = await request.json()
@@ -48,11 +58,15 @@ class ScriptedOpenAI:
             prompt = body["messages"][-1]["content"]
             answer, first = self._answer(prompt)
             top = [{"token": t, "logprob": math.log(p), "bytes": None} for t, p in first]
+            later = [
+                {"token": word, "logprob": -0.1, "bytes": None, "top_logprobs": []}
+                for word in answer.split()[1:]
+            ]  # one entry per generated token
             choice = {
                 "index": 0,
                 "message": {"role": "assistant", "content": answer},
                 "logprobs": {"content": [{"token": first[0][0], "logprob": top[0]["logprob"],
-                                          "bytes": None, "top_logprobs": top}]},
+                                          "bytes": None, "top_logprobs": top}, *later]},
                 "finish_reason": "stop",
             }  # fmt: skip
             return JSONResponse(self._completion("chat.completion", prompt, answer, choice))
@@ -68,7 +82,8 @@ class ScriptedOpenAI:
             choice = {
                 "index": 0,
                 "text": answer,
-                "logprobs": {"tokens": [first[0][0]], "token_logprobs": [math.log(first[0][1])],
+                "logprobs": {"tokens": [first[0][0], *answer.split()[1:]],
+                             "token_logprobs": [math.log(first[0][1])],
                              "top_logprobs": [{t: math.log(p) for t, p in first}],
                              "text_offset": [0]},
                 "finish_reason": "stop",
@@ -95,18 +110,20 @@ class ScriptedOpenAI:
     def _completion(
         self, kind: str, prompt: str, answer: str, choice: dict[str, Any]
     ) -> dict[str, Any]:
-        return {
+        completion: dict[str, Any] = {
             "id": f"cmpl-{self.calls.total()}",
             "object": kind,
             "created": 0,
             "model": self.model,
             "choices": [choice],
-            "usage": {
+        }
+        if self.sends_usage:
+            completion["usage"] = {
                 "prompt_tokens": len(prompt.split()),
                 "completion_tokens": len(answer.split()),
                 "total_tokens": len(prompt.split()) + len(answer.split()),
-            },
-        }
+            }
+        return completion
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:

@@ -1,8 +1,11 @@
 """A TGI-compatible HTTP server whose answers and first-token distributions a test scripts.
 
-It speaks text-generation-inference's wire format: ``POST /generate`` with ``details``,
-``decoder_input_details`` and ``top_n_tokens``; ``GET /health`` and ``GET /info``; 422 with
-``error_type: validation`` for invalid parameters. Workers reach it over real HTTP and cannot
+It speaks text-generation-inference 3.x's wire format: ``POST /generate`` with ``details``,
+``decoder_input_details`` and ``top_n_tokens``, and the ``x-prompt-tokens`` header; ``POST
+/tokenize``; ``GET /health`` and ``GET /info`` (which, as in TGI 3.3, does not report
+``max_top_n_tokens``); 422 with ``error_type: validation`` for invalid parameters; 429 "Model
+is overloaded". As TGI 3.x by default, ``details.prefill`` is empty unless the server is made
+with prefill log-probs on. Words stand for tokens. Workers reach it over real HTTP and cannot
 tell it from TGI. Only the test side has the scripting methods.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,24 +29,31 @@ from services.llm.tgi_wire import (
     GenerateRequest,
     ServerLimits,
     WireToken,
+    count_headers,
     error_body,
     max_new_tokens,
     response_body,
+    tokenize_body,
     validation_error,
 )
 from tests.server_thread import ServerThread
 
 MAX_TOP_N_TOKENS = 5
+MAX_CONCURRENT_REQUESTS = 128
 LIMITS = ServerLimits(
     max_input_tokens=1024, max_total_tokens=2048, max_top_n_tokens=MAX_TOP_N_TOKENS
 )
+
+
+# A scripted failure: an HTTP status, or a status and the headers to send with it.
+Failure = int | tuple[int, dict[str, str]]
 
 
 @dataclass
 class Script:
     answer: str
     first_token: list[tuple[str, float]]  # (token text, probability), any order
-    failures: list[int] = field(default_factory=list)  # HTTP statuses to return first
+    failures: list[Failure] = field(default_factory=list)  # answered first, in order
     hold: threading.Event | None = None
 
 
@@ -60,15 +71,28 @@ def distribution_with_margin(margin: float) -> list[tuple[str, float]]:
 
 
 class ScriptedTGI:
-    def __init__(self, model_id: str, *, margin_of: Callable[[str], float] | None = None) -> None:
-        """``margin_of`` gives the margin of prompts that were not scripted (default 0.9)."""
+    def __init__(
+        self,
+        model_id: str,
+        *,
+        margin_of: Callable[[str], float] | None = None,
+        prefill_logprobs: bool = False,
+    ) -> None:
+        """``margin_of`` gives the margin of prompts that were not scripted (default 0.9);
+        ``prefill_logprobs`` is TGI's ``--enable-prefill-logprobs``."""
         self.model_id = model_id
         self._margin_of = margin_of or (lambda _prompt: 0.9)
         self._scripts: dict[str, Script] = {}
         self._lock = threading.Lock()
         self.calls: Counter[str] = Counter()
+        self.tokenize_calls: Counter[str] = Counter()
+        self.arrivals: dict[str, list[float]] = {}  # time.monotonic() of each /generate call
         self.arrived: dict[str, threading.Event] = {}
         self.delay_s = 0.0
+        self.prefill_logprobs = prefill_logprobs
+        # Servers that speak TGI's format without TGI's count header or /tokenize route.
+        self.sends_prompt_tokens_header = True
+        self.has_tokenize_route = True
         self._server = ServerThread(self._app())
         self.url = self._server.url
 
@@ -80,7 +104,7 @@ class ScriptedTGI:
         answer: str = "Yes",
         margin: float | None = None,
         first_token: list[tuple[str, float]] | None = None,
-        failures: list[int] | None = None,
+        failures: list[Failure] | None = None,
         hold: bool = False,
     ) -> None:
         dist = first_token if first_token is not None else distribution_with_margin(margin or 0.9)
@@ -119,7 +143,7 @@ class ScriptedTGI:
                 "model_id": self.model_id,
                 "model_sha": None,
                 "model_pipeline_tag": "text-generation",
-                "max_concurrent_requests": 128,
+                "max_concurrent_requests": MAX_CONCURRENT_REQUESTS,
                 "max_best_of": 2,
                 "max_stop_sequences": 4,
                 "max_input_tokens": LIMITS.max_input_tokens,
@@ -135,6 +159,16 @@ class ScriptedTGI:
         async def generate(request: Request) -> JSONResponse:
             return await self._generate(await request.json())
 
+        @app.post("/tokenize")
+        async def tokenize(request: Request) -> JSONResponse:
+            if not self.has_tokenize_route:
+                return JSONResponse({"detail": "Not Found"}, 404)
+            prompt = str((await request.json()).get("inputs", ""))
+            with self._lock:
+                self.tokenize_calls[prompt] += 1
+            words = _words(prompt)
+            return JSONResponse(tokenize_body(list(range(len(words))), words))
+
         app.add_api_route("/generate", generate, methods=["POST"])
         app.add_api_route("/", generate, methods=["POST"])
 
@@ -145,6 +179,7 @@ class ScriptedTGI:
 
         with self._lock:
             self.calls[str(body.get("inputs"))] += 1
+            self.arrivals.setdefault(str(body.get("inputs")), []).append(time.monotonic())
         try:
             request = GenerateRequest.model_validate(body)
         except ValidationError as exc:
@@ -161,7 +196,7 @@ class ScriptedTGI:
             arrived = self.arrived.setdefault(prompt, threading.Event())
         arrived.set()
         if status is not None:
-            return JSONResponse(error_body("Model is overloaded", "overloaded"), status)
+            return _failure(status)
         if script.hold is not None:
             await anyio.to_thread.run_sync(script.hold.wait)
         if self.delay_s:
@@ -169,7 +204,24 @@ class ScriptedTGI:
         max_new = max_new_tokens(request, input_tokens=len(prompt.split()), limits=LIMITS)
         top_n = request.parameters.top_n_tokens or 0
         generation = _generation(prompt, script, max_new=max_new, top_n=top_n)
-        return JSONResponse(response_body(generation, request.parameters))
+        body = response_body(generation, request.parameters, prefill_logprobs=self.prefill_logprobs)
+        counts = count_headers(
+            input_tokens=len(_words(prompt)), generated_tokens=len(generation.tokens)
+        )
+        return JSONResponse(body, headers=counts if self.sends_prompt_tokens_header else None)
+
+
+def _words(prompt: str) -> list[str]:
+    """The scripted tokenizer: each word is a token."""
+    return [f" {w}" if i else w for i, w in enumerate(prompt.split())]
+
+
+def _failure(failure: Failure) -> JSONResponse:
+    """TGI's 429 "Model is overloaded", or a bare failure (a proxy's 503, a crash's 500)."""
+    status, headers = failure if isinstance(failure, tuple) else (failure, {})
+    if status == 429:
+        return JSONResponse(error_body("Model is overloaded", "overloaded"), status, headers)
+    return JSONResponse(error_body(f"scripted failure {status}", "unavailable"), status, headers)
 
 
 def _step(chosen: WireToken, top_n: int) -> list[WireToken]:

@@ -4,6 +4,7 @@ the scripted TGI server, checked through huggingface_hub's client and the projec
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -63,8 +64,7 @@ def test_details_through_huggingface_hub(tgi_url: str, unique: Callable[[str], s
     assert [t["logprob"] for t in first_step] == sorted(
         (t["logprob"] for t in first_step), reverse=True
     )
-    assert details.prefill
-    assert details.prefill[0].logprob is None
+    assert details.prefill == []  # TGI 3.x: prefill log-probs are off unless asked for
 
 
 def test_bad_input_gets_tgi_style_errors(tgi_url: str) -> None:
@@ -88,7 +88,75 @@ def test_health_and_info(tgi_url: str) -> None:
     assert httpx.get(f"{tgi_url}/health").status_code == 200
     info = httpx.get(f"{tgi_url}/info").json()
     assert info["max_total_tokens"] > info["max_input_tokens"] > 0
-    assert {"model_id", "version", "max_best_of"} <= set(info)
+    assert {"model_id", "version", "max_best_of", "max_concurrent_requests"} <= set(info)
+
+
+def test_prompt_tokens_come_as_tgi_sends_them(tgi_url: str, unique: Callable[[str], str]) -> None:
+    """The ``x-prompt-tokens`` header of /generate and /tokenize agree on the prompt's count."""
+    prompt = unique(PROMPT)
+    generated = httpx.post(
+        f"{tgi_url}/generate",
+        json={"inputs": prompt, "parameters": {"max_new_tokens": 2, "details": True}},
+        timeout=60,
+    )
+    tokens = httpx.post(f"{tgi_url}/tokenize", json={"inputs": prompt}, timeout=60).json()
+    assert int(generated.headers["x-prompt-tokens"]) == len(tokens) > 0
+    assert (
+        int(generated.headers["x-generated-tokens"])
+        == generated.json()["details"]["generated_tokens"]
+    )
+    assert {"id", "text", "start", "stop"} <= set(tokens[0])
+
+
+def test_an_empty_input_with_too_many_top_tokens_names_the_limit(tgi_url: str) -> None:
+    """TGI checks top_n_tokens before the empty input: a probe learns the limit for free."""
+    too_many = {"inputs": "", "parameters": {"top_n_tokens": 9, "max_new_tokens": 1}}
+    assert "must be >= 0 and <= 5" in httpx.post(f"{tgi_url}/generate", json=too_many).text
+    allowed = {"inputs": "", "parameters": {"top_n_tokens": 5, "max_new_tokens": 1}}
+    assert "cannot be empty" in httpx.post(f"{tgi_url}/generate", json=allowed).text
+
+
+def test_model_server_counts_the_chat_template_and_prefill_only_when_enabled(
+    model: LocalModel,
+) -> None:
+    server = ServerThread(
+        create_model_server(model, model_id="smol", prefill_logprobs=True)
+    ).start()
+    try:
+        body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 1, "details": True,
+                                                 "decoder_input_details": True}}  # fmt: skip
+        response = httpx.post(f"{server.url}/generate", json=body, timeout=60)
+    finally:
+        server.stop()
+    ran = model.encode(PROMPT)  # the prompt in the chat template
+    assert len(ran) > len(model.tokenizer(PROMPT)["input_ids"])
+    assert int(response.headers["x-prompt-tokens"]) == len(ran)
+    prefill = response.json()["details"]["prefill"]
+    assert [token["id"] for token in prefill] == ran
+    assert prefill[0]["logprob"] is None
+
+
+def test_model_server_answers_429_beyond_its_concurrent_requests(model: LocalModel) -> None:
+    server = ServerThread(
+        create_model_server(model, model_id="smol", max_concurrent_requests=1)
+    ).start()
+    body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 24}}
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            statuses = sorted(
+                pool.map(
+                    lambda _: httpx.post(f"{server.url}/generate", json=body, timeout=120),
+                    range(4),
+                ),
+                key=lambda response: response.status_code,
+            )
+    finally:
+        server.stop()
+    codes = [response.status_code for response in statuses]
+    assert codes[0] == 200
+    assert 429 in codes
+    overloaded = statuses[-1].json()
+    assert overloaded == {"error": "Model is overloaded", "error_type": "overloaded"}
 
 
 def test_model_server_refuses_non_json_and_reports_metrics(model_server: ServerThread) -> None:

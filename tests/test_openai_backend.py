@@ -9,6 +9,7 @@ import pytest
 from services.llm.base import ModelError
 from services.llm.margin import first_token_margin
 from services.llm.openai_compat import OpenAIBackend
+from services.llm.token_count import estimate_tokens
 from tests.scripted_openai import ScriptedOpenAI
 
 
@@ -69,5 +70,32 @@ def test_wrong_key_or_model_is_a_permanent_error(
     with (
         client(openai_server, "chat", model="nope") as backend,
         pytest.raises(ModelError, match="HTTP 404: model_not_found"),
+    ):
+        backend.generate(unique("hi"), max_new_tokens=4)
+
+
+@pytest.mark.parametrize("api", ["chat", "completions"])
+def test_a_server_without_usage_is_charged_an_estimate_marked_as_such(
+    openai_server: ScriptedOpenAI, unique: Callable[[str], str], api: str
+) -> None:
+    prompt = unique("Is the review positive?")
+    openai_server.script(prompt, answer="Yes, clearly so", margin=0.4)
+    openai_server.sends_usage = False
+    try:
+        with client(openai_server, api) as backend:
+            generation = backend.generate(prompt, max_new_tokens=8)
+    finally:
+        openai_server.sends_usage = True
+    assert generation.input_tokens_estimated
+    assert generation.input_tokens == estimate_tokens(prompt) >= len(prompt.split())
+    assert generation.output_tokens == 3  # one log-prob entry per generated token
+
+
+def test_more_than_20_top_logprobs_is_refused_as_openai_does(
+    openai_server: ScriptedOpenAI, unique: Callable[[str], str]
+) -> None:
+    with (
+        client(openai_server, "chat", top_n_tokens=21) as backend,
+        pytest.raises(ModelError, match="HTTP 400: invalid_request_error"),
     ):
         backend.generate(unique("hi"), max_new_tokens=4)

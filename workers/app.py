@@ -1,6 +1,7 @@
 """The Celery app. Start a pool with ``twotier worker --queues small`` (or large)."""
 
 import os
+from typing import Any
 
 import structlog
 from celery import Celery
@@ -9,6 +10,7 @@ from prometheus_client import start_http_server
 
 from services import metrics
 from services.db import forget_engines
+from services.llm.server_limits import check_before_work
 from services.logs import configure_logging
 from services.settings import get_settings
 
@@ -37,6 +39,14 @@ def _serve_metrics(**_: object) -> None:
         log.warning("metrics.no_multiprocess_dir", hint="start workers with `twotier worker`")
     start_http_server(port, registry=metrics.exposition_registry(broker_url=None, database=False))
     log.info("metrics.serving", port=port)
+
+
+@worker_init.connect
+def _check_model_servers(sender: Any, **_: object) -> None:
+    # Stops the worker with a message naming the setting when its model servers cannot serve
+    # what the settings ask; names the tiers' models after the servers' when none is set.
+    queues = list(sender.app.amqp.queues.consume_from)
+    check_before_work(queues=queues, tasks_at_once=sender.concurrency)
 
 
 @worker_process_shutdown.connect

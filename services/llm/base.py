@@ -20,6 +20,9 @@ class Generation:
     input_tokens: int
     output_tokens: int
     finish_reason: str
+    # True when the server reported no prompt token count and ``input_tokens`` is this
+    # project's estimate (services/llm/token_count.py); the ledger keeps the mark.
+    input_tokens_estimated: bool = False
 
 
 class ModelError(Exception):
@@ -28,6 +31,18 @@ class ModelError(Exception):
 
 class TransientModelError(ModelError):
     """Timeout, connection failure, overload or 5xx: the same call may succeed later."""
+
+
+class ModelOverloaded(TransientModelError):
+    """The server is full (429, or 503 that says so): back-pressure, not a failure.
+
+    It slows the caller down and never counts towards the circuit breaker; the query waits
+    in the queue instead of failing or falling back.
+    """
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class Backend(Protocol):

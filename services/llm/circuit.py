@@ -3,9 +3,10 @@ worker for its timeouts.
 
 After ``failures_to_open`` transient failures in a row, calls fail at once for ``open_for_s``;
 then calls go through again, and the first failure opens the circuit anew while a success
-closes it. The state is kept per process: each worker finds out on its own, within a few calls.
-Unlike pybreaker, no lock is held while the model call runs, so the threads of a process call
-the model in parallel.
+closes it. Overload (the server full, answering 429) is back-pressure from a live server and
+counts neither way. The state is kept per process: each worker finds out on its own, within a
+few calls. Unlike pybreaker, no lock is held while the model call runs, so the threads of a
+process call the model in parallel.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from services.llm.base import TransientModelError
+from services.llm.base import ModelOverloaded, TransientModelError
 
 T = TypeVar("T")
 
@@ -57,6 +58,8 @@ class CircuitBreaker:
             )
         try:
             result = call()
+        except ModelOverloaded:
+            raise  # a full server is alive: neither a failure nor a success
         except TransientModelError:
             with self._lock:
                 self._failures += 1

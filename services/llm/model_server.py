@@ -1,8 +1,13 @@
 """``twotier model-server``: a TGI-compatible HTTP server over the local model.
 
 It serves ``POST /generate`` (and ``POST /``, as TGI does) with TGI's request and response shape
-and TGI's 422 validation errors, plus ``/health``, ``/info`` and Prometheus ``/metrics`` with
-TGI's metric names, so the small-tier workers run the TGI client unchanged on a laptop.
+and TGI's 422 validation errors, plus ``/tokenize``, ``/health``, ``/info`` and Prometheus
+``/metrics`` with TGI's metric names, so the small-tier workers run the TGI client unchanged on
+a laptop. It behaves as TGI 3.x does by default: ``details.prefill`` is empty unless started
+with prefill log-probs on (``--enable-prefill-logprobs``), the prompt's token count comes in the
+``x-prompt-tokens`` header, and beyond ``max_concurrent_requests`` calls in flight it answers
+429 "Model is overloaded". The prompt's tokens are those the model ran: with the chat template
+applied (unless ``--raw-prompts``), which is what ``/tokenize`` counts too.
 """
 
 from __future__ import annotations
@@ -28,9 +33,11 @@ from services.llm.local_model import LocalModel
 from services.llm.tgi_wire import (
     GenerateRequest,
     ServerLimits,
+    count_headers,
     error_body,
     max_new_tokens,
     response_body,
+    tokenize_body,
     validation_error,
 )
 
@@ -63,6 +70,8 @@ def create_model_server(
     model_id: str,
     max_top_n_tokens: int = 5,
     max_input_tokens: int | None = None,
+    max_concurrent_requests: int = 128,
+    prefill_logprobs: bool = False,
 ) -> FastAPI:
     limits = ServerLimits(
         max_input_tokens=max_input_tokens or model.max_total_tokens - 1,
@@ -71,13 +80,25 @@ def create_model_server(
     )
     metrics = ServerMetrics()
     app = FastAPI(title="twotier model-server", version=VERSION)
+    in_flight = 0  # requests admitted and not answered; only the event loop changes it
 
     def refuse(message: str, status: int = 422) -> JSONResponse:
         metrics.failures.labels(err="validation").inc()
         return JSONResponse(error_body(message), status_code=status)
 
     async def generate(request: Request) -> JSONResponse:
+        nonlocal in_flight
         metrics.requests.inc()
+        if in_flight >= max_concurrent_requests:
+            metrics.failures.labels(err="overloaded").inc()
+            return JSONResponse(error_body("Model is overloaded", "overloaded"), status_code=429)
+        in_flight += 1
+        try:
+            return await generate_admitted(request)
+        finally:
+            in_flight -= 1
+
+    async def generate_admitted(request: Request) -> JSONResponse:
         try:
             generate_request = GenerateRequest.model_validate(json.loads(await request.body()))
         except json.JSONDecodeError as exc:
@@ -113,10 +134,25 @@ def create_model_server(
         metrics.duration.observe(time.perf_counter() - started)
         metrics.generated_tokens.observe(len(generation.tokens))
         metrics.successes.inc()
-        return JSONResponse(response_body(generation, params))
+        return JSONResponse(
+            response_body(generation, params, prefill_logprobs=prefill_logprobs),
+            headers=count_headers(
+                input_tokens=len(input_ids), generated_tokens=len(generation.tokens)
+            ),
+        )
 
     app.add_api_route("/generate", generate, methods=["POST"])
     app.add_api_route("/", generate, methods=["POST"])
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> JSONResponse:
+        try:
+            inputs = str(json.loads(await request.body())["inputs"])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            return refuse(f"Failed to deserialize the JSON body: {exc!r}")
+        ids = await run_in_threadpool(model.encode, inputs) if inputs else []
+        pieces = [model.tokenizer.decode([token_id]) for token_id in ids]
+        return JSONResponse(tokenize_body(ids, pieces))
 
     @app.get("/health")
     def health() -> Response:
@@ -128,7 +164,7 @@ def create_model_server(
             "model_id": model_id,
             "model_sha": None,
             "model_pipeline_tag": "text-generation",
-            "max_concurrent_requests": 128,
+            "max_concurrent_requests": max_concurrent_requests,
             "max_best_of": 1,
             "max_stop_sequences": 0,
             "max_input_tokens": limits.max_input_tokens,

@@ -3,6 +3,11 @@
 ``/v1/chat/completions`` with ``logprobs`` + ``top_logprobs``, or ``/v1/completions`` with
 ``logprobs: k``; ``temperature: 0`` so the reported log-probs are the model's own. The margin
 comes from the first generated token's top log-probs.
+
+Token counts come from ``usage`` (``prompt_tokens`` counts the chat template's tokens too: what
+the server ran). A server that sends no usage is still charged: the prompt's tokens are
+estimated (and marked so in the ledger), the answer's are the log-probs' entries, one per
+generated token.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from typing import Any, Literal
 
 from services.llm.base import Generation, ModelError, TokenCandidate
 from services.llm.http_backend import HttpBackend
+from services.llm.token_count import estimate_tokens
 
 
 class OpenAIBackend(HttpBackend):
@@ -24,12 +30,18 @@ class OpenAIBackend(HttpBackend):
         timeout_s: float,
         top_n_tokens: int,
         attempts: int,
+        overload_patience_s: float = 60.0,
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         base = url.rstrip("/")
         base = base if base.endswith("/v1") else f"{base}/v1"  # accept either form of the URL
         super().__init__(
-            url=base, model=model, timeout_s=timeout_s, attempts=attempts, headers=headers
+            url=base,
+            model=model,
+            timeout_s=timeout_s,
+            attempts=attempts,
+            headers=headers,
+            overload_patience_s=overload_patience_s,
         )
         self.api = api
         self.top_n_tokens = top_n_tokens
@@ -47,7 +59,7 @@ class OpenAIBackend(HttpBackend):
                 "logprobs": True,
                 "top_logprobs": top_n,
             }
-            return parse_chat_response(self.post_json("chat/completions", body))
+            return parse_chat_response(self.post_json("chat/completions", body), prompt=prompt)
         body = {
             "model": self.model,
             "prompt": prompt,
@@ -55,10 +67,10 @@ class OpenAIBackend(HttpBackend):
             "temperature": 0,
             "logprobs": top_n,
         }
-        return parse_completion_response(self.post_json("completions", body))
+        return parse_completion_response(self.post_json("completions", body), prompt=prompt)
 
 
-def parse_chat_response(payload: dict[str, Any]) -> Generation:
+def parse_chat_response(payload: dict[str, Any], *, prompt: str) -> Generation:
     try:
         choice = payload["choices"][0]
         content = (choice.get("logprobs") or {}).get("content") or []
@@ -67,33 +79,48 @@ def parse_chat_response(payload: dict[str, Any]) -> Generation:
             TokenCandidate(token_id=rank, text=str(item["token"]), logprob=float(item["logprob"]))
             for rank, item in enumerate(first)
         )
-        return _generation(payload, str(choice["message"].get("content") or ""), candidates)
+        text = str(choice["message"].get("content") or "")
+        return _generation(payload, prompt, text, candidates, generated_tokens=len(content))
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise ModelError(f"unexpected chat completion response: {exc!r}") from exc
 
 
-def parse_completion_response(payload: dict[str, Any]) -> Generation:
+def parse_completion_response(payload: dict[str, Any], *, prompt: str) -> Generation:
     try:
         choice = payload["choices"][0]
-        top = (choice.get("logprobs") or {}).get("top_logprobs") or []
+        logprobs = choice.get("logprobs") or {}
+        top = logprobs.get("top_logprobs") or []
         first: dict[str, float] = top[0] if top else {}
         candidates = tuple(
             TokenCandidate(token_id=rank, text=str(token), logprob=float(logprob))
             for rank, (token, logprob) in enumerate(first.items())
         )
-        return _generation(payload, str(choice["text"]), candidates)
+        generated = len(logprobs.get("tokens") or [])
+        return _generation(
+            payload, prompt, str(choice["text"]), candidates, generated_tokens=generated
+        )
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise ModelError(f"unexpected completion response: {exc!r}") from exc
 
 
 def _generation(
-    payload: dict[str, Any], text: str, candidates: tuple[TokenCandidate, ...]
+    payload: dict[str, Any],
+    prompt: str,
+    text: str,
+    candidates: tuple[TokenCandidate, ...],
+    *,
+    generated_tokens: int,
 ) -> Generation:
     usage = payload.get("usage") or {}
+    prompt_tokens = usage.get("prompt_tokens")
+    completion_tokens = usage.get("completion_tokens")
     return Generation(
         text=text,
         first_token_candidates=candidates,
-        input_tokens=int(usage.get("prompt_tokens") or 0),
-        output_tokens=int(usage.get("completion_tokens") or 0),
+        input_tokens=int(prompt_tokens) if prompt_tokens else estimate_tokens(prompt),
+        output_tokens=int(completion_tokens)
+        if completion_tokens is not None
+        else generated_tokens or estimate_tokens(text),
         finish_reason=str(payload["choices"][0].get("finish_reason") or "unknown"),
+        input_tokens_estimated=not prompt_tokens,
     )

@@ -63,6 +63,7 @@ def _build_backend(tier: Tier) -> Backend:
             timeout_s=tier_settings.timeout_s,
             top_n_tokens=settings.top_n_tokens,
             attempts=settings.model_call_attempts,
+            overload_patience_s=settings.overload_patience_s,
         )
     from services.llm.tgi import TGIBackend  # noqa: PLC0415
 
@@ -72,6 +73,7 @@ def _build_backend(tier: Tier) -> Backend:
         timeout_s=tier_settings.timeout_s,
         top_n_tokens=settings.top_n_tokens,
         attempts=settings.model_call_attempts,
+        overload_patience_s=settings.overload_patience_s,
     )
 
 

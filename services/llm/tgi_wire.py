@@ -80,14 +80,10 @@ def validation_error(
     params = request.parameters
     top_n = params.top_n_tokens or 0
     max_new = max_new_tokens(request, input_tokens=input_tokens, limits=limits)
+    # In TGI's order, which callers rely on: an empty input with a top_n_tokens above the
+    # limit gets the top_n_tokens error, so a probe learns the limit without running the model.
     checks = [
-        (not request.inputs, "`inputs` cannot be empty"),
         (request.stream, "streaming is not supported by this server"),
-        (
-            not 0 <= top_n <= limits.max_top_n_tokens,
-            f"`top_n_tokens` must be >= 0 and <= {limits.max_top_n_tokens}. Given: {top_n}",
-        ),
-        (max_new <= 0, "`max_new_tokens` must be strictly positive"),
         (
             params.temperature is not None and params.temperature <= 0,
             "`temperature` must be strictly positive",
@@ -96,6 +92,12 @@ def validation_error(
             params.repetition_penalty is not None and params.repetition_penalty <= 0,
             "`repetition_penalty` must be strictly positive",
         ),
+        (max_new <= 0, "`max_new_tokens` must be strictly positive"),
+        (
+            not 0 <= top_n <= limits.max_top_n_tokens,
+            f"`top_n_tokens` must be >= 0 and <= {limits.max_top_n_tokens}. Given: {top_n}",
+        ),
+        (not request.inputs, "`inputs` cannot be empty"),
         (
             input_tokens > limits.max_input_tokens,
             f"`inputs` must have less than {limits.max_input_tokens} tokens. Given: {input_tokens}",
@@ -122,7 +124,11 @@ def error_body(message: str, error_type: str = "validation") -> dict[str, str]:
     return {"error": message, "error_type": error_type}
 
 
-def response_body(generation: DetailedGeneration, params: GenerateParameters) -> dict[str, Any]:
+def response_body(
+    generation: DetailedGeneration, params: GenerateParameters, *, prefill_logprobs: bool = False
+) -> dict[str, Any]:
+    """TGI's body. As in TGI 3.x, ``prefill`` stays empty unless the server runs with prefill
+    log-probs on (``--enable-prefill-logprobs``) and the request asks for them."""
     body: dict[str, Any] = {"generated_text": generation.text}
     if not params.details:
         return body
@@ -131,7 +137,7 @@ def response_body(generation: DetailedGeneration, params: GenerateParameters) ->
         "generated_tokens": len(generation.tokens),
         "seed": params.seed,
         "prefill": [t.as_json(with_special=False) for t in generation.prefill]
-        if params.decoder_input_details
+        if params.decoder_input_details and prefill_logprobs
         else [],
         "tokens": [t.as_json() for t in generation.tokens],
         "top_tokens": [[t.as_json() for t in step] for step in generation.top_tokens]
@@ -139,3 +145,20 @@ def response_body(generation: DetailedGeneration, params: GenerateParameters) ->
         else [],
     }
     return body
+
+
+def tokenize_body(ids: list[int], pieces: list[str]) -> list[dict[str, Any]]:
+    """``POST /tokenize``'s answer: each token with its id, text and character span."""
+    tokens, offset = [], 0
+    for token_id, piece in zip(ids, pieces, strict=True):
+        tokens.append({"id": token_id, "text": piece, "start": offset, "stop": offset + len(piece)})
+        offset += len(piece)
+    return tokens
+
+
+PROMPT_TOKENS_HEADER = "x-prompt-tokens"
+
+
+def count_headers(*, input_tokens: int, generated_tokens: int) -> dict[str, str]:
+    """The token counts TGI's ``/generate`` sends as headers (since TGI 1.4)."""
+    return {PROMPT_TOKENS_HEADER: str(input_tokens), "x-generated-tokens": str(generated_tokens)}
