@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -11,15 +12,26 @@ from typing import Annotated, Any
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
+    Strict,
     StringConstraints,
     field_validator,
 )
 
 from services.accounting import money_text
 from services.models import Query, QueryStatus
+
+
+class RequestBody(BaseModel):
+    """A request body: unknown fields are refused, and so is a value of another JSON type than
+    the schema's (strict: no `true` or `"12"` for an integer, no `0` for a boolean). Amounts
+    and enum values opt out with ``Strict(False)``: their documented JSON forms are strings
+    (and numbers, for amounts), which strict validation of parsed JSON would refuse."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ErrorDetail(BaseModel):
@@ -79,12 +91,25 @@ def utc_instant(value: datetime) -> datetime:
         raise ValueError("the instant is out of range once converted to UTC") from exc
 
 
-UtcInstant = Annotated[datetime, AfterValidator(utc_instant)]
+ISO_DATE_START = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def iso_8601_text(value: Any) -> Any:
+    """Only ISO 8601 text is an instant here: pydantic alone also reads a number, or text such
+    as "0.5", as seconds since 1970."""
+    if not isinstance(value, datetime) and not (
+        isinstance(value, str) and ISO_DATE_START.match(value)
+    ):
+        raise ValueError("must be an ISO 8601 instant, e.g. 2025-01-31T00:00:00Z")
+    return value
+
+
+UtcInstant = Annotated[datetime, BeforeValidator(iso_8601_text), AfterValidator(utc_instant)]
 StoredText = Annotated[str, AfterValidator(storable_text)]
 StoredJson = Annotated[dict[str, Any], AfterValidator(storable_json)]
 # What the NUMERIC(20, 10) and INTEGER columns hold; beyond that a value is refused with 422
 # instead of failing in the database.
-StoredAmount = Annotated[Decimal, Field(ge=0, max_digits=20, decimal_places=10)]
+StoredAmount = Annotated[Decimal, Strict(False), Field(ge=0, max_digits=20, decimal_places=10)]
 StoredCount = Annotated[int, Field(ge=1, le=2**31 - 1)]
 
 WebhookUrl = Annotated[
@@ -99,9 +124,7 @@ ChoiceName = Annotated[
 ]
 
 
-class QueryCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class QueryCreate(RequestBody):
     prompt: StoredText = Field(min_length=1, description="The text the model answers.")
     max_new_tokens: int | None = Field(
         default=None, ge=1, description="Most tokens to generate; the server default if absent."
