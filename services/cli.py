@@ -351,6 +351,7 @@ def api(host: str, port: int, workers: int | None) -> None:
         _share_metrics_between_processes()
     import uvicorn  # noqa: PLC0415
 
+    from services.api.http_protocol import JsonErrorH11Protocol  # noqa: PLC0415
     from services.logs import configure_logging, server_log_config  # noqa: PLC0415
 
     configure_logging(level=settings.log_level, json=settings.log_json)
@@ -365,6 +366,7 @@ def api(host: str, port: int, workers: int | None) -> None:
         host=host,
         port=port,
         workers=workers,
+        http=JsonErrorH11Protocol,
         log_level=settings.log_level.lower(),
         log_config=server_log_config(level=settings.log_level, json=settings.log_json),
         access_log=False,  # services.api.access_log writes it, as JSON, without query strings

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from rich.console import Console
 
 from services.api.app import create_app
+from services.api.http_protocol import JsonErrorH11Protocol
 from services.api.metrics_port import serve_api_metrics
 from services.db import session_scope
 from services.embedded import InProcessQueue
@@ -57,6 +58,7 @@ def run_embedded(*, host: str, port: int) -> None:
         create_app(work_queue, lifespan=lifespan),
         host=host,
         port=port,
+        http=JsonErrorH11Protocol,
         log_level="warning",
         log_config=server_log_config(level="WARNING", json=settings.log_json),
         access_log=False,  # services.api.access_log writes it, as JSON, without query strings

@@ -97,7 +97,7 @@ def test_a_query_field_of_another_json_type_is_422_and_stores_nothing(
     body = {"prompt": "strict types", **field}
     response = tenant.client.post("/v1/queries", json=body, headers=tenant.headers)
     error = assert_error(response, 422, "invalid_request")
-    assert [detail["location"][-1] for detail in error["details"]][0] in {*field, 1}
+    assert next(detail["location"][-1] for detail in error["details"]) in {*field, 1}
     assert stored_queries(tenant) == 0
 
 
@@ -131,7 +131,8 @@ def test_amounts_keep_their_documented_forms_strings_and_numbers(
         updated = client.patch(url, json={"budget_soft_limit": amount}, headers=ADMIN)
         assert updated.status_code == 200, updated.text
         assert float(updated.json()["budget_soft_limit"]) == float(amount)
-    enabled = client.patch(url, json={"disabled": False, "target_escalation_rate": 1}, headers=ADMIN)
+    change = {"disabled": False, "target_escalation_rate": 1}
+    enabled = client.patch(url, json=change, headers=ADMIN)
     assert enabled.status_code == 200, enabled.text
     price = client.put(
         "/v1/admin/prices/strict-model",

@@ -85,15 +85,19 @@ def error_response(
     return JSONResponse(status_code=status, content=body, headers=headers)
 
 
+# The methods the API's routes use; a 405 names those of them that the path answers.
+ROUTE_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
+
+
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route declares for the request's path. Starlette's own 405 names
-    only the first route that matched the path, and FastAPI has one route per method."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "OPTIONS"})
-        if match != Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
-    return sorted(methods)
+    """Every method some route answers on the request's path. Starlette's own 405 names only
+    the first route that matched the path, and FastAPI has one route per method."""
+
+    def answers(method: str) -> bool:
+        scope = {**request.scope, "method": method}
+        return any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes)
+
+    return [method for method in ROUTE_METHODS if answers(method)]
 
 
 def install_error_handlers(app: FastAPI) -> None:
