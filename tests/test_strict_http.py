@@ -85,7 +85,8 @@ def test_a_malformed_id_under_webhooks_is_404_not_a_fixed_path(tenant: TenantApi
     [
         {"max_new_tokens": True},
         {"max_new_tokens": "12"},
-        {"max_new_tokens": 12.0},
+        {"max_new_tokens": 12.5},
+        {"max_new_tokens": None, "task": True},
         {"prompt": 5},
         {"task": 7},
         {"choices": ["yes", 1]},
@@ -99,6 +100,13 @@ def test_a_query_field_of_another_json_type_is_422_and_stores_nothing(
     error = assert_error(response, 422, "invalid_request")
     assert next(detail["location"][-1] for detail in error["details"]) in {*field, 1}
     assert stored_queries(tenant) == 0
+
+
+def test_an_integer_may_be_written_as_json_schema_reads_integers(tenant: TenantApi) -> None:
+    body = {"prompt": "twelve tokens", "max_new_tokens": 12.0}
+    response = tenant.client.post("/v1/queries", json=body, headers=tenant.headers)
+    assert response.status_code == 202, response.text
+    assert response.json()["max_new_tokens"] == 12
 
 
 @pytest.mark.parametrize(

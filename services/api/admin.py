@@ -18,10 +18,10 @@ from services.api.errors import ERROR_RESPONSES
 from services.api.schemas import (
     ErrorBody,
     Money,
+    NamingText,
     RequestBody,
     StoredAmount,
     StoredCount,
-    StoredText,
 )
 from services.errors import NotFound
 from services.models import ApiKey, ModelPrice, Tenant, utcnow
@@ -40,7 +40,7 @@ ModelName = Annotated[str, Path(max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
 class TenantCreate(RequestBody):
-    name: StoredText = Field(min_length=1, max_length=200)
+    name: NamingText = Field(min_length=1, max_length=200)
     target_escalation_rate: float = Field(default=0.3, ge=0, le=1)
 
 

@@ -18,6 +18,7 @@ from services.api.body_encoding import Utf8Body
 from services.api.body_limit import RequestBodyLimit
 from services.api.database import RequestDatabase
 from services.api.errors import install_error_handlers
+from services.api.openapi import state_limits_in_schema
 from services.db import database_is_reachable
 from services.dispatch import Dispatcher
 from services.logs import configure_logging
@@ -51,6 +52,7 @@ def create_app(dispatcher: Dispatcher, *, lifespan: Lifespan | None = None) -> F
     app.add_middleware(RequestBodyLimit, max_bytes=settings.request_body_limit)
     app.add_middleware(AccessLog)
     install_error_handlers(app)
+    state_limits_in_schema(app, settings)
     app.include_router(queries.router)
     app.include_router(admin.router)
     app.include_router(usage.router)

@@ -16,8 +16,10 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    PlainValidator,
     Strict,
     StringConstraints,
+    WithJsonSchema,
     field_validator,
 )
 
@@ -25,11 +27,28 @@ from services.accounting import money_text
 from services.models import Query, QueryStatus
 
 
+def json_number(value: Any) -> Any:
+    """Refuse what is not a JSON number before pydantic's lax integer parsing sees it."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a JSON number")
+    return value
+
+
+# A JSON integer as JSON Schema reads it: 12 or 12.0, never 12.5, "12" or true (strict int
+# refuses 12.0, which the schema's "integer" allows).
+# Constraints go inside, with Field, so that the schema states them as minimum and maximum.
+JsonInteger = Annotated[int, Strict(False), BeforeValidator(json_number)]
+
+
+def json_integer(*, ge: int, le: int | None = None) -> Any:
+    return Annotated[int, Strict(False), Field(ge=ge, le=le), BeforeValidator(json_number)]
+
+
 class RequestBody(BaseModel):
     """A request body: unknown fields are refused, and so is a value of another JSON type than
-    the schema's (strict: no `true` or `"12"` for an integer, no `0` for a boolean). Amounts
-    and enum values opt out with ``Strict(False)``: their documented JSON forms are strings
-    (and numbers, for amounts), which strict validation of parsed JSON would refuse."""
+    the schema's (strict: no `true` or `"12"` for an integer, no `0` for a boolean). Enum values
+    opt out with ``Strict(False)``, and amounts validate themselves (``stored_amount``): their
+    documented JSON forms include strings, which strict validation of parsed JSON refuses."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -105,29 +124,73 @@ def iso_8601_text(value: Any) -> Any:
 
 
 UtcInstant = Annotated[datetime, BeforeValidator(iso_8601_text), AfterValidator(utc_instant)]
-StoredText = Annotated[str, AfterValidator(storable_text)]
+# What the schema says of storable text (``storable_text`` also refuses unpaired surrogates,
+# which JSON Schema cannot name).
+NO_NUL = r"^[^\x00]*$"
+NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"
+StoredText = Annotated[
+    str, AfterValidator(storable_text), Field(json_schema_extra={"pattern": NO_NUL})
+]
+# Storable text with more than spaces in it (names, labels).
+NamingText = Annotated[
+    str, AfterValidator(storable_text), Field(json_schema_extra={"pattern": NOT_BLANK})
+]
 StoredJson = Annotated[dict[str, Any], AfterValidator(storable_json)]
 # What the NUMERIC(20, 10) and INTEGER columns hold; beyond that a value is refused with 422
 # instead of failing in the database.
-StoredAmount = Annotated[Decimal, Strict(False), Field(ge=0, max_digits=20, decimal_places=10)]
-StoredCount = Annotated[int, Field(ge=1, le=2**31 - 1)]
+AMOUNT_PLACES = Decimal("1e-10")
+# JSON numbers stop at a whole number that a double holds exactly; strings go up to
+# 9999999999.9999999999.
+LARGEST_NUMBER = 9_999_999_999
+AMOUNT_TEXT = re.compile(r"\d{1,10}(\.\d{1,10})?")
+
+
+def stored_amount(value: Any) -> Decimal:
+    """An amount as the schema states it: a decimal string of at most 10 digits before and 10
+    after the point, or a JSON number from 0 to LARGEST_NUMBER, rounded to 10 decimal places
+    (a binary number rarely has an exact decimal form)."""
+    if isinstance(value, str):
+        if not AMOUNT_TEXT.fullmatch(value):
+            raise ValueError("must be a decimal string such as 12.5 (up to 10 digits each side)")
+        return Decimal(value)
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise ValueError("must be a number or a decimal string")
+    amount = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+    if not amount.is_finite() or not 0 <= amount <= LARGEST_NUMBER:
+        raise ValueError(f"a number must be from 0 to {LARGEST_NUMBER} (or send a string)")
+    return amount.quantize(AMOUNT_PLACES)
+
+
+StoredAmount = Annotated[
+    Decimal,
+    PlainValidator(stored_amount),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0, "maximum": LARGEST_NUMBER},
+                {"type": "string", "pattern": f"^{AMOUNT_TEXT.pattern}$"},
+            ]
+        }
+    ),
+]
+StoredCount = json_integer(ge=1, le=2**31 - 1)
 
 WebhookUrl = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=2000, pattern=r"^https?://[^\s]+$"),
+    StringConstraints(min_length=1, max_length=2000, pattern=r"^https?://[^\s\x00]+$"),
     AfterValidator(storable_text),
 ]
 ChoiceName = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=NOT_BLANK),
     AfterValidator(storable_text),
 ]
 
 
 class QueryCreate(RequestBody):
     prompt: StoredText = Field(min_length=1, description="The text the model answers.")
-    max_new_tokens: int | None = Field(
-        default=None, ge=1, description="Most tokens to generate; the server default if absent."
+    max_new_tokens: json_integer(ge=1) | None = Field(  # type: ignore[valid-type]
+        default=None, description="Most tokens to generate; the server default if absent."
     )
     task: str | None = Field(
         default=None,
@@ -145,8 +208,10 @@ class QueryCreate(RequestBody):
         default=None,
         min_length=2,
         max_length=50,
+        json_schema_extra={"uniqueItems": True},
         description="Class labels: the margin is taken over their first tokens and the answer "
-        "is the winning label (the prompt should ask for one of them).",
+        "is the winning label (the prompt should ask for one of them). They must differ in more "
+        "than case and spaces.",
     )
     webhook_url: WebhookUrl | None = Field(
         default=None,

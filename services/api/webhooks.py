@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response, status
-from pydantic import BaseModel, Field, Strict
+from pydantic import BaseModel, ConfigDict, Field, Strict
 from sqlalchemy.orm import Session
 
 from services.api.deps import SettingsDep, TenantDep
@@ -43,6 +43,16 @@ class EndpointCreate(RequestBody):
 
 class EndpointUpdate(RequestBody):
     """Only the fields sent change."""
+
+    # `all_events: true` clears the filter, so it cannot come with a new one.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "not": {
+                "required": ["all_events", "event_types"],
+                "properties": {"all_events": {"const": True}, "event_types": {"type": "array"}},
+            }
+        }
+    )
 
     url: WebhookUrl | None = None
     description: StoredText | None = Field(default=None, max_length=500)
