@@ -41,6 +41,7 @@ from workers.dispatch import CeleryDispatcher
 EXAMPLES_PER_OPERATION = 30
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 CONFIG = Path(__file__).parent / "schemathesis.toml"
+ROOT = Path(__file__).resolve().parent.parent
 # The tenant's API and the admin API, each with its own credentials.
 RUNS = {"tenant": r"^/v1/(queries|usage|webhooks)", "admin": r"^/v1/admin"}
 
@@ -93,7 +94,10 @@ def _finish_fuzz_work(tenant_id: uuid.UUID, prices: list[tuple[str, object, obje
     celery_app.control.purge()
 
 
-def _schemathesis(url: str, *, paths: str, token: str) -> subprocess.CompletedProcess[str]:
+def _schemathesis(
+    url: str, *, paths: str, token: str, workdir: Path
+) -> subprocess.CompletedProcess[str]:
+    """`schemathesis run` in ``workdir``, where it keeps its cache of failures."""
     command = [
         str(SCHEMATHESIS), "--config-file", str(CONFIG), "--no-color", "run",
         f"{url}/openapi.json", "--include-path-regex", paths,
@@ -101,18 +105,23 @@ def _schemathesis(url: str, *, paths: str, token: str) -> subprocess.CompletedPr
         "--max-examples", str(EXAMPLES_PER_OPERATION), "--seed", "1",  # reproducible in CI
         "--workers", "1", "--request-timeout", "30", "--output-truncate", "false",
     ]  # fmt: skip
-    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.fuzz_hooks"}
-    return subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.fuzz_hooks", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        command, env=env, cwd=workdir, capture_output=True, text=True, check=False
+    )
 
 
 @pytest.mark.timeout(420)
 def test_schemathesis_with_every_check_finds_nothing(
-    api_server: ServerThread, fuzz_tenant: TenantApi, capsys: pytest.CaptureFixture[str]
+    api_server: ServerThread,
+    fuzz_tenant: TenantApi,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ) -> None:
     tokens = {"tenant": fuzz_tenant.api_key, "admin": ADMIN_TOKEN}
     reports = []
     for name, paths in RUNS.items():  # the tenant's first: the admin run may disable tenants
-        result = _schemathesis(api_server.url, paths=paths, token=tokens[name])
+        result = _schemathesis(api_server.url, paths=paths, token=tokens[name], workdir=tmp_path)
         output = result.stdout + result.stderr
         assert result.returncode == 0, output
         summary = re.search(r"(\d+) generated, (\d+) passed", output)

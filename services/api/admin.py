@@ -15,14 +15,8 @@ from services import tenants
 from services.accounting import settings_price
 from services.api.deps import AdminDep, DatabaseDep, SettingsDep
 from services.api.errors import ERROR_RESPONSES
-from services.api.schemas import (
-    ErrorBody,
-    Money,
-    NamingText,
-    RequestBody,
-    StoredAmount,
-    StoredCount,
-)
+from services.api.fields import NamingText, StoredAmount, StoredCount
+from services.api.schemas import ErrorBody, Money, RequestBody
 from services.errors import NotFound
 from services.models import ApiKey, ModelPrice, Tenant, utcnow
 

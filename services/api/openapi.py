@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from services.api.schemas import NO_NUL
+from services.api.fields import NO_NUL
 from services.settings import Settings
 
 JSON_VALUE = "#/components/schemas/StoredJsonValue"

@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 
 from services.api.deps import SettingsDep, TenantDep
 from services.api.errors import ERROR_RESPONSES
-from services.api.schemas import ErrorBody, RequestBody, StoredText, WebhookUrl
+from services.api.fields import StoredText, WebhookUrl
+from services.api.schemas import ErrorBody, RequestBody
 from services.models import Tenant, WebhookDelivery, WebhookEndpoint
 from services.webhooks import endpoints
 from services.webhooks.events import EventType
