@@ -364,23 +364,33 @@ def api(host: str, port: int, workers: int | None) -> None:
     few (docs/deploy.md). One process per CPU keeps every core busy.
     """
     _require_broker()
+    settings = get_settings()
     workers = workers or available_cpus()
     if workers > 1:
         _share_metrics_between_processes()
     import uvicorn  # noqa: PLC0415
 
+    from services.api.http_protocol import JsonErrorH11Protocol  # noqa: PLC0415
     from services.llm.server_limits import name_models_if_reachable  # noqa: PLC0415
+    from services.logs import configure_logging, server_log_config  # noqa: PLC0415
 
+    configure_logging(level=settings.log_level, json=settings.log_json)
     # Prices are looked up by model name: name the tiers as the workers do.
-    name_models_if_reachable(get_settings())
+    name_models_if_reachable(settings)
+    if settings.api_metrics_port is not None:
+        from services.api.metrics_port import serve_api_metrics  # noqa: PLC0415
 
+        # Before uvicorn starts the worker processes: this process serves all of theirs.
+        serve_api_metrics(host=host, port=settings.api_metrics_port)
     uvicorn.run(
         "services.api.app:create_default_app",
         factory=True,
         host=host,
         port=port,
         workers=workers,
-        log_level=get_settings().log_level.lower(),
+        http=JsonErrorH11Protocol,
+        log_level=settings.log_level.lower(),
+        log_config=server_log_config(level=settings.log_level, json=settings.log_json),
         access_log=False,  # services.api.access_log writes it, as JSON, without query strings
     )
 

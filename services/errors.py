@@ -23,6 +23,12 @@ class NotFound(TwotierError):
     code = "not_found"
 
 
+class TenantNameTaken(TwotierError):
+    """Another tenant has this name: names are unique, so the request conflicts with it."""
+
+    code = "tenant_name_taken"
+
+
 class IdempotencyConflict(TwotierError):
     code = "idempotency_key_reused"
 

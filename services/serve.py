@@ -11,11 +11,13 @@ from fastapi import FastAPI
 from rich.console import Console
 
 from services.api.app import create_app
+from services.api.http_protocol import JsonErrorH11Protocol
+from services.api.metrics_port import serve_api_metrics
 from services.db import session_scope
 from services.embedded import InProcessQueue
 from services.llm.registry import backend_for
 from services.llm.server_limits import check_or_exit
-from services.logs import configure_logging
+from services.logs import configure_logging, server_log_config
 from services.migrate import upgrade_to_head
 from services.models import Tier
 from services.settings import Settings, TierSettings, get_settings
@@ -52,8 +54,16 @@ def run_embedded(*, host: str, port: int) -> None:
         work_queue.stop()
         console.print("Stopped; queries not yet answered resume at the next start.")
 
+    if settings.api_metrics_port is not None:
+        serve_api_metrics(host=host, port=settings.api_metrics_port)
     uvicorn.run(
-        create_app(work_queue, lifespan=lifespan), host=host, port=port, log_level="warning"
+        create_app(work_queue, lifespan=lifespan),
+        host=host,
+        port=port,
+        http=JsonErrorH11Protocol,
+        log_level="warning",
+        log_config=server_log_config(level="WARNING", json=settings.log_json),
+        access_log=False,  # services.api.access_log writes it, as JSON, without query strings
     )
 
 

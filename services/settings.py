@@ -99,6 +99,18 @@ class Settings(BaseSettings):
         description="Port of a worker's Prometheus /metrics server (all its pool processes); "
         "unset: no server.",
     )
+    api_metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Port of the api's Prometheus /metrics server (every process of `twotier "
+        "api`, or `twotier serve`), on the api's host; unset: no server. Keep it unpublished: "
+        "the metrics name tenants and costs.",
+    )
+    api_public_metrics: bool = Field(
+        default=False,
+        description="Also answer /metrics on the API's own (public) port.",
+    )
     worker_shutdown_timeout_s: float = Field(
         default=60.0,
         ge=0,

@@ -15,10 +15,17 @@ from typing import Any
 
 import structlog
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.budgets import PERIODS
-from services.errors import InvalidApiKey, InvalidRequest, NotFound, TenantDisabled
+from services.errors import (
+    InvalidApiKey,
+    InvalidRequest,
+    NotFound,
+    TenantDisabled,
+    TenantNameTaken,
+)
 from services.models import ApiKey, Tenant, utcnow
 
 log = structlog.get_logger(__name__)
@@ -46,11 +53,16 @@ def create_tenant(session: Session, *, name: str, target_escalation_rate: float)
         raise InvalidRequest("tenant name must not be empty")
     if not 0.0 <= target_escalation_rate <= 1.0:
         raise InvalidRequest("target escalation rate must be between 0 and 1")
+    taken = TenantNameTaken(f"a tenant named {name!r} already exists")
     if session.scalar(select(Tenant.id).where(Tenant.name == name)) is not None:
-        raise InvalidRequest(f"a tenant named {name!r} already exists")
+        raise taken
     tenant = Tenant(name=name, target_escalation_rate=target_escalation_rate, disabled=False)
-    session.add(tenant)
-    session.flush()
+    try:
+        with session.begin_nested():  # a concurrent create of the same name loses here
+            session.add(tenant)
+            session.flush()
+    except IntegrityError as exc:
+        raise taken from exc
     return NewTenant(tenant=tenant, api_key=issue_api_key(session, tenant=tenant).raw)
 
 

@@ -23,6 +23,7 @@ from services.migrate import upgrade_to_head
 from services.models import TERMINAL_STATUSES
 from services.settings import get_settings
 from services.tenants import create_tenant
+from tests.api_process import ApiProcess
 from tests.celery_workers import CeleryWorker
 from tests.scripted_tgi import ScriptedTGI
 from tests.server_thread import ServerThread
@@ -138,6 +139,22 @@ def api_server() -> Iterator[ServerThread]:
     server = ServerThread(create_app(CeleryDispatcher())).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def api_process(log_dir: Path) -> Iterator[Callable[..., ApiProcess]]:
+    """Starts `twotier api` processes (``api_process(workers=2, some_setting="1")``) and stops
+    them after the test."""
+    started: list[ApiProcess] = []
+
+    def start(*, workers: int = 1, **settings: str) -> ApiProcess:
+        log_path = log_dir / f"api-{uuid.uuid4().hex[:8]}.log"
+        started.append(ApiProcess(log_path, workers=workers, **settings))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.stop()
 
 
 @pytest.fixture

@@ -5,79 +5,24 @@ a database connection while they wait."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import httpx
-import pytest
 from sqlalchemy import func, select
 
 from services.completion import waiters
 from services.db import get_engine, session_scope
 from services.models import Query
+from tests.api_process import ApiProcess
 from tests.conftest import TenantApi
-from tests.server_thread import ServerThread, free_port
+from tests.server_thread import ServerThread
 from tests.waiting import wait_for
 
 CLIENTS = 150
-
-
-class ApiProcess:
-    """`twotier api` in its own process, as deployed, with settings of the test's choosing."""
-
-    def __init__(self, log_path: Path, **settings: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, **{f"TWOTIER_{k.upper()}": v for k, v in settings.items()}}
-        with log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "services.cli",
-                    "api",
-                    "--port",
-                    str(self.port),
-                    "--workers",
-                    "1",
-                ],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-        def healthy() -> bool:
-            assert self.process.poll() is None, log_path.read_text()[-2000:]
-            try:
-                return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(healthy, timeout=60, what="the api process to start")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
-
-
-@pytest.fixture
-def api_process(log_dir: Path) -> Iterator[Callable[..., ApiProcess]]:
-    started: list[ApiProcess] = []
-
-    def start(**settings: str) -> ApiProcess:
-        started.append(ApiProcess(log_dir / f"api-{len(started)}.log", **settings))
-        return started[-1]
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 async def _burst(url: str, tenant: TenantApi, prompts: list[str]) -> list[httpx.Response]:

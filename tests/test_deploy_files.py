@@ -98,6 +98,16 @@ def test_workers_serve_metrics_and_shut_down_within_their_grace_period() -> None
     assert "maintenance" in services["worker-small"]["command"][3]
 
 
+def test_the_api_is_published_on_this_host_only_and_its_metrics_nowhere() -> None:
+    for profile in ("gpu", "cpu"):
+        api = rendered(profile)["services"]["api"]
+        metrics_port = int(api["environment"]["TWOTIER_API_METRICS_PORT"])
+        published = [(port["host_ip"], port["target"]) for port in api["ports"]]
+        assert published == [("127.0.0.1", 8000)]
+        assert metrics_port not in {port["target"] for port in api["ports"]}
+        assert metrics_port not in {int(port["published"]) for port in api["ports"]}
+
+
 def test_tgi_services_are_quantised_expose_top_n_tokens_and_reserve_gpus() -> None:
     services = rendered("gpu")["services"]
     small, large = services["tgi-small"], services["tgi-large"]

@@ -219,3 +219,23 @@ def test_every_service_selects_pods_that_exist(overlay: str) -> None:
     for name, service in objects(overlay, "Service").items():
         selector = service["spec"]["selector"].items()
         assert any(selector <= labels.items() for labels in templates), name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_api_metrics_are_scraped_from_the_pod_and_never_exposed_by_the_service(
+    overlay: str,
+) -> None:
+    deployment = objects(overlay, "Deployment")["api"]
+    [api] = containers(deployment)
+    ports = {port["name"]: port["containerPort"] for port in api["ports"]}
+    environment = {e["name"]: e.get("value") for e in api["env"]}
+    metrics_port = int(environment["TWOTIER_API_METRICS_PORT"])
+    assert ports["metrics"] == metrics_port != ports["http"]
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(metrics_port)
+    service = objects(overlay, "Service")["api"]
+    exposed = {str(port["targetPort"]) for port in service["spec"]["ports"]}
+    assert exposed == {"http"}
+    assert not {"metrics", str(metrics_port)} & exposed
+    for ingress in objects(overlay, "Ingress").values():  # none in the base; none may route it
+        assert "metrics" not in json.dumps(ingress)

@@ -1,7 +1,8 @@
 """Prometheus metrics after queries run end to end: API -> Redis -> `twotier worker` -> TGI.
 
-The api's /metrics and the worker's metrics server (its prefork pool processes share their
-metrics through PROMETHEUS_MULTIPROC_DIR) are scraped over HTTP like Prometheus does.
+The api's metrics server (on its own port, not the API's) and the worker's metrics server (its
+prefork pool processes share their metrics through PROMETHEUS_MULTIPROC_DIR) are scraped over
+HTTP like Prometheus does. tests/test_api_deployed.py scrapes `twotier api --workers 2`.
 """
 
 from __future__ import annotations
@@ -18,14 +19,18 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
+from services.api.app import create_app
+from services.api.metrics_port import serve_api_metrics
 from services.db import session_scope
 from services.metrics import QUEUES, WEBHOOK_OUTCOMES
 from services.models import ModelCall, Tenant
+from services.settings import get_settings
 from services.tenants import set_budget
 from tests.celery_workers import CeleryWorker
 from tests.conftest import WARMUP, TenantApi
 from tests.scripted_tgi import ScriptedTGI
 from tests.waiting import wait_for
+from workers.dispatch import CeleryDispatcher
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -35,6 +40,18 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
     return port
+
+
+@pytest.fixture(scope="module")
+def api_metrics_url() -> Iterator[str]:
+    """The api's metrics server, as `twotier api` starts it, serving this process's metrics
+    (the test client's app runs in it)."""
+    port = free_port()
+    server, thread = serve_api_metrics(host="127.0.0.1", port=port)
+    yield f"http://127.0.0.1:{port}/metrics"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +103,7 @@ def run_queries(tenant: TenantApi, small_tgi: ScriptedTGI, large_tgi: ScriptedTG
 
 
 def test_api_and_worker_expose_every_metric_after_queries_run(
+    api_metrics_url: str,
     worker_metrics_url: str,
     client: TestClient,
     make_tenant: Callable[..., TenantApi],
@@ -104,7 +122,8 @@ def test_api_and_worker_expose_every_metric_after_queries_run(
     refused = broke.client.post("/v1/queries", json={"prompt": "hi"}, headers=broke.headers)
     assert refused.status_code == 402
 
-    api = parse(client.get("/metrics").text)
+    assert client.get("/metrics").status_code == 404  # not on the API's own port
+    api = parse(httpx.get(api_metrics_url, timeout=5).text)
     tenant_id, broke_id = str(tenant.tenant_id), str(broke.tenant_id)
     assert value(api, "twotier_queries_total", status="queued", tier="small") >= len(queries)
     for queue in QUEUES:
@@ -151,3 +170,18 @@ def test_api_and_worker_expose_every_metric_after_queries_run(
     assert value(worker, "twotier_cost_total", tenant=tenant_id) == pytest.approx(float(spent))
     assert value(worker, "twotier_cost_total", tenant=tenant_id, tier="large") > 0
     assert value(worker, "twotier_tokens_total", tenant=tenant_id, direction="output") > 0
+
+
+def test_the_public_port_serves_metrics_only_when_turned_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TWOTIER_API_PUBLIC_METRICS", "true")
+    get_settings.cache_clear()
+    try:
+        with TestClient(create_app(CeleryDispatcher())) as public:
+            scraped = public.get("/metrics")
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    assert scraped.status_code == 200
+    assert "twotier_queue_depth" in scraped.text

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -15,13 +15,8 @@ from services import tenants
 from services.accounting import settings_price
 from services.api.deps import AdminDep, DatabaseDep, SettingsDep
 from services.api.errors import ERROR_RESPONSES
-from services.api.schemas import (
-    ErrorBody,
-    Money,
-    StoredAmount,
-    StoredCount,
-    StoredText,
-)
+from services.api.fields import NamingText, StoredAmount, StoredCount
+from services.api.schemas import ErrorBody, Money, RequestBody
 from services.errors import NotFound
 from services.models import ApiKey, ModelPrice, Tenant, utcnow
 
@@ -38,17 +33,13 @@ NO_MODEL: dict[int | str, dict[str, Any]] = {
 ModelName = Annotated[str, Path(max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
-class TenantCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: StoredText = Field(min_length=1, max_length=200)
+class TenantCreate(RequestBody):
+    name: NamingText = Field(min_length=1, max_length=200)
     target_escalation_rate: float = Field(default=0.3, ge=0, le=1)
 
 
-class TenantUpdate(BaseModel):
+class TenantUpdate(RequestBody):
     """Only the fields sent change; send null to remove a budget limit."""
-
-    model_config = ConfigDict(extra="forbid")
 
     target_escalation_rate: float | None = Field(default=None, ge=0, le=1)
     disabled: bool | None = None
@@ -104,7 +95,12 @@ class NewTenantView(BaseModel):
     api_key: str = Field(description="Shown only now: only its hash is stored.")
 
 
-@router.post("/tenants", status_code=status.HTTP_201_CREATED)
+NAME_TAKEN: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorBody, "description": "A tenant with this name exists."}
+}
+
+
+@router.post("/tenants", status_code=status.HTTP_201_CREATED, responses=NAME_TAKEN)
 async def create_tenant(body: TenantCreate, database: DatabaseDep) -> NewTenantView:
     def create(session: Session) -> NewTenantView:
         created = tenants.create_tenant(
@@ -173,9 +169,7 @@ async def revoke_key(tenant_id: uuid.UUID, key_id: uuid.UUID, database: Database
     return await database.run(revoke)
 
 
-class PriceSet(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class PriceSet(RequestBody):
     price_input_per_mtok: StoredAmount = Field(description="Price of 1M input tokens.")
     price_output_per_mtok: StoredAmount = Field(description="Price of 1M output tokens.")
 

@@ -14,9 +14,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from services import metrics
 from services.api import admin, queries, usage, webhooks
 from services.api.access_log import AccessLog
+from services.api.body_encoding import Utf8Body
 from services.api.body_limit import RequestBodyLimit
 from services.api.database import RequestDatabase
 from services.api.errors import install_error_handlers
+from services.api.openapi import state_limits_in_schema
 from services.db import database_is_reachable
 from services.dispatch import Dispatcher
 from services.logs import configure_logging
@@ -46,9 +48,11 @@ def create_app(dispatcher: Dispatcher, *, lifespan: Lifespan | None = None) -> F
         max_waiting=settings.api_max_waiting_requests,
         max_wait_s=settings.api_max_wait_s,
     )
+    app.add_middleware(Utf8Body)
     app.add_middleware(RequestBodyLimit, max_bytes=settings.request_body_limit)
     app.add_middleware(AccessLog)
     install_error_handlers(app)
+    state_limits_in_schema(app, settings)
     app.include_router(queries.router)
     app.include_router(admin.router)
     app.include_router(usage.router)
@@ -76,15 +80,21 @@ def create_app(dispatcher: Dispatcher, *, lifespan: Lifespan | None = None) -> F
         body = {"status": "ready" if ready else "not_ready", "checks": checks}
         return JSONResponse(status_code=200 if ready else 503, content=body)
 
-    exposition = metrics.exposition_registry(broker_url=settings.broker_url, database=True)
+    if settings.api_public_metrics:
+        _add_public_metrics(app, broker_url=settings.broker_url)
+    return app
+
+
+def _add_public_metrics(app: FastAPI, *, broker_url: str | None) -> None:
+    """/metrics on the API's own port, only where ``TWOTIER_API_PUBLIC_METRICS`` turns it on:
+    the metrics name tenants and costs (services.api.metrics_port serves them elsewhere)."""
+    exposition = metrics.exposition_registry(broker_url=broker_url, database=True)
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     async def prometheus_metrics() -> Response:
         """Prometheus metrics: queries, decisions, costs, queue depths (text format)."""
         text = await anyio.to_thread.run_sync(generate_latest, exposition, limiter=_health_threads)
         return Response(text, media_type=CONTENT_TYPE_LATEST)
-
-    return app
 
 
 def create_default_app() -> FastAPI:

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from services import errors
 from services.api.schemas import ErrorBody
@@ -21,6 +22,7 @@ log = structlog.get_logger(__name__)
 HTTP_STATUS = {
     errors.InvalidRequest: 422,
     errors.NotFound: 404,
+    errors.TenantNameTaken: 409,
     errors.IdempotencyConflict: 409,
     errors.QueryAlreadyFinished: 409,
     errors.InvalidApiKey: 401,
@@ -83,6 +85,21 @@ def error_response(
     return JSONResponse(status_code=status, content=body, headers=headers)
 
 
+# The methods the API's routes use; a 405 names those of them that the path answers.
+ROUTE_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers on the request's path. Starlette's own 405 names only
+    the first route that matched the path, and FastAPI has one route per method."""
+
+    def answers(method: str) -> bool:
+        scope = {**request.scope, "method": method}
+        return any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes)
+
+    return [method for method in ROUTE_METHODS if answers(method)]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(errors.TwotierError)
     async def _domain_error(_: Request, exc: errors.TwotierError) -> JSONResponse:
@@ -102,10 +119,15 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(422, "invalid_request", f"invalid fields: {where}", details)
 
     @app.exception_handler(HTTPException)
-    async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
         code = HTTP_CODES.get(exc.status_code, "http_error")
-        details = exc.details if isinstance(exc, RequestTooLarge) else None
-        return error_response(exc.status_code, code, str(exc.detail), details, exc.headers)
+        details: Any = exc.details if isinstance(exc, RequestTooLarge) else None
+        headers = exc.headers
+        if exc.status_code == 405:
+            allowed = allowed_methods(request)
+            headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+            details = {"allowed_methods": allowed}
+        return error_response(exc.status_code, code, str(exc.detail), details, headers)
 
     @app.exception_handler(OperationalError)
     async def _database_down(_: Request, exc: OperationalError) -> JSONResponse:

@@ -131,7 +131,13 @@ async def list_queries(
     caller: TenantDep,
     status: QueryStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            pattern=f"^{queries.CURSOR_SHAPE.pattern}$",
+            description="`next_cursor` of the previous page.",
+        ),
+    ] = None,
 ) -> QueryList:
     """The tenant's queries, newest first."""
 

@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
-import math
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     PlainSerializer,
-    StringConstraints,
     field_validator,
 )
 
 from services.accounting import money_text
+from services.api.fields import (
+    METADATA_MAX_DEPTH,
+    ChoiceName,
+    StoredJson,
+    StoredText,
+    WebhookUrl,
+    json_integer,
+)
 from services.models import Query, QueryStatus
+
+
+class RequestBody(BaseModel):
+    """A request body: unknown fields are refused, and so is a value of another JSON type than
+    the schema's (strict: no `true` or `"12"` for an integer, no `0` for a boolean). Enum values
+    opt out with ``Strict(False)``, and amounts validate themselves (``stored_amount``): their
+    documented JSON forms include strings, which strict validation of parsed JSON refuses."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ErrorDetail(BaseModel):
@@ -32,79 +46,10 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-def storable_text(text: str) -> str:
-    """Refuse what PostgreSQL cannot store: its text type holds no NUL character, and UTF-8
-    no unpaired surrogate (JSON allows both, as ``\\u0000`` and ``\\ud800``)."""
-    if "\x00" in text:
-        raise ValueError("must not contain the NUL character (\\u0000)")
-    if not text.isascii():
-        try:
-            text.encode()
-        except UnicodeEncodeError as exc:
-            raise ValueError("must be valid Unicode: it holds an unpaired surrogate") from exc
-    return text
-
-
-METADATA_MAX_DEPTH = 32
-
-
-def storable_json(value: Any) -> Any:
-    """Every string in a JSON value storable (see ``storable_text``), every number finite,
-    and nesting at most ``METADATA_MAX_DEPTH`` deep. Walked without recursion, so a deeply
-    nested value is refused rather than overflowing the stack."""
-    pending: list[tuple[Any, int]] = [(value, 1)]
-    while pending:
-        item, depth = pending.pop()
-        if isinstance(item, str):
-            storable_text(item)
-        elif isinstance(item, float) and not math.isfinite(item):
-            raise ValueError("numbers must be finite (no NaN or Infinity)")
-        elif isinstance(item, dict | list):
-            if depth > METADATA_MAX_DEPTH:
-                raise ValueError(f"must nest at most {METADATA_MAX_DEPTH} levels deep")
-            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
-            pending.extend((child, depth + 1) for child in children)
-    return value
-
-
-def utc_instant(value: datetime) -> datetime:
-    """The instant in UTC (an instant without an offset is read as UTC); one that does not
-    fit a datetime in UTC, such as 9999-12-31T23:59-23:59, is refused rather than overflowing
-    where the database driver converts it."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    try:
-        return value.astimezone(UTC)
-    except OverflowError as exc:
-        raise ValueError("the instant is out of range once converted to UTC") from exc
-
-
-UtcInstant = Annotated[datetime, AfterValidator(utc_instant)]
-StoredText = Annotated[str, AfterValidator(storable_text)]
-StoredJson = Annotated[dict[str, Any], AfterValidator(storable_json)]
-# What the NUMERIC(20, 10) and INTEGER columns hold; beyond that a value is refused with 422
-# instead of failing in the database.
-StoredAmount = Annotated[Decimal, Field(ge=0, max_digits=20, decimal_places=10)]
-StoredCount = Annotated[int, Field(ge=1, le=2**31 - 1)]
-
-WebhookUrl = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=2000, pattern=r"^https?://[^\s]+$"),
-    AfterValidator(storable_text),
-]
-ChoiceName = Annotated[
-    str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
-    AfterValidator(storable_text),
-]
-
-
-class QueryCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class QueryCreate(RequestBody):
     prompt: StoredText = Field(min_length=1, description="The text the model answers.")
-    max_new_tokens: int | None = Field(
-        default=None, ge=1, description="Most tokens to generate; the server default if absent."
+    max_new_tokens: json_integer(ge=1) | None = Field(  # type: ignore[valid-type]
+        default=None, description="Most tokens to generate; the server default if absent."
     )
     task: str | None = Field(
         default=None,
@@ -122,8 +67,10 @@ class QueryCreate(BaseModel):
         default=None,
         min_length=2,
         max_length=50,
+        json_schema_extra={"uniqueItems": True},
         description="Class labels: the margin is taken over their first tokens and the answer "
-        "is the winning label (the prompt should ask for one of them).",
+        "is the winning label (the prompt should ask for one of them). They must differ in more "
+        "than case and spaces.",
     )
     webhook_url: WebhookUrl | None = Field(
         default=None,

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from services.accounting import money_text
 from services.api.deps import TenantDep
 from services.api.errors import ERROR_RESPONSES
-from services.api.schemas import UtcInstant
+from services.api.fields import UtcInstant
 from services.usage import Granularity, tenant_usage
 
 router = APIRouter(prefix="/v1/usage", tags=["usage"], responses=ERROR_RESPONSES)

@@ -7,12 +7,13 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict
 from sqlalchemy.orm import Session
 
 from services.api.deps import SettingsDep, TenantDep
 from services.api.errors import ERROR_RESPONSES
-from services.api.schemas import ErrorBody, StoredText, WebhookUrl
+from services.api.fields import StoredText, WebhookUrl
+from services.api.schemas import ErrorBody, RequestBody
 from services.models import Tenant, WebhookDelivery, WebhookEndpoint
 from services.webhooks import endpoints
 from services.webhooks.events import EventType
@@ -20,17 +21,20 @@ from services.webhooks.signing import SecretHolder
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=ERROR_RESPONSES)
 
+# An event type is sent as its name, a string; strict validation would want the enum itself.
+EventName = Annotated[EventType, Strict(False)]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorBody, "description": "No such endpoint for this tenant."}
+    404: {
+        "model": ErrorBody,
+        "description": "No such endpoint for this tenant (or an id that is not a UUID).",
+    }
 }
 
 
-class EndpointCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class EndpointCreate(RequestBody):
     url: WebhookUrl
     description: StoredText | None = Field(default=None, max_length=500)
-    event_types: list[EventType] | None = Field(
+    event_types: list[EventName] | None = Field(
         default=None, min_length=1, description="Events to send; absent means all of them."
     )
     thin_payload: bool = Field(
@@ -38,14 +42,22 @@ class EndpointCreate(BaseModel):
     )
 
 
-class EndpointUpdate(BaseModel):
+class EndpointUpdate(RequestBody):
     """Only the fields sent change."""
 
-    model_config = ConfigDict(extra="forbid")
+    # `all_events: true` clears the filter, so it cannot come with a new one.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "not": {
+                "required": ["all_events", "event_types"],
+                "properties": {"all_events": {"const": True}, "event_types": {"type": "array"}},
+            }
+        }
+    )
 
     url: WebhookUrl | None = None
     description: StoredText | None = Field(default=None, max_length=500)
-    event_types: list[EventType] | None = Field(default=None, min_length=1)
+    event_types: list[EventName] | None = Field(default=None, min_length=1)
     all_events: bool = Field(default=False, description="Clear the event filter.")
     thin_payload: bool | None = None
     enabled: bool | None = Field(
@@ -155,7 +167,8 @@ def _dead_letter_view(delivery: WebhookDelivery, event_type: str) -> DeadLetterV
     )
 
 
-# Fixed paths come before /{endpoint_id} so that they are not read as endpoint ids.
+# Ids in paths are matched as UUIDs (`:uuid`), so that a fixed path such as /dead-letters is
+# never read as an endpoint id: another method on it is 405, and a malformed id is 404.
 @router.get("/callback-secret")
 async def get_callback_secret(caller: TenantDep) -> SigningSecret:
     """The secret that signs callbacks to a query's own `webhook_url`."""
@@ -192,7 +205,7 @@ async def list_dead_letters(
 
 
 @router.post(
-    "/dead-letters/{delivery_id}/replay",
+    "/dead-letters/{delivery_id:uuid}/replay",
     status_code=status.HTTP_202_ACCEPTED,
     responses={**NOT_FOUND, 409: {"model": ErrorBody, "description": "Not a dead letter."}},
 )
@@ -241,7 +254,7 @@ async def list_endpoints(caller: TenantDep) -> EndpointList:
     return await caller.run(listed)
 
 
-@router.get("/{endpoint_id}", responses=NOT_FOUND)
+@router.get("/{endpoint_id:uuid}", responses=NOT_FOUND)
 async def get_endpoint(endpoint_id: uuid.UUID, caller: TenantDep) -> EndpointView:
     return await caller.run(
         lambda session, tenant: EndpointView.of(
@@ -250,7 +263,7 @@ async def get_endpoint(endpoint_id: uuid.UUID, caller: TenantDep) -> EndpointVie
     )
 
 
-@router.patch("/{endpoint_id}", responses=NOT_FOUND)
+@router.patch("/{endpoint_id:uuid}", responses=NOT_FOUND)
 async def update_endpoint(
     endpoint_id: uuid.UUID, body: EndpointUpdate, caller: TenantDep, settings: SettingsDep
 ) -> EndpointView:
@@ -277,7 +290,7 @@ async def update_endpoint(
     return await caller.run(update)
 
 
-@router.delete("/{endpoint_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
+@router.delete("/{endpoint_id:uuid}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
 async def delete_endpoint(endpoint_id: uuid.UUID, caller: TenantDep) -> Response:
     """Delete the endpoint; its pending deliveries and dead letters are discarded."""
 
@@ -289,7 +302,7 @@ async def delete_endpoint(endpoint_id: uuid.UUID, caller: TenantDep) -> Response
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/{endpoint_id}/secret", responses=NOT_FOUND)
+@router.get("/{endpoint_id:uuid}/secret", responses=NOT_FOUND)
 async def get_endpoint_secret(endpoint_id: uuid.UUID, caller: TenantDep) -> SigningSecret:
     return await caller.run(
         lambda session, tenant: SigningSecret.of(
@@ -298,7 +311,7 @@ async def get_endpoint_secret(endpoint_id: uuid.UUID, caller: TenantDep) -> Sign
     )
 
 
-@router.post("/{endpoint_id}/secret/rotate", responses=NOT_FOUND)
+@router.post("/{endpoint_id:uuid}/secret/rotate", responses=NOT_FOUND)
 async def rotate_endpoint_secret(
     endpoint_id: uuid.UUID, caller: TenantDep, settings: SettingsDep
 ) -> SigningSecret:
@@ -314,7 +327,7 @@ async def rotate_endpoint_secret(
     return await caller.run(rotate)
 
 
-@router.get("/{endpoint_id}/attempts", responses=NOT_FOUND)
+@router.get("/{endpoint_id:uuid}/attempts", responses=NOT_FOUND)
 async def list_attempts(
     endpoint_id: uuid.UUID,
     caller: TenantDep,
