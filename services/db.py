@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,6 +13,7 @@ from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.lazy import built_once
 from services.settings import get_settings
 
 log = structlog.get_logger(__name__)
@@ -20,11 +21,33 @@ log = structlog.get_logger(__name__)
 ModelT = TypeVar("ModelT")
 
 
-@lru_cache(maxsize=1)
+@dataclass(frozen=True)
+class PoolSize:
+    """Connections a process keeps open (``pool_size``) and opens beyond them at peaks."""
+
+    pool_size: int = 10
+    max_overflow: int = 20
+
+
+_pool_size = PoolSize()
+
+
+def size_pool(size: PoolSize) -> None:
+    """Size the connection pool of the engine this process creates next (call at start)."""
+    global _pool_size  # noqa: PLW0603 - one per process, set by its entry point
+    _pool_size = size
+
+
+@built_once
 def get_engine() -> Engine:
     url = database_url(get_settings().database_url)
     if url.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        return create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=_pool_size.pool_size,
+            max_overflow=_pool_size.max_overflow,
+        )
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
     event.listen(engine, "connect", _sqlite_connect)
     event.listen(engine, "begin", _sqlite_begin)
@@ -54,7 +77,7 @@ def _sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-@lru_cache(maxsize=1)
+@built_once
 def session_factory() -> sessionmaker[Session]:
     from services import completion  # noqa: PLC0415 - it maps models, which import nothing here
 

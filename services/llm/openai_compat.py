@@ -24,12 +24,18 @@ class OpenAIBackend(HttpBackend):
         timeout_s: float,
         top_n_tokens: int,
         attempts: int,
+        max_connections: int = 100,
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         base = url.rstrip("/")
         base = base if base.endswith("/v1") else f"{base}/v1"  # accept either form of the URL
         super().__init__(
-            url=base, model=model, timeout_s=timeout_s, attempts=attempts, headers=headers
+            url=base,
+            model=model,
+            timeout_s=timeout_s,
+            attempts=attempts,
+            headers=headers,
+            max_connections=max_connections,
         )
         self.api = api
         self.top_n_tokens = top_n_tokens

@@ -15,9 +15,22 @@ from services.llm.http_backend import HttpBackend
 
 class TGIBackend(HttpBackend):
     def __init__(
-        self, *, url: str, model: str, timeout_s: float, top_n_tokens: int, attempts: int
+        self,
+        *,
+        url: str,
+        model: str,
+        timeout_s: float,
+        top_n_tokens: int,
+        attempts: int,
+        max_connections: int = 100,
     ) -> None:
-        super().__init__(url=url, model=model, timeout_s=timeout_s, attempts=attempts)
+        super().__init__(
+            url=url,
+            model=model,
+            timeout_s=timeout_s,
+            attempts=attempts,
+            max_connections=max_connections,
+        )
         self.top_n_tokens = top_n_tokens
 
     def generate(
