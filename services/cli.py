@@ -362,19 +362,31 @@ def worker(queues: str, concurrency: int | None, celery_args: tuple[str, ...]) -
     # Read by Celery (billiard) when it is imported: SIGTERM starts the cold shutdown, which
     # waits worker_soft_shutdown_timeout and then requeues what still runs.
     os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
+    # Celery's documented hook for a pool of one's own (`--pool custom`), read on import.
+    os.environ["CELERY_CUSTOM_WORKER_POOL"] = "workers.pools:ThreadPool"
     _share_metrics_between_processes()
     from workers.app import app  # noqa: PLC0415
     from workers.pools import threads_of_queues  # noqa: PLC0415
 
     argv = ["worker", "--queues", queues, "--loglevel", get_settings().log_level]
     if not any(arg in {"--pool", "-P"} or arg.startswith("--pool=") for arg in celery_args):
-        argv += ["--pool", "threads"]
+        argv += ["--pool", "custom"]
         concurrency = concurrency or threads_of_queues(
             get_settings(), [q.strip() for q in queues.split(",")]
         )
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
-    app.worker_main([*argv, *celery_args])
+    try:
+        app.worker_main([*argv, *celery_args])
+    except SystemExit as stopped:
+        exit_code = stopped.code if isinstance(stopped.code, int) else 1
+    else:
+        exit_code = 0
+    # Threads of model calls that a cold shutdown left behind would hold the interpreter's
+    # exit until their calls end; their messages are back on the queue already.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})

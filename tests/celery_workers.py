@@ -28,12 +28,13 @@ class CeleryWorker:
         *,
         log_dir: Path,
         queues: str = "small,large,webhooks,maintenance",
-        concurrency: int | None = 2,
-        pool: str | None = "prefork",
+        concurrency: int | None = None,
+        pool: str | None = None,
         env: dict[str, str] | None = None,
-        via_cli: bool = False,
+        via_cli: bool = True,
     ) -> None:
-        """``pool`` and ``concurrency`` None: `twotier worker`'s defaults (``via_cli``)."""
+        """By default `twotier worker` with its defaults, as deployed: a pool of threads
+        sized by the settings. ``via_cli=False`` starts a bare `celery worker` instead."""
         self.name = f"{name}@{socket.gethostname()}"
         self.queues = queues
         self.concurrency = concurrency

@@ -5,6 +5,7 @@ import time
 
 import structlog
 from celery import Celery
+from celery.concurrency.thread import TaskPool as ThreadTaskPool
 from celery.signals import (
     before_task_publish,
     worker_init,
@@ -43,7 +44,7 @@ def _configure_worker(sender: object = None, **_: object) -> None:
     settings = get_settings()
     configure_logging(level=settings.log_level, json=settings.log_json)
     pool = getattr(sender, "pool_cls", None)
-    threaded = "thread" in str(getattr(pool, "__module__", pool))
+    threaded = isinstance(pool, type) and issubclass(pool, ThreadTaskPool)
     size_pool(database_pool_for(int(getattr(sender, "concurrency", 1)) if threaded else 1))
     _serve_metrics(settings.worker_metrics_port)
 
