@@ -77,7 +77,7 @@ def assert_answered_once(
             )
         )
     assert sorted(rows.values()) == [1] * len(ids)
-    assert sum(server.overlapping.values()) == 0
+    assert [server.overlapping[prompt] for prompt in prompts] == [0] * len(prompts)
     assert period.reserved == 0
     assert period.spent == spent
 
