@@ -21,7 +21,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services import budgets, metrics, threshold
+from services import budgets, leases, metrics, threshold
 from services.accounting import Price, price_of, record_model_call
 from services.db import session_scope
 from services.dispatch import Dispatcher
@@ -93,7 +93,9 @@ def deliver(
         result = TierResult(Outcome.OVERLOADED, wait_s * random.uniform(1.0, 1.2))
     except TransientModelError as exc:
         if retries_so_far < get_settings().task_retries:
-            return float(min(2**retries_so_far, 300))
+            retry_in_s = float(min(2**retries_so_far, 300))
+            _hold_lease_until(query_id, retry_in_s)
+            return retry_in_s
         result = fall_back(query_id, tier, reason=str(exc))
     finally:
         structlog.contextvars.unbind_contextvars("query_id", "tier")
@@ -116,16 +118,17 @@ def answer_on_tier(query_id: uuid.UUID, tier: Tier) -> TierResult:
     started = time.perf_counter()
     model = tier_settings_of(tier).model
     try:
-        generation = breaker_for(tier).call(
-            functools.partial(
-                backend_for(tier).generate,
-                claim.prompt,
-                max_new_tokens=claim.max_new_tokens,
-                top_n_tokens=candidates_for(
-                    claim.choices, default=settings.top_n_tokens, most=settings.max_top_n_tokens
-                ),
+        with leases.keeper.held(query_id):
+            generation = breaker_for(tier).call(
+                functools.partial(
+                    backend_for(tier).generate,
+                    claim.prompt,
+                    max_new_tokens=claim.max_new_tokens,
+                    top_n_tokens=candidates_for(
+                        claim.choices, default=settings.top_n_tokens, most=settings.max_top_n_tokens
+                    ),
+                )
             )
-        )
     except ModelOverloaded:
         _observe_call(tier, model, "overloaded", started)
         _release_lease(query_id, delivered=False)  # a refused call is no delivery attempt
@@ -348,6 +351,15 @@ def _release_lease(query_id: uuid.UUID, *, delivered: bool = True) -> None:
             query.delivery_attempts = max(query.delivery_attempts - 1, 0)
         query.lease_expires_at = None
         query.updated_at = utcnow()
+
+
+def _hold_lease_until(query_id: uuid.UUID, retry_in_s: float) -> None:
+    """Keep the query leased until its retry is due: the recovery sweep then leaves it to
+    the retry, and queues it again only if the retry's message was lost with its worker."""
+    with session_scope() as session:
+        query = _locked(session, query_id)
+        if query.status not in TERMINAL_STATUSES:
+            query.lease_expires_at = utcnow() + timedelta(seconds=retry_in_s)
 
 
 def _locked(session: Session, query_id: uuid.UUID) -> Query:

@@ -397,10 +397,22 @@ def api(host: str, port: int, workers: int | None) -> None:
 
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.option("--queues", "-Q", default="small,large,webhooks,maintenance", show_default=True)
-@click.option("--concurrency", "-c", default=None, type=int, help="Processes (default: cores).")
+@click.option(
+    "--concurrency",
+    "-c",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Threads (default: the calls its model tiers take at once, "
+    "TWOTIER_{SMALL,LARGE}__MAX_CONCURRENT_CALLS, plus TWOTIER_WORKER_WEBHOOK_CONCURRENCY "
+    "for the other queues); processes with --pool prefork (default: cores).",
+)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(queues: str, concurrency: int | None, celery_args: tuple[str, ...]) -> None:
-    """Run a Celery worker pool for the given queues.
+    """Run a Celery worker for the given queues.
+
+    Its tasks run in a pool of threads (Celery's `threads` pool), one per model call in
+    flight: a model call waits on the model server, so one process carries as many calls as
+    the server takes at once. `--pool prefork` (one call per process) still works.
 
     SIGTERM lets running tasks finish for TWOTIER_WORKER_SHUTDOWN_TIMEOUT_S, then hands the
     rest back to the queue (Celery's soft and cold shutdown), so scaling down loses nothing.
@@ -409,13 +421,31 @@ def worker(queues: str, concurrency: int | None, celery_args: tuple[str, ...]) -
     # Read by Celery (billiard) when it is imported: SIGTERM starts the cold shutdown, which
     # waits worker_soft_shutdown_timeout and then requeues what still runs.
     os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
+    # Celery's documented hook for a pool of one's own (`--pool custom`), read on import.
+    os.environ["CELERY_CUSTOM_WORKER_POOL"] = "workers.pools:ThreadPool"
     _share_metrics_between_processes()
     from workers.app import app  # noqa: PLC0415
+    from workers.pools import threads_of_queues  # noqa: PLC0415
 
     argv = ["worker", "--queues", queues, "--loglevel", get_settings().log_level]
+    if not any(arg in {"--pool", "-P"} or arg.startswith("--pool=") for arg in celery_args):
+        argv += ["--pool", "custom"]
+        concurrency = concurrency or threads_of_queues(
+            get_settings(), [q.strip() for q in queues.split(",")]
+        )
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
-    app.worker_main([*argv, *celery_args])
+    try:
+        app.worker_main([*argv, *celery_args])
+    except SystemExit as stopped:
+        exit_code = stopped.code if isinstance(stopped.code, int) else 1
+    else:
+        exit_code = 0
+    # Threads of model calls that a cold shutdown left behind would hold the interpreter's
+    # exit until their calls end; their messages are back on the queue already.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})

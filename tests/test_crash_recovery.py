@@ -51,7 +51,9 @@ def test_pool_process_killed_mid_call_is_replaced_and_the_query_charged_once(
     small_tgi: ScriptedTGI,
     unique: Callable[[str], str],
 ) -> None:
-    worker = CeleryWorker(f"crash-{uuid.uuid4().hex[:4]}", log_dir=log_dir).start()
+    worker = CeleryWorker(
+        f"crash-{uuid.uuid4().hex[:4]}", log_dir=log_dir, pool="prefork", concurrency=2
+    ).start()
     try:
         tenant = make_tenant()
         with session_scope() as session:

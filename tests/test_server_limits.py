@@ -55,10 +55,13 @@ def test_tgi_limits_are_learnt_and_a_top_n_above_them_is_named(small_tgi: Script
     assert "TWOTIER_MAX_TOP_N_TOKENS=9" in message
 
 
-def test_more_tasks_at_once_than_the_server_accepts_is_named(small_tgi: ScriptedTGI) -> None:
-    with pytest.raises(ModelServerUnfit, match=r"runs 200 tasks at once \(--concurrency\)") as e:
-        check_model_servers(settings_for(tgi(small_tgi, "x")), tiers=["small"], tasks_at_once=200)
+def test_more_calls_in_flight_than_the_server_accepts_is_named(small_tgi: ScriptedTGI) -> None:
+    tier = {**tgi(small_tgi, "x"), "max_concurrent_calls": 200}
+    check_model_servers(settings_for(tier), tiers=["small"], tasks_at_once=8)  # 8 fit
+    with pytest.raises(ModelServerUnfit, match=r"keeps up to 200 calls in flight") as e:
+        check_model_servers(settings_for(tier), tiers=["small"], tasks_at_once=200)
     assert f"max_concurrent_requests={MAX_CONCURRENT_REQUESTS}" in str(e.value)
+    assert "TWOTIER_SMALL__MAX_CONCURRENT_CALLS" in str(e.value)
 
 
 def test_the_servers_model_id_is_adopted_when_none_is_set(

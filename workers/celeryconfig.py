@@ -33,8 +33,9 @@ task_routes = {
 task_serializer = "json"
 accept_content = ["json"]
 task_ignore_result = True
-# Model calls are slow: a worker reserves one message at a time, so the backlog stays in Redis
-# where other workers (and an autoscaler) can see it.
+# Model calls are slow: a worker reserves one message per thread of its pool (the calls it can
+# run at once, see workers.pools), so the backlog stays in Redis where other workers (and an
+# autoscaler) can see it.
 worker_prefetch_multiplier = 1
 task_acks_late = True
 task_reject_on_worker_lost = True

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from datetime import UTC, datetime
 
-from services.models import Tier
-from workers.app import app
+from services.models import Tier, utcnow
+from workers.app import SENT_AT_HEADER, app
 
 TASK_OF_TIER = {
     Tier.SMALL: "twotier.answer_on_small_tier",
@@ -24,6 +26,23 @@ class CeleryDispatcher:
         app.send_task(
             DELIVER_WEBHOOK, args=[str(delivery_id)], queue="webhooks", countdown=delay_s or None
         )
+
+    def oldest_waiting_since(self, tier: Tier) -> datetime | None:
+        """When the oldest message still waiting in the tier's queue was sent; now if none
+        waits; None if the broker cannot tell (a message without the stamp).
+
+        Kombu's Redis transport keeps a queue as a list that workers pop from its end, so the
+        oldest message is its last element; messages that workers hold are not in it.
+        """
+        with app.connection_for_read() as connection:
+            oldest = connection.default_channel.client.lindex(tier.value, -1)
+        if oldest is None:
+            return utcnow()
+        try:
+            sent_at = float(json.loads(oldest)["headers"][SENT_AT_HEADER])
+        except (ValueError, KeyError, TypeError):
+            return None
+        return datetime.fromtimestamp(sent_at, UTC)
 
     def is_reachable(self) -> bool:
         try:

@@ -45,8 +45,12 @@ def answer_on_large_tier(self: Task, query_id: str) -> None:
 
 @app.task(name="twotier.requeue_stuck_queries")
 def requeue_stuck_queries() -> int:
+    # Read the queues before the database: a message sent meanwhile is newer than both.
+    waiting_since = {tier: dispatcher.oldest_waiting_since(tier) for tier in Tier}
     with session_scope() as session:
-        stuck = sweep(session, stuck_after_s=get_settings().stuck_after_s)
+        stuck = sweep(
+            session, stuck_after_s=get_settings().stuck_after_s, waiting_since=waiting_since
+        )
     for query_id, tier in stuck:
         dispatcher.enqueue(tier, query_id)
     if stuck:

@@ -55,13 +55,20 @@ class HttpBackend:
         attempts: int,
         headers: dict[str, str] | None = None,
         overload_patience_s: float = 60.0,
+        max_connections: int = 100,
     ) -> None:
+        """``max_connections``: the calls this process makes to the server at once; each
+        thread of a worker's pool holds one connection while its call runs, and keeps it for
+        the next call."""
         self.model = model
         self.attempts = attempts
         self.overload_patience_s = overload_patience_s
         self._client = httpx.Client(
             base_url=url if url.endswith("/") else f"{url}/",
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
             follow_redirects=False,
             headers=headers,
         )

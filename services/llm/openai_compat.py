@@ -31,6 +31,7 @@ class OpenAIBackend(HttpBackend):
         top_n_tokens: int,
         attempts: int,
         overload_patience_s: float = 60.0,
+        max_connections: int = 100,
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         base = url.rstrip("/")
@@ -42,6 +43,7 @@ class OpenAIBackend(HttpBackend):
             attempts=attempts,
             headers=headers,
             overload_patience_s=overload_patience_s,
+            max_connections=max_connections,
         )
         self.api = api
         self.top_n_tokens = top_n_tokens

@@ -1,12 +1,17 @@
-"""One backend per tier and process, built lazily from the settings."""
+"""One backend per tier and process, built lazily from the settings.
+
+A worker's threads all ask for the tier's backend and circuit breaker; a lock makes sure the
+first of them builds the one the others share (one HTTP connection pool, one failure count).
+"""
 
 from __future__ import annotations
 
-from functools import lru_cache
+import threading
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 
+from services.lazy import built_once
 from services.llm.base import Backend
 from services.llm.circuit import CircuitBreaker
 from services.llm.http_backend import HttpBackend
@@ -18,25 +23,34 @@ if TYPE_CHECKING:
 
 _backends: dict[Tier, Backend] = {}
 _breakers: dict[Tier, CircuitBreaker] = {}
+_lock = threading.Lock()
 
 
 def backend_for(tier: Tier) -> Backend:
     """The tier's backend, built on first use in this process."""
-    if tier not in _backends:
-        _backends[tier] = _build_backend(tier)
-    return _backends[tier]
+    backend = _backends.get(tier)
+    if backend is not None:
+        return backend
+    with _lock:
+        if tier not in _backends:
+            _backends[tier] = _build_backend(tier)
+        return _backends[tier]
 
 
 def breaker_for(tier: Tier) -> CircuitBreaker:
     """The tier's circuit breaker in this process."""
-    if tier not in _breakers:
-        settings = get_settings()
-        _breakers[tier] = CircuitBreaker(
-            name=tier.value,
-            failures_to_open=settings.circuit_breaker_failures,
-            open_for_s=settings.circuit_breaker_open_s,
-        )
-    return _breakers[tier]
+    breaker = _breakers.get(tier)
+    if breaker is not None:
+        return breaker
+    with _lock:
+        if tier not in _breakers:
+            settings = get_settings()
+            _breakers[tier] = CircuitBreaker(
+                name=tier.value,
+                failures_to_open=settings.circuit_breaker_failures,
+                open_for_s=settings.circuit_breaker_open_s,
+            )
+        return _breakers[tier]
 
 
 def _build_backend(tier: Tier) -> Backend:
@@ -64,6 +78,7 @@ def _build_backend(tier: Tier) -> Backend:
             top_n_tokens=settings.top_n_tokens,
             attempts=settings.model_call_attempts,
             overload_patience_s=settings.overload_patience_s,
+            max_connections=tier_settings.calls_in_flight,
         )
     from services.llm.tgi import TGIBackend  # noqa: PLC0415
 
@@ -74,10 +89,11 @@ def _build_backend(tier: Tier) -> Backend:
         top_n_tokens=settings.top_n_tokens,
         attempts=settings.model_call_attempts,
         overload_patience_s=settings.overload_patience_s,
+        max_connections=tier_settings.calls_in_flight,
     )
 
 
-@lru_cache(maxsize=2)
+@built_once
 def local_model(spec: str | None) -> LocalModel:
     """The local model named by ``spec`` (None: the bundled one), loaded once per process."""
     from services.llm.local_model import LocalModel  # noqa: PLC0415
@@ -91,11 +107,12 @@ def local_model(spec: str | None) -> LocalModel:
 
 def close_backends() -> None:
     """Close the HTTP clients of this process's backends (the next use builds new ones)."""
-    for backend in _backends.values():
-        if isinstance(backend, HttpBackend):
-            backend.close()
-    _backends.clear()
-    _breakers.clear()
+    with _lock:
+        for backend in _backends.values():
+            if isinstance(backend, HttpBackend):
+                backend.close()
+        _backends.clear()
+        _breakers.clear()
 
 
 def tier_settings_of(tier: Tier) -> TierSettings:

@@ -64,8 +64,8 @@ def check_or_exit(settings: Settings, *, tiers: list[str], tasks_at_once: int, w
 
 def check_before_work(*, queues: list[str], tasks_at_once: object) -> None:
     """A worker's check at start: the tiers whose queues it consumes. ``tasks_at_once`` is
-    its pool's concurrency, the model calls it can have in flight; a per-process model-call
-    concurrency setting, where one exists, belongs here too."""
+    its pool's concurrency; a tier's calls in flight are at most that and its
+    ``max_concurrent_calls``."""
     check_or_exit(
         get_settings(),
         tiers=[tier for tier in ("small", "large") if tier in queues],
@@ -157,11 +157,13 @@ def limit_problems(
                 f"lower {setting} or raise the server's limit."
             )
     concurrent = info.max_concurrent_requests
-    if concurrent is not None and tasks_at_once > concurrent:
+    calls = min(tasks_at_once, tier.calls_in_flight)
+    if concurrent is not None and calls > concurrent:
         problems.append(
-            f"this worker runs {tasks_at_once} tasks at once (--concurrency), more than "
-            f"{server} accepts (max_concurrent_requests={concurrent}); lower --concurrency "
-            "or raise TGI's --max-concurrent-requests."
+            f"this worker keeps up to {calls} calls in flight to {server}, more than it "
+            f"accepts (max_concurrent_requests={concurrent}); lower "
+            f"TWOTIER_{name.upper()}__MAX_CONCURRENT_CALLS (or --concurrency) or raise TGI's "
+            "--max-concurrent-requests."
         )
     total = info.max_total_tokens
     if total is not None and settings.default_max_new_tokens >= total:

@@ -48,6 +48,7 @@ class TGIBackend(HttpBackend):
         top_n_tokens: int,
         attempts: int,
         overload_patience_s: float = 60.0,
+        max_connections: int = 100,
     ) -> None:
         super().__init__(
             url=url,
@@ -55,6 +56,7 @@ class TGIBackend(HttpBackend):
             timeout_s=timeout_s,
             attempts=attempts,
             overload_patience_s=overload_patience_s,
+            max_connections=max_connections,
         )
         self.top_n_tokens = top_n_tokens
         self._has_tokenize_route = True
