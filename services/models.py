@@ -102,7 +102,9 @@ class Tenant(Base):
     # Signs the callbacks sent to a query's own ``webhook_url``; encrypted at rest.
     webhook_secret: Mapped[str] = mapped_column(EncryptedText, default=new_secret)
     webhook_previous_secrets: Mapped[list[PreviousSecret]] = mapped_column(
-        EncryptedJSON, default=list, nullable=True  # NULL: none (an empty list)
+        EncryptedJSON,
+        default=list,
+        nullable=True,  # NULL: none (an empty list)
     )
     webhook_previous_secret_expires_at: Mapped[datetime | None] = mapped_column()
 
@@ -282,7 +284,9 @@ class WebhookEndpoint(Base):
     thin_payload: Mapped[bool] = mapped_column(Boolean, default=False)
     webhook_secret: Mapped[str] = mapped_column(EncryptedText, default=new_secret)
     webhook_previous_secrets: Mapped[list[PreviousSecret]] = mapped_column(
-        EncryptedJSON, default=list, nullable=True  # NULL: none (an empty list)
+        EncryptedJSON,
+        default=list,
+        nullable=True,  # NULL: none (an empty list)
     )
     webhook_previous_secret_expires_at: Mapped[datetime | None] = mapped_column()
     disabled_at: Mapped[datetime | None] = mapped_column()
