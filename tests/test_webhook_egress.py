@@ -1,17 +1,57 @@
-"""Webhook egress that cannot be turned inward: every IPv4-in-IPv6 form is judged by where it
-leads, and a delivery connects to the very address it checked."""
+"""Webhook egress that cannot be turned inward or held: every IPv4-in-IPv6 form is judged by
+where it leads, a delivery connects to the very address it checked, an attempt ends at one
+total deadline, and a slow receiver holds up no one else."""
 
 from __future__ import annotations
 
 import ipaddress
+import socket
+import time
+import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from services.db import session_scope
+from services.models import DeliveryStatus, WebhookDelivery, WebhookMessage, utcnow
 from services.settings import Settings, get_settings
+from services.webhooks.delivery import attempt_delivery
 from services.webhooks.urls import is_allowed
+from tests.celery_workers import CeleryBeat, CeleryWorker
 from tests.conftest import TenantApi
+from tests.scripted_tgi import ScriptedTGI
+from tests.test_webhooks import add_endpoint, attempt_log, finish_a_query
+from tests.waiting import wait_for
+from tests.webhook_receiver import WebhookReceiver
+
+DEADLINE_S = 6  # the workers' attempt deadline here; a slow attempt runs past half of it
+
+
+@pytest.fixture(scope="module")
+def worker(log_dir: Path) -> Iterator[CeleryWorker]:
+    """Two pool processes for every queue, with a longer attempt deadline than elsewhere, and
+    the scheduler, whose relay sends the deliveries paced for longer than the broker holds a
+    message here."""
+    process = CeleryWorker(
+        f"egress-{uuid.uuid4().hex[:6]}",
+        log_dir=log_dir,
+        env={"TWOTIER_WEBHOOK_TIMEOUT_S": str(DEADLINE_S)},
+    ).start()
+    beat = CeleryBeat(log_dir=log_dir).start()
+    yield process
+    beat.stop()
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[WebhookReceiver]:
+    server = WebhookReceiver().start()
+    yield server
+    server.stop()
+
 
 INWARD_FORMS = [
     "[::127.0.0.1]",  # IPv4-compatible loopback
@@ -75,3 +115,112 @@ def test_addresses_that_lead_inside_are_refused_at_registration_and_per_query(
 )
 def test_only_global_unicast_is_allowed(address: str, allowed: bool) -> None:
     assert is_allowed(ipaddress.ip_address(address), []) is allowed
+
+
+def pending_delivery(tenant: TenantApi, url: str) -> uuid.UUID:
+    """A delivery to ``url`` as the outbox writes it, not queued: the test attempts it."""
+    with session_scope() as session:
+        message = WebhookMessage(
+            id=f"msg_{uuid.uuid4().hex}",
+            tenant_id=tenant.tenant_id,
+            event_type="query.succeeded",
+            payload={"type": "query.succeeded", "timestamp": utcnow().isoformat(), "data": {}},
+        )
+        session.add(message)
+        session.flush()
+        delivery = WebhookDelivery(
+            id=uuid.uuid4(), message_id=message.id, tenant_id=tenant.tenant_id, url=url,
+            status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=utcnow(),
+        )  # fmt: skip
+        session.add(delivery)
+        return delivery.id
+
+
+def test_a_name_rebound_to_loopback_after_the_check_still_reaches_only_the_checked_address(
+    make_tenant: Callable[..., TenantApi], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outside = WebhookReceiver(host="127.0.0.2").start()  # stands for a public address
+    inside = WebhookReceiver(host="127.0.0.1", port=outside.port).start()
+    lookups: list[str] = []
+    resolve = socket.getaddrinfo
+
+    def rebinding(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "rebind.test":
+            return resolve(host, port, *args, **kwargs)
+        lookups.append(host)  # the first answer passes the check, the later ones lead inside
+        address = "127.0.0.2" if len(lookups) == 1 else "127.0.0.1"
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    settings = get_settings().model_copy(
+        update={"webhook_allowed_networks": [ipaddress.IPv4Network("127.0.0.2/32")]}
+    )
+    try:
+        delivery_id = pending_delivery(make_tenant(), f"http://rebind.test:{outside.port}/hook")
+        assert attempt_delivery(delivery_id, settings=settings) is None
+        [received] = outside.at("/hook")
+        assert inside.at("/hook") == []
+    finally:
+        outside.stop()
+        inside.stop()
+    assert received.headers["host"] == f"rebind.test:{outside.port}"
+    assert lookups == ["rebind.test"]  # resolved once, by the check
+    with session_scope() as session:
+        assert session.get_one(WebhookDelivery, delivery_id).status == DeliveryStatus.SUCCEEDED
+
+
+@pytest.mark.usefixtures("worker")
+def test_a_trickling_receiver_is_cut_off_at_the_deadline_and_never_gets_two_attempts_at_once(
+    make_tenant: Callable[..., TenantApi],
+    receiver: WebhookReceiver,
+    small_tgi: ScriptedTGI,
+    unique: Callable[[str], str],
+) -> None:
+    tenant = make_tenant()
+    path = f"/trickle/{uuid.uuid4().hex[:8]}"
+    receiver.trickle[path] = 4 * DEADLINE_S  # a byte a second, far past the deadline
+    endpoint = add_endpoint(tenant, receiver.url + path)
+    finish_a_query(tenant, small_tgi, unique("Trickle"))
+
+    first, second = receiver.wait_for(path, count=2, timeout=60)
+    assert first.webhook_id == second.webhook_id
+    assert receiver.most_in_flight[first.webhook_id] == 1  # the retry came after the cut-off
+    earliest = wait_for(
+        lambda: (log := attempt_log(tenant, endpoint["id"])) and log[-1],
+        timeout=30,
+        what="the first attempt in the log",
+    )
+    assert DEADLINE_S * 1000 <= earliest["duration_ms"] < (DEADLINE_S + 2) * 1000
+    assert "deadline" in earliest["error"]
+    assert len(earliest["response_excerpt"] or "") <= 500
+
+
+@pytest.mark.usefixtures("worker")
+def test_a_slow_receiver_does_not_hold_up_another_tenants_deliveries(
+    make_tenant: Callable[..., TenantApi],
+    receiver: WebhookReceiver,
+    small_tgi: ScriptedTGI,
+    unique: Callable[[str], str],
+) -> None:
+    slow_tenant, other_tenant = make_tenant(), make_tenant()
+    slow_path = f"/slow/{uuid.uuid4().hex[:8]}"
+    other_path = f"/other/{uuid.uuid4().hex[:8]}"
+    receiver.trickle[slow_path] = 4 * DEADLINE_S
+    slow_endpoint = add_endpoint(slow_tenant, receiver.url + slow_path)
+    add_endpoint(other_tenant, receiver.url + other_path)
+    finish_a_query(slow_tenant, small_tgi, unique("Slow first"))
+    wait_for(
+        lambda: attempt_log(slow_tenant, slow_endpoint["id"]),
+        timeout=DEADLINE_S + 10,
+        what="the slow receiver's first attempt to end",
+    )
+
+    for i in range(4):  # more for the slow receiver than the worker has processes
+        prompt = unique(f"Slow {i}")
+        small_tgi.script(prompt, margin=0.9)
+        slow_tenant.submit(prompt)
+    finish_a_query(other_tenant, small_tgi, unique("Not held up"))
+    finished = time.monotonic()
+    [delivered] = receiver.wait_for(other_path, timeout=DEADLINE_S + 10)
+    # With both worker processes on the slow receiver it would wait for a deadline (6 s).
+    assert delivered.arrived_s - finished < DEADLINE_S / 2
