@@ -9,15 +9,21 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from fastapi.testclient import TestClient
 
 from services.db import session_scope
 from services.models import DeliveryStatus, WebhookDelivery, WebhookMessage, utcnow
 from services.settings import Settings, get_settings
+from services.webhooks import egress
 from services.webhooks.delivery import attempt_delivery
 from services.webhooks.urls import is_allowed
 from tests.celery_workers import CeleryBeat, CeleryWorker
@@ -224,3 +230,68 @@ def test_a_slow_receiver_does_not_hold_up_another_tenants_deliveries(
     [delivered] = receiver.wait_for(other_path, timeout=DEADLINE_S + 10)
     # With both worker processes on the slow receiver it would wait for a deadline (6 s).
     assert delivered.arrived_s - finished < DEADLINE_S / 2
+
+
+def self_signed_certificate(folder: Path, host_name: str) -> tuple[Path, Path]:
+    """A certificate for ``host_name`` alone (no IP address), and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host_name)])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host_name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    certificate_file, key_file = folder / "receiver.pem", folder / "receiver-key.pem"
+    certificate_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return certificate_file, key_file
+
+
+def test_https_to_the_pinned_address_verifies_the_certificate_for_the_host_name(
+    make_tenant: Callable[..., TenantApi], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    certificate, key = self_signed_certificate(tmp_path, "rebind.test")
+    receiver = WebhookReceiver(host="127.0.0.2", tls=(certificate, key)).start()
+    resolve = socket.getaddrinfo
+
+    def pointing_at_the_receiver(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "rebind.test":
+            return resolve(host, port, *args, **kwargs)
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.2", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", pointing_at_the_receiver)
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate))  # trust the receiver's certificate
+    egress._tls_context.cache_clear()
+    settings = get_settings().model_copy(
+        update={"webhook_allowed_networks": [ipaddress.IPv4Network("127.0.0.2/32")]}
+    )
+    try:
+        tenant = make_tenant()
+        delivery_id = pending_delivery(tenant, f"https://rebind.test:{receiver.port}/hook")
+        assert attempt_delivery(delivery_id, settings=settings) is None
+        # The same receiver by its address: the certificate does not name it, so it fails.
+        by_address = pending_delivery(tenant, f"https://127.0.0.2:{receiver.port}/hook")
+        attempt_delivery(by_address, settings=settings)
+    finally:
+        receiver.stop()
+        egress._tls_context.cache_clear()
+    [received] = receiver.at("/hook")
+    assert received.headers["host"] == f"rebind.test:{receiver.port}"
+    with session_scope() as session:
+        assert session.get_one(WebhookDelivery, delivery_id).status == DeliveryStatus.SUCCEEDED
+        refused = session.get_one(WebhookDelivery, by_address)
+        assert "CERTIFICATE_VERIFY_FAILED" in (refused.last_error or "")

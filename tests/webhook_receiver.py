@@ -8,6 +8,7 @@ import time
 from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -42,7 +43,13 @@ class Received:
 
 
 class WebhookReceiver:
-    def __init__(self, *, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
         self.received: list[Received] = []
         self._answers: defaultdict[str, deque[tuple[int, dict[str, str]]]] = defaultdict(deque)
         self._lock = threading.Lock()
@@ -52,7 +59,7 @@ class WebhookReceiver:
         self.trickle: dict[str, int] = {}
         self._in_flight: Counter[str] = Counter()
         self.most_in_flight: Counter[str] = Counter()  # per webhook-id, at any one moment
-        self._server = ServerThread(self._app(), host=host, port=port)
+        self._server = ServerThread(self._app(), host=host, port=port, tls=tls)
         self.url = self._server.url
         self.port = self._server.port
 
