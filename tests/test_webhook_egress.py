@@ -19,9 +19,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from services.db import session_scope
-from services.models import DeliveryStatus, WebhookDelivery, WebhookMessage, utcnow
+from services.models import (
+    DeliveryStatus,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookMessage,
+    utcnow,
+)
 from services.settings import Settings, get_settings
 from services.webhooks import egress
 from services.webhooks.delivery import attempt_delivery
@@ -201,30 +208,51 @@ def test_a_trickling_receiver_is_cut_off_at_the_deadline_and_never_gets_two_atte
     assert len(earliest["response_excerpt"] or "") <= 500
 
 
+def attempts_to(url: str) -> list[WebhookAttempt]:
+    with session_scope() as session:
+        return list(
+            session.scalars(
+                select(WebhookAttempt)
+                .join(WebhookDelivery, WebhookDelivery.id == WebhookAttempt.delivery_id)
+                .where(WebhookDelivery.url == url)
+            )
+        )
+
+
 @pytest.mark.usefixtures("worker")
+@pytest.mark.parametrize("target", ["endpoint", "query_webhook_url"])
 def test_a_slow_receiver_does_not_hold_up_another_tenants_deliveries(
     make_tenant: Callable[..., TenantApi],
     receiver: WebhookReceiver,
     small_tgi: ScriptedTGI,
     unique: Callable[[str], str],
+    target: str,
 ) -> None:
     slow_tenant, other_tenant = make_tenant(), make_tenant()
-    slow_path = f"/slow/{uuid.uuid4().hex[:8]}"
+    slow_url = receiver.url + f"/slow/{uuid.uuid4().hex[:8]}"
     other_path = f"/other/{uuid.uuid4().hex[:8]}"
-    receiver.trickle[slow_path] = 4 * DEADLINE_S
-    slow_endpoint = add_endpoint(slow_tenant, receiver.url + slow_path)
+    receiver.trickle[slow_url.removeprefix(receiver.url)] = 4 * DEADLINE_S
     add_endpoint(other_tenant, receiver.url + other_path)
-    finish_a_query(slow_tenant, small_tgi, unique("Slow first"))
+    callback: dict[str, str] = {}
+    if target == "endpoint":
+        add_endpoint(slow_tenant, slow_url)
+    else:
+        callback["webhook_url"] = slow_url
+
+    def finish_slow(prompt: str) -> None:
+        small_tgi.script(prompt, margin=0.9)
+        slow_tenant.wait_finished(slow_tenant.submit(prompt, **callback)["id"])
+
+    finish_slow(unique("Slow first"))
     wait_for(
-        lambda: attempt_log(slow_tenant, slow_endpoint["id"]),
+        lambda: attempts_to(slow_url),
         timeout=DEADLINE_S + 10,
         what="the slow receiver's first attempt to end",
     )
-
     for i in range(4):  # more for the slow receiver than the worker has processes
         prompt = unique(f"Slow {i}")
         small_tgi.script(prompt, margin=0.9)
-        slow_tenant.submit(prompt)
+        slow_tenant.submit(prompt, **callback)
     finish_a_query(other_tenant, small_tgi, unique("Not held up"))
     finished = time.monotonic()
     [delivered] = receiver.wait_for(other_path, timeout=DEADLINE_S + 10)

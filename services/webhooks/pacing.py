@@ -2,7 +2,7 @@
 
 An attempt is *slow* when it runs, or ran, past half the attempt deadline. A delivery whose
 target (its endpoint, or for a query's own ``webhook_url`` that URL) has a slow attempt in
-flight waits until that attempt's lease ends; a delivery to an endpoint whose last attempt was
+flight waits until that attempt's lease ends; a delivery to a target whose last attempt was
 slow waits one deadline after it. Either way the delivery goes back on the queue instead of
 taking a worker, so a receiver that answers slowly (or trickles its answer) holds at most about
 one worker at a time and the deliveries queued behind its own go on to other tenants. Quick
@@ -60,14 +60,20 @@ def _in_flight_leases(delivery: WebhookDelivery, now: datetime) -> Select[dateti
 
 
 def _last_attempt(session: Session, delivery: WebhookDelivery) -> WebhookAttempt | None:
-    """The endpoint's most recent attempt (a query's own URL keeps no such history)."""
-    if delivery.endpoint_id is None:
-        return None
+    """The target's most recent attempt: any of the endpoint's, or for a query's own URL,
+    one of the pending deliveries to it (those still retrying, a short list per tenant)."""
+    latest = select(WebhookAttempt).order_by(WebhookAttempt.id.desc()).limit(1)
+    if delivery.endpoint_id is not None:
+        return session.scalars(
+            latest.where(WebhookAttempt.endpoint_id == delivery.endpoint_id)
+        ).first()
     return session.scalars(
-        select(WebhookAttempt)
-        .where(WebhookAttempt.endpoint_id == delivery.endpoint_id)
-        .order_by(WebhookAttempt.id.desc())
-        .limit(1)
+        latest.join(WebhookDelivery, WebhookDelivery.id == WebhookAttempt.delivery_id).where(
+            WebhookDelivery.tenant_id == delivery.tenant_id,
+            WebhookDelivery.status == DeliveryStatus.PENDING,
+            WebhookDelivery.endpoint_id.is_(None),
+            WebhookDelivery.url == delivery.url,
+        )
     ).first()
 
 
