@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from services.db import session_scope
 from services.models import (
@@ -188,10 +188,12 @@ def test_a_trickling_receiver_is_cut_off_at_the_deadline_and_never_gets_two_atte
     receiver: WebhookReceiver,
     small_tgi: ScriptedTGI,
     unique: Callable[[str], str],
+    slow_urls: list[str],
 ) -> None:
     tenant = make_tenant()
     path = f"/trickle/{uuid.uuid4().hex[:8]}"
     receiver.trickle[path] = 4 * DEADLINE_S  # a byte a second, far past the deadline
+    slow_urls.append(receiver.url + path)
     endpoint = add_endpoint(tenant, receiver.url + path)
     finish_a_query(tenant, small_tgi, unique("Trickle"))
 
@@ -206,6 +208,20 @@ def test_a_trickling_receiver_is_cut_off_at_the_deadline_and_never_gets_two_atte
     assert DEADLINE_S * 1000 <= earliest["duration_ms"] < (DEADLINE_S + 2) * 1000
     assert "deadline" in earliest["error"]
     assert len(earliest["response_excerpt"] or "") <= 500
+
+
+@pytest.fixture
+def slow_urls() -> Iterator[list[str]]:
+    """URLs of slow receivers whose deliveries are discarded after the test, so that their
+    retries take no worker from the tests that follow."""
+    urls: list[str] = []
+    yield urls
+    with session_scope() as session:
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.url.in_(urls), WebhookDelivery.status == DeliveryStatus.PENDING)
+            .values(status=DeliveryStatus.DISCARDED, finished_at=utcnow())
+        )
 
 
 def attempts_to(url: str) -> list[WebhookAttempt]:
@@ -227,9 +243,11 @@ def test_a_slow_receiver_does_not_hold_up_another_tenants_deliveries(
     small_tgi: ScriptedTGI,
     unique: Callable[[str], str],
     target: str,
+    slow_urls: list[str],
 ) -> None:
     slow_tenant, other_tenant = make_tenant(), make_tenant()
     slow_url = receiver.url + f"/slow/{uuid.uuid4().hex[:8]}"
+    slow_urls.append(slow_url)
     other_path = f"/other/{uuid.uuid4().hex[:8]}"
     receiver.trickle[slow_url.removeprefix(receiver.url)] = 4 * DEADLINE_S
     add_endpoint(other_tenant, receiver.url + other_path)
