@@ -12,21 +12,23 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from alembic import command
 from cryptography.fernet import Fernet
 from pydantic import ValidationError
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
-from services.db import session_scope
+from services.db import database_url, session_scope
 from services.encryption import decrypt_text, encrypt_text
 from services.migrate import alembic_config
 from services.models import WebhookEndpoint
 from services.settings import Settings, get_settings
 from services.webhooks.secret_keys import reencrypt_webhook_secrets
 from services.webhooks.signing import live_secrets, rotate_secret
-from tests.conftest import SECRETS_KEY, TenantApi
+from tests.conftest import ADMIN_POSTGRES_URL, SECRETS_KEY, TenantApi
 from tests.scripted_tgi import ScriptedTGI
 from tests.test_webhooks import add_endpoint, finish_a_query
 from tests.webhook_receiver import WebhookReceiver
@@ -152,28 +154,44 @@ def test_the_embedded_default_keeps_its_own_key_readable_by_its_owner_only(
     assert key_file.read_text().strip() == key  # generated once, then kept
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of a database of its own, migrated by nothing yet."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/migrated.db"
+        return
+    name = f"twotier_migration_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN_POSTGRES_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(ADMIN_POSTGRES_URL).set(drivername="postgresql+psycopg", database=name)
+    yield url.render_as_string(hide_password=False)
+    with psycopg.connect(ADMIN_POSTGRES_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def test_migration_encrypts_stored_secrets_and_the_downgrade_restores_them(
-    tmp_path: Path,
+    empty_database: str,
 ) -> None:
-    url = f"sqlite:///{tmp_path}/migrated.db"
+    url = empty_database
     config = alembic_config(url)
     command.upgrade(config, "0008")
-    engine = sa.create_engine(url)
+    engine = sa.create_engine(database_url(url))
     tenant_id, endpoint_id = uuid.uuid4().hex, uuid.uuid4().hex
     expires = datetime.now(UTC) + timedelta(hours=1)
     with engine.begin() as connection:
         connection.execute(
             text("INSERT INTO tenants (id, name, target_escalation_rate, disabled, created_at, "
                  "budget_period, webhook_endpoint_count, webhook_secret) VALUES (:id, 'm', 0.3, "
-                 "0, :now, 'none', 1, 'whsec_tenant')"),
-            {"id": tenant_id, "now": datetime.now(UTC)},
+                 ":no, :now, 'none', 1, 'whsec_tenant')"),
+            {"id": tenant_id, "now": datetime.now(UTC), "no": False},
         )  # fmt: skip
         connection.execute(
             text("INSERT INTO webhook_endpoints (id, tenant_id, url, thin_payload, "
                  "webhook_secret, webhook_previous_secret, webhook_previous_secret_expires_at, "
-                 "created_at, updated_at) VALUES (:id, :tenant, 'https://example.com', 0, "
+                 "created_at, updated_at) VALUES (:id, :tenant, 'https://example.com', :no, "
                  "'whsec_current', 'whsec_previous', :expires, :now, :now)"),
-            {"id": endpoint_id, "tenant": tenant_id, "expires": expires, "now": datetime.now(UTC)},
+            {"id": endpoint_id, "tenant": tenant_id, "expires": expires,
+             "now": datetime.now(UTC), "no": False},
         )  # fmt: skip
     command.upgrade(config, "0009")
     with engine.connect() as connection:
@@ -198,8 +216,6 @@ def test_migration_encrypts_stored_secrets_and_the_downgrade_restores_them(
 
 
 def test_the_sqlite_database_and_its_wal_and_shm_are_private(tmp_path: Path) -> None:
-    from services.db import database_url
-
     previous_umask = os.umask(0o022)  # the usual umask would give 0644
     try:
         url = f"sqlite:///{tmp_path}/twotier.db"
