@@ -1,12 +1,13 @@
 """Keeping a slow receiver from holding up everyone else's deliveries.
 
-An attempt is *slow* when it runs, or ran, past half the attempt deadline. A delivery whose
-target (its endpoint, or for a query's own ``webhook_url`` that URL) has a slow attempt in
-flight waits until that attempt's lease ends; a delivery to a target whose last attempt was
-slow waits one deadline after it. Either way the delivery goes back on the queue instead of
-taking a worker, so a receiver that answers slowly (or trickles its answer) holds at most about
-one worker at a time and the deliveries queued behind its own go on to other tenants. Quick
-receivers are never paced: their attempts may run side by side.
+An attempt is *slow* when it runs, or ran, past half the attempt deadline. A target (an
+endpoint, or for a query's own ``webhook_url`` that URL) whose last attempt was slow gets one
+attempt at a time, and none for one deadline after a slow one ended; a target with no attempt
+yet gets no second attempt while its first has run slow. A delivery that must wait goes back
+on the queue instead of taking a worker, so a receiver that answers slowly (or trickles its
+answer) holds at most about one worker at a time and the deliveries queued behind its own go
+on to other tenants. A target whose last attempt was quick is not paced (one query per claim):
+its attempts may run side by side.
 """
 
 from __future__ import annotations
@@ -31,14 +32,17 @@ def wait_for_slow_target(
 ) -> float | None:
     """Seconds to wait before attempting ``delivery``, or None to attempt it now."""
     slow = timedelta(seconds=deadline_s / 2)
+    last = _last_attempt(session, delivery)
+    last_was_slow = last is not None and timedelta(milliseconds=last.duration_ms) > slow
+    if last is not None and not last_was_slow:
+        return None
     in_flight_until: datetime | None = session.scalar(_in_flight_leases(delivery, now))
     if in_flight_until is not None:
         started = in_flight_until - timedelta(seconds=lease_s(deadline_s))
-        if now - started > slow or _last_attempt_was_slow(session, delivery, slow):
+        if last_was_slow or now - started > slow:
             return max((in_flight_until - now).total_seconds(), 0.5)
-    last = _last_slow_attempt_at(session, delivery, slow)
-    if last is not None and last + timedelta(seconds=deadline_s) > now:
-        return (last + timedelta(seconds=deadline_s) - now).total_seconds()
+    if last is not None and last.attempted_at + timedelta(seconds=deadline_s) > now:
+        return (last.attempted_at + timedelta(seconds=deadline_s) - now).total_seconds()
     return None
 
 
@@ -75,16 +79,3 @@ def _last_attempt(session: Session, delivery: WebhookDelivery) -> WebhookAttempt
             WebhookDelivery.url == delivery.url,
         )
     ).first()
-
-
-def _last_attempt_was_slow(session: Session, delivery: WebhookDelivery, slow: timedelta) -> bool:
-    return _last_slow_attempt_at(session, delivery, slow) is not None
-
-
-def _last_slow_attempt_at(
-    session: Session, delivery: WebhookDelivery, slow: timedelta
-) -> datetime | None:
-    last = _last_attempt(session, delivery)
-    if last is None or timedelta(milliseconds=last.duration_ms) <= slow:
-        return None
-    return last.attempted_at
