@@ -58,16 +58,20 @@ def record_model_call(
     generation: Generation,
     latency_ms: int,
     price: Price | None = None,
+    most: Decimal | None = None,
 ) -> Decimal | None:
     """Charge a call unless this query was already charged on this tier; the cost if charged.
 
     The unique constraint (query_id, tier) decides in the one INSERT: a redelivered task's
     second charge inserts nothing. The caller holds the query's row lock besides. ``price``
-    is the price in force if the caller read it already.
+    is the price in force if the caller read it already; ``most`` caps the charge at what the
+    tenant's hard limit leaves (None: no cap).
     """
     cost = (price or current_price(session, tier_settings)).cost(
         input_tokens=generation.input_tokens, output_tokens=generation.output_tokens
     )
+    if most is not None:
+        cost = min(cost, most)
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     charged = session.scalar(
         dialect.insert(ModelCall)

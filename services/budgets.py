@@ -6,6 +6,10 @@ under the period row's lock, the worst-case cost of its small call and, while th
 of its escalation; a submit that cannot reserve the small call is refused and writes nothing.
 Each model call settles its tier's reservation to the actual cost in the transaction that writes
 its ledger row; whatever a query did not use is released when it finishes.
+
+The cost of a call is its tokens at the price in force when it finishes, but never more than
+the hard limit leaves once the other calls in flight are paid for (``most_chargeable``): an
+admin who raises a price, or lowers the limit, while calls run cannot push the spend past it.
 """
 
 from __future__ import annotations
@@ -126,6 +130,23 @@ def reserve_escalation(
     period.reserved += large
     query.reserved_large = large
     return True
+
+
+def most_chargeable(
+    session: Session, *, query: Query, tier: Tier, tenant: Tenant
+) -> Decimal | None:
+    """The most the tier's call may be charged: what the hard limit leaves with this call's
+    reservation given back and every other reservation kept; None when there is no limit.
+
+    The reservations were made at the prices of their time. Under this cap the period's
+    ``spent + reserved`` never passes the limit, whatever prices or limits are set meanwhile.
+    """
+    limit = tenant.budget_hard_limit
+    if query.budget_period_id is None or limit is None:
+        return None
+    period = _locked(session, query.budget_period_id)
+    own = query.reserved_small if tier is Tier.SMALL else query.reserved_large
+    return max(limit - period.spent - (period.reserved - own), Decimal(0))
 
 
 def settle(session: Session, *, query: Query, tier: Tier, cost: Decimal, tenant: Tenant) -> None:

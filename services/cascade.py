@@ -145,6 +145,7 @@ def answer_on_tier(query_id: uuid.UUID, tier: Tier) -> TierResult:
     with session_scope() as session:
         tier_settings = tier_settings_of(tier)
         query, tenant, price = _locked_for_answer(session, query_id, tier_settings)
+        most = budgets.most_chargeable(session, query=query, tier=tier, tenant=tenant)
         cost = record_model_call(
             session,
             query_id=query.id,
@@ -154,6 +155,7 @@ def answer_on_tier(query_id: uuid.UUID, tier: Tier) -> TierResult:
             generation=generation,
             latency_ms=latency_ms,
             price=price,
+            most=most,
         )
         if cost is not None:
             budgets.settle(session, query=query, tier=tier, cost=cost, tenant=tenant)

@@ -54,11 +54,16 @@ def _share_metrics_between_processes() -> None:
 
 @main.command()
 def migrate() -> None:
-    """Apply the database migrations (alembic upgrade head)."""
-    from services.migrate import upgrade_to_head  # noqa: PLC0415 - load Alembic only here
+    """Apply the database migrations (alembic upgrade head), then encrypt every webhook secret
+    with the first key of TWOTIER_SECRETS_KEYS (the last step of a key rotation)."""
+    from services.db import session_scope  # noqa: PLC0415 - load Alembic and the ORM only here
+    from services.migrate import upgrade_to_head  # noqa: PLC0415
+    from services.webhooks.secret_keys import reencrypt_webhook_secrets  # noqa: PLC0415
 
     upgrade_to_head()
-    click.echo("database is at the latest migration")
+    with session_scope() as session:
+        rewritten = reencrypt_webhook_secrets(session)
+    click.echo(f"database is at the latest migration; {rewritten} secret holders re-encrypted")
 
 
 @main.group()

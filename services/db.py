@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,11 +61,24 @@ def get_engine() -> Engine:
 
 
 def database_url(raw_url: str) -> URL:
-    """The parsed URL; for an SQLite file, its folder is created first."""
+    """The parsed URL; for an SQLite file, its folder is created first, and the file too,
+    readable by its owner only (see ``private_sqlite_files``)."""
     url = make_url(raw_url)
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        path = Path(url.database).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        private_sqlite_files(path)
     return url
+
+
+def private_sqlite_files(path: Path) -> None:
+    """Create the database file with mode 0600 and narrow any existing one (and its -wal,
+    -shm and -journal) to it: it holds prompts, answers and API key hashes. SQLite creates
+    its -wal and -shm files with the database file's mode."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # an empty file is a new database
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            path.with_name(path.name + suffix).chmod(0o600)
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: object) -> None:

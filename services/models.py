@@ -30,7 +30,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from services.webhooks.signing import new_secret
+from services.encryption import EncryptedJSON, EncryptedText
+from services.webhooks.signing import PreviousSecret, new_secret
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -98,9 +99,13 @@ class Tenant(Base):
     max_concurrent_queries: Mapped[int | None] = mapped_column(Integer)
     # Endpoints not deleted: with none, a finishing query looks for no endpoint to notify.
     webhook_endpoint_count: Mapped[int] = mapped_column(Integer, default=0)
-    # Signs the callbacks sent to a query's own ``webhook_url``.
-    webhook_secret: Mapped[str] = mapped_column(String(100), default=new_secret)
-    webhook_previous_secret: Mapped[str | None] = mapped_column(String(100))
+    # Signs the callbacks sent to a query's own ``webhook_url``; encrypted at rest.
+    webhook_secret: Mapped[str] = mapped_column(EncryptedText, default=new_secret)
+    webhook_previous_secrets: Mapped[list[PreviousSecret]] = mapped_column(
+        EncryptedJSON,
+        default=list,
+        nullable=True,  # NULL: none (an empty list)
+    )
     webhook_previous_secret_expires_at: Mapped[datetime | None] = mapped_column()
 
 
@@ -264,8 +269,9 @@ class ModelCall(Base):
 
 
 class WebhookEndpoint(Base):
-    """A tenant's callback URL, its signing secret (the previous one too, during a rotation)
-    and the event types it wants (None: all)."""
+    """A tenant's callback URL, its signing secret (and the secrets it replaced, while their
+    grace periods run), encrypted at rest, and the event types it wants (None: all).
+    ``webhook_previous_secret_expires_at`` is when the last of those stops signing."""
 
     __tablename__ = "webhook_endpoints"
     __table_args__ = (
@@ -278,8 +284,12 @@ class WebhookEndpoint(Base):
     description: Mapped[str | None] = mapped_column(String(500))
     event_types: Mapped[list[str] | None] = mapped_column(JSON)
     thin_payload: Mapped[bool] = mapped_column(Boolean, default=False)
-    webhook_secret: Mapped[str] = mapped_column(String(100), default=new_secret)
-    webhook_previous_secret: Mapped[str | None] = mapped_column(String(100))
+    webhook_secret: Mapped[str] = mapped_column(EncryptedText, default=new_secret)
+    webhook_previous_secrets: Mapped[list[PreviousSecret]] = mapped_column(
+        EncryptedJSON,
+        default=list,
+        nullable=True,  # NULL: none (an empty list)
+    )
     webhook_previous_secret_expires_at: Mapped[datetime | None] = mapped_column()
     disabled_at: Mapped[datetime | None] = mapped_column()
     disabled_reason: Mapped[str | None] = mapped_column(String(500))

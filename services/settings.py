@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import platformdirs
+from cryptography.fernet import Fernet
 from pydantic import BaseModel, Field, HttpUrl, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from services.lazy import built_once
 
@@ -77,7 +78,11 @@ class Settings(BaseSettings):
     """Every setting of the process. Nested tiers use ``__``: ``TWOTIER_SMALL__URL``."""
 
     model_config = SettingsConfigDict(
-        env_prefix="TWOTIER_", env_nested_delimiter="__", extra="ignore", frozen=True
+        env_prefix="TWOTIER_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,  # a refused setting's message must not print the secrets
     )
 
     home: Path = Field(
@@ -304,6 +309,13 @@ class Settings(BaseSettings):
         "queued (retries far in the future, messages lost by the broker).",
     )
 
+    secrets_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default=[],
+        description="Fernet keys that encrypt webhook secrets at rest, comma-separated: the "
+        "first encrypts, all decrypt (rotate by putting a new key first). Required with a "
+        "broker or a non-SQLite database; unset, the embedded default keeps its own in `home`.",
+    )
+
     admin_token: SecretStr | None = Field(
         default=None,
         description="Bearer token of the admin API (/v1/admin); unset turns the admin API off.",
@@ -320,6 +332,22 @@ class Settings(BaseSettings):
         # Compose passes `TWOTIER_ADMIN_TOKEN: ${TWOTIER_ADMIN_TOKEN:-}`: empty when not given.
         return None if value == "" else value
 
+    @field_validator("secrets_keys", mode="before")
+    @classmethod
+    def _key_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [key.strip() for key in value.split(",") if key.strip()]
+        if isinstance(value, list):
+            for key in value:
+                try:
+                    Fernet(key.get_secret_value() if isinstance(key, SecretStr) else key)
+                except (TypeError, ValueError):
+                    raise ValueError(
+                        "TWOTIER_SECRETS_KEYS holds a key that is not a Fernet key (32 bytes in "
+                        "URL-safe base64; make one with `openssl rand -base64 32 | tr '+/' '-_'`)"
+                    ) from None
+        return value
+
     @model_validator(mode="after")
     def _complete(self) -> Settings:
         for name, tier in (("small", self.small), ("large", self.large)):
@@ -334,6 +362,14 @@ class Settings(BaseSettings):
                 raise ValueError("TWOTIER_ADMIN_TOKEN must be a random secret of 16+ characters")
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{self.home / 'twotier.db'}")
+        if not self.secrets_keys and (
+            self.broker_url is not None or not self.database_url.startswith("sqlite")
+        ):
+            raise ValueError(
+                "TWOTIER_SECRETS_KEYS must be set with a broker or a shared database: every "
+                "process needs the same key to read webhook secrets (make one with "
+                "`openssl rand -base64 32 | tr '+/' '-_'`)"
+            )
         return self
 
     @property

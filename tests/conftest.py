@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from cryptography.fernet import Fernet
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import make_url
 
@@ -37,6 +38,7 @@ WARMUP = 4
 ADMIN_TOKEN = "test-admin-token-0123456789"
 LEASE_S = 3
 WEBHOOK_RETRY_SCHEDULE_S = [0, 0.3, 0.6, 0.9]
+SECRETS_KEY = Fernet.generate_key().decode()  # this session's key for secrets at rest
 
 
 @pytest.fixture(scope="session")
@@ -85,6 +87,7 @@ def environment(small_tgi: ScriptedTGI, large_tgi: ScriptedTGI) -> Iterator[dict
         "TWOTIER_WEBHOOK_TIMEOUT_S": "3",
         "TWOTIER_WEBHOOK_RELAY_INTERVAL_S": "1",
         "TWOTIER_TASK_RETRIES": "2",
+        "TWOTIER_SECRETS_KEYS": SECRETS_KEY,
     }
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)

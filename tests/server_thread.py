@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
@@ -11,19 +12,34 @@ from fastapi import FastAPI
 from tests.waiting import wait_for
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
 
 
 class ServerThread:
-    def __init__(self, app: FastAPI) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+    def __init__(
+        self,
+        app: FastAPI,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        tls: tuple[Path, Path] | None = None,  # certificate and key files: serve HTTPS
+    ) -> None:
+        self.port = port or free_port(host)
+        self.url = f"{'https' if tls else 'http'}://{host}:{self.port}"
+        certificate, key = tls or (None, None)
         self._server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+            uvicorn.Config(
+                app,
+                host=host,
+                port=self.port,
+                log_level="warning",
+                ssl_certfile=certificate,
+                ssl_keyfile=key,
+            )
         )
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 

@@ -305,3 +305,53 @@ def test_the_sweep_gives_back_reservations_no_call_will_settle() -> None:
         assert queries[0].reserved_small == queries[0].reserved_large == 0
         assert queries[1].reserved_small == Decimal("0.1")  # its call may still settle
         assert period.reserved == Decimal("0.3")
+
+
+@pytest.mark.usefixtures("worker")
+def test_a_price_raised_tenfold_mid_flight_never_takes_spend_past_the_hard_limit(
+    make_tenant: Callable[..., TenantApi], small_tgi: ScriptedTGI, unique: Callable[[str], str]
+) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    model = get_settings().small.model
+    tenant = make_tenant(target_escalation_rate=0)
+
+    def set_price(output_per_mtok: str) -> None:
+        priced = tenant.client.put(
+            f"/v1/admin/prices/{model}",
+            json={"price_input_per_mtok": "0", "price_output_per_mtok": output_per_mtok},
+            headers=admin,
+        )
+        assert priced.status_code == 200, priced.text
+
+    set_price("1000")  # 4 output tokens cost 0.004: 50 such queries fill the 0.2 limit
+    try:
+        budget = {"budget_period": "monthly", "budget_hard_limit": "0.2"}
+        patched = tenant.client.patch(
+            f"/v1/admin/tenants/{tenant.tenant_id}", json=budget, headers=admin
+        )
+        assert patched.status_code == 200, patched.text
+        prompts = [unique(f"price rise {i}") for i in range(50)]
+        for prompt in prompts:  # every call waits until the price has risen
+            small_tgi.script(prompt, answer="one two three four", margin=0.9, hold=True)
+        accepted = []
+        for prompt in prompts:
+            response = tenant.client.post(
+                "/v1/queries", json={"prompt": prompt, "max_new_tokens": 4}, headers=tenant.headers
+            )
+            assert response.status_code in (202, 402), response.text
+            if response.status_code == 202:
+                accepted.append(response.json()["id"])
+        assert len(accepted) >= 40
+        set_price("10000")
+        for prompt in prompts:
+            small_tgi.release(prompt)
+        finished = [tenant.wait_finished(query_id) for query_id in accepted]
+    finally:
+        cleared = tenant.client.delete(f"/v1/admin/prices/{model}", headers=admin)
+        assert cleared.status_code == 204
+    assert {q["status"] for q in finished} == {"succeeded"}
+    [period] = periods_of(tenant)
+    assert period.reserved == 0
+    assert period.spent == ledger_total(tenant)
+    # At the new price the accepted queries would cost about 1.8; the limit caps the charge.
+    assert Decimal("0.19") < period.spent <= Decimal("0.2")

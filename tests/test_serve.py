@@ -17,6 +17,7 @@ import pytest
 
 from services.llm.local_model import LocalBackend
 from services.settings import get_settings
+from tests.conftest import SECRETS_KEY
 from tests.local_model_fixtures import load_bundled_model
 from tests.scripted_openai import ScriptedOpenAI
 from tests.server_thread import free_port
@@ -227,7 +228,8 @@ def test_sigterm_stops_cleanly_and_a_restart_finishes_every_accepted_query(
 
 def test_serve_refuses_to_start_when_a_broker_is_configured(tmp_path: Path) -> None:
     env = without_twotier_settings(os.environ)
-    env.update({"TWOTIER_HOME": str(tmp_path), "TWOTIER_BROKER_URL": "redis://127.0.0.1:6379/0"})
+    env.update({"TWOTIER_HOME": str(tmp_path), "TWOTIER_BROKER_URL": "redis://127.0.0.1:6379/0",
+                "TWOTIER_SECRETS_KEYS": SECRETS_KEY})  # fmt: skip
     result = subprocess.run(
         [*TWOTIER, "serve"], env=env, capture_output=True, text=True, timeout=60, check=False
     )

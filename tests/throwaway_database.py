@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
+from cryptography.fernet import Fernet
 from sqlalchemy.engine import make_url
 
 from services.db import forget_engines, get_engine
@@ -17,12 +18,14 @@ from services.settings import get_settings
 @contextmanager
 def throwaway_database(admin_url: str) -> Iterator[None]:
     """Create a database beside ``admin_url``'s, point ``TWOTIER_DATABASE_URL`` at it, and
-    drop it (and this process's connections to it) at the end."""
+    drop it (and this process's connections to it) at the end. A database of its own needs
+    no lasting key for its secrets at rest: unless one is set, a new one is made."""
     name = f"twotier_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(admin_url, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     url = make_url(admin_url).set(drivername="postgresql+psycopg", database=name)
     os.environ["TWOTIER_DATABASE_URL"] = url.render_as_string(hide_password=False)
+    os.environ.setdefault("TWOTIER_SECRETS_KEYS", Fernet.generate_key().decode())
     get_settings.cache_clear()
     forget_engines()
     try:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import StreamingResponse
 from standardwebhooks import Webhook
 
 from tests.server_thread import ServerThread
@@ -40,14 +43,25 @@ class Received:
 
 
 class WebhookReceiver:
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
         self.received: list[Received] = []
         self._answers: defaultdict[str, deque[tuple[int, dict[str, str]]]] = defaultdict(deque)
         self._lock = threading.Lock()
         self.hold: threading.Event | None = None
         self.held = threading.Event()
-        self._server = ServerThread(self._app())
+        # Paths whose answer trickles: one byte per second for that many seconds.
+        self.trickle: dict[str, int] = {}
+        self._in_flight: Counter[str] = Counter()
+        self.most_in_flight: Counter[str] = Counter()  # per webhook-id, at any one moment
+        self._server = ServerThread(self._app(), host=host, port=port, tls=tls)
         self.url = self._server.url
+        self.port = self._server.port
 
     def answer_next(self, path: str, *answers: int | tuple[int, dict[str, str]]) -> None:
         """Status codes (and headers) for the next requests at ``path``; 200 after them."""
@@ -89,9 +103,30 @@ class WebhookReceiver:
             if hold is not None and not hold.is_set():
                 self.held.set()
                 await _wait(hold)
+            seconds = self.trickle.get(f"/{path}")
+            if seconds is not None:
+                return StreamingResponse(
+                    self._trickled(request.headers.get("webhook-id", ""), seconds),
+                    status_code=status,
+                )
             return Response(status_code=status, headers=headers, content=b"ok")
 
         return app
+
+    async def _trickled(self, webhook_id: str, seconds: int) -> AsyncIterator[bytes]:
+        """The answer a byte a second; counts how many answers to one webhook-id run at once."""
+        with self._lock:
+            self._in_flight[webhook_id] += 1
+            self.most_in_flight[webhook_id] = max(
+                self.most_in_flight[webhook_id], self._in_flight[webhook_id]
+            )
+        try:
+            for _ in range(seconds):
+                yield b"."
+                await anyio.sleep(1)
+        finally:
+            with self._lock:
+                self._in_flight[webhook_id] -= 1
 
 
 async def _wait(event: threading.Event) -> None:

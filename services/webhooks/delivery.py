@@ -3,7 +3,9 @@
 Like a tier's task, a delivery is claimed under its row lock with a lease, so a duplicate
 message waits instead of sending twice at once; a worker killed mid-attempt leaves a lease
 that runs out, after which the delivery is attempted again with the same ``webhook-id``
-(at least once, as the specification asks receivers to expect).
+(at least once, as the specification asks receivers to expect). The lease outlasts the
+attempt's whole deadline (services/webhooks/egress.py), so a live worker's attempt always ends
+before another may start; deliveries to a slow receiver are paced (services/webhooks/pacing.py).
 """
 
 from __future__ import annotations
@@ -36,16 +38,16 @@ from services.models import (
     utcnow,
 )
 from services.settings import Settings
+from services.webhooks.egress import AttemptTimedOut, send_attempt
 from services.webhooks.endpoints import disable_endpoint
 from services.webhooks.events import FULL_PAYLOAD_ONLY
+from services.webhooks.pacing import lease_s, wait_for_slow_target
 from services.webhooks.signing import live_secrets, signature_header
-from services.webhooks.urls import check_webhook_url
 
 log = structlog.get_logger(__name__)
 
 JITTER = 0.2
 EXCERPT_BYTES = 500
-LEASE_MARGIN_S = 5.0
 USER_AGENT = "twotier-webhooks/0.1"
 
 
@@ -139,22 +141,18 @@ def _claim(delivery_id: uuid.UUID, settings: Settings) -> _Attempt | float | Non
         endpoint = (
             session.get(WebhookEndpoint, delivery.endpoint_id) if delivery.endpoint_id else None
         )
-        if endpoint is not None and endpoint.deleted_at is not None:
-            _finish(delivery, DeliveryStatus.DISCARDED, "the endpoint was deleted")
+        if endpoint is not None and _finished_with_endpoint(delivery, endpoint):
             return None
-        if endpoint is not None and endpoint.disabled_at is not None:
-            _finish(
-                delivery,
-                DeliveryStatus.DEAD,
-                f"the endpoint is disabled: {endpoint.disabled_reason}",
-            )
-            return None
+        wait_s = wait_for_slow_target(
+            session, delivery, deadline_s=settings.webhook_timeout_s, now=now
+        )
+        if wait_s is not None:
+            delivery.next_attempt_at = now + timedelta(seconds=wait_s)
+            return wait_s
         message = session.get_one(WebhookMessage, delivery.message_id)
         signer = endpoint or session.get_one(Tenant, delivery.tenant_id)
         delivery.attempts += 1
-        delivery.lease_expires_at = now + timedelta(
-            seconds=settings.webhook_timeout_s + LEASE_MARGIN_S
-        )
+        delivery.lease_expires_at = now + timedelta(seconds=lease_s(settings.webhook_timeout_s))
         return _Attempt(
             delivery_id=delivery.id,
             number=delivery.attempts,
@@ -166,18 +164,24 @@ def _claim(delivery_id: uuid.UUID, settings: Settings) -> _Attempt | float | Non
         )
 
 
+def _finished_with_endpoint(delivery: WebhookDelivery, endpoint: WebhookEndpoint) -> bool:
+    """Finish the delivery if its endpoint was deleted or disabled; whether it was."""
+    if endpoint.deleted_at is not None:
+        _finish(delivery, DeliveryStatus.DISCARDED, "the endpoint was deleted")
+        return True
+    if endpoint.disabled_at is not None:
+        reason = f"the endpoint is disabled: {endpoint.disabled_reason}"
+        _finish(delivery, DeliveryStatus.DEAD, reason)
+        return True
+    return False
+
+
 def _send(attempt: _Attempt, settings: Settings) -> _Answer:
     started = time.perf_counter()
 
     def elapsed_ms() -> int:
         return round((time.perf_counter() - started) * 1000)
 
-    try:
-        check_webhook_url(attempt.url, allowed_networks=settings.webhook_allowed_networks)
-    except WebhookUrlRefused as exc:
-        return _Answer(error=exc.message, refused=True)
-    except WebhookUrlUnresolvable as exc:
-        return _Answer(error=exc.message, duration_ms=elapsed_ms())
     timestamp = int(time.time())
     headers = {
         "content-type": "application/json",
@@ -189,20 +193,30 @@ def _send(attempt: _Attempt, settings: Settings) -> _Answer:
         ),
     }
     try:
-        with _client(settings.webhook_timeout_s).stream(
-            "POST", attempt.url, content=attempt.body, headers=headers
-        ) as response:
-            excerpt = _read_excerpt(response)
+        reply = send_attempt(
+            attempt.url,
+            allowed_networks=settings.webhook_allowed_networks,
+            content=attempt.body,
+            headers=headers,
+            deadline_s=settings.webhook_timeout_s,
+            excerpt_bytes=EXCERPT_BYTES,
+        )
+    except WebhookUrlRefused as exc:
+        return _Answer(error=exc.message, refused=True)
+    except WebhookUrlUnresolvable as exc:
+        return _Answer(error=exc.message, duration_ms=elapsed_ms())
+    except AttemptTimedOut as exc:
+        return _Answer(error=str(exc), duration_ms=elapsed_ms())
     except httpx.HTTPError as exc:
         return _Answer(error=f"{type(exc).__name__}: {exc}"[:1000], duration_ms=elapsed_ms())
     error = None
-    if response.is_redirect:
-        error = f"redirects are not followed (to {response.headers.get('location')!r})"
+    if 300 <= reply.status_code < 400 and reply.location is not None:
+        error = f"redirects are not followed (to {reply.location!r})"
     return _Answer(
-        status_code=response.status_code,
+        status_code=reply.status_code,
         error=error,
-        retry_after_s=_retry_after_s(response.headers.get("retry-after")),
-        excerpt=excerpt,
+        retry_after_s=_retry_after_s(reply.retry_after),
+        excerpt=reply.excerpt.decode(errors="replace"),
         duration_ms=elapsed_ms(),
     )
 
@@ -282,15 +296,6 @@ def _retry_after_s(value: str | None) -> float | None:
     return max((when - utcnow()).total_seconds(), 0.0)
 
 
-def _read_excerpt(response: httpx.Response) -> str:
-    received = b""
-    for chunk in response.iter_bytes():
-        received += chunk
-        if len(received) >= EXCERPT_BYTES:
-            break
-    return received[:EXCERPT_BYTES].decode(errors="replace")
-
-
 def _disable_endpoint(session: Session, delivery: WebhookDelivery, reason: str) -> None:
     if delivery.endpoint_id is not None:
         endpoint = session.get_one(WebhookEndpoint, delivery.endpoint_id, with_for_update=True)
@@ -306,9 +311,3 @@ def _finish(delivery: WebhookDelivery, status: DeliveryStatus, error: str | None
 
 def _locked(session: Session, delivery_id: uuid.UUID) -> WebhookDelivery | None:
     return session.get(WebhookDelivery, delivery_id, with_for_update=True, populate_existing=True)
-
-
-@functools.cache
-def _client(timeout_s: float) -> httpx.Client:
-    # Redirects are never followed: a receiver could point one at an internal address.
-    return httpx.Client(timeout=timeout_s, follow_redirects=False)
