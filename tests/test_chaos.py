@@ -43,11 +43,15 @@ HARD_LIMIT = Decimal("0.0008")  # lets each tenant pay for some of its queries, 
 
 @dataclass
 class Pools:
-    """One worker process per pool, restarted after each kill."""
+    """One worker process per pool, restarted after each kill, and started again when it
+    exits on its own, as compose (`restart: unless-stopped`) and Kubernetes do: a threads-pool
+    worker that holds unacknowledged messages when Redis goes away exits (kombu cannot give
+    them back to a server that is gone), and its queries wait for their leases to run out."""
 
     log_dir: Path
     workers: dict[str, CeleryWorker] = field(default_factory=dict)
     kills: Counter[str] = field(default_factory=Counter)
+    exits: Counter[str] = field(default_factory=Counter)
 
     def start(self, pool: str) -> None:
         queues = {"small": "small,maintenance", "large": "large", "webhooks": "webhooks"}[pool]
@@ -58,6 +62,12 @@ class Pools:
         self.workers[pool].kill()
         self.kills[pool] += 1
         self.start(pool)
+
+    def restart_exited(self) -> None:
+        for pool, worker in list(self.workers.items()):
+            if worker.process is not None and worker.process.poll() is not None:
+                self.exits[pool] += 1
+                self.start(pool)
 
     def stop(self) -> None:
         for worker in self.workers.values():
@@ -195,8 +205,16 @@ def test_invariants_hold_while_everything_breaks(
         for batch, inject in zip(batches, injections, strict=True):
             submit_all(tenants, batch, run)
             inject()
-        wait_for(lambda: all_finished(run.accepted), timeout=240, what="every query to finish")
-        wait_for(no_pending_webhooks, timeout=120, what="every webhook delivered or dead")
+        wait_for(
+            lambda: pools.restart_exited() or all_finished(run.accepted),
+            timeout=240,
+            what="every query to finish",
+        )
+        wait_for(
+            lambda: pools.restart_exited() or no_pending_webhooks(),
+            timeout=120,
+            what="every webhook delivered or dead",
+        )
     finally:
         small_tgi.delay_s = large_tgi.delay_s = 0.0
     figures = check_invariants(
@@ -209,6 +227,7 @@ def test_invariants_hold_while_everything_breaks(
         "submits_refused_by_budget": run.refused,
         "faults_injected": len(injections),
         "workers_killed": dict(pools.kills),
+        "workers_restarted_after_exiting": dict(pools.exits),
         "api_503_while_postgres_down": faults["api_503"],
     }
     print("\nchaos run:", figures)

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fastapi.testclient import TestClient
 
+from services.api.deps import current_settings
 from services.db import session_scope
 from services.models import (
     DeliveryStatus,
@@ -51,7 +52,7 @@ INWARD_FORMS = [
 def strict(client: TestClient) -> Iterator[Settings]:
     """The API's settings without the tests' loopback allowlist."""
     settings = get_settings().model_copy(update={"webhook_allowed_networks": []})
-    client.app.dependency_overrides[get_settings] = lambda: settings  # type: ignore[attr-defined]
+    client.app.dependency_overrides[current_settings] = lambda: settings  # type: ignore[attr-defined]
     yield settings
     client.app.dependency_overrides.clear()  # type: ignore[attr-defined]
 
