@@ -16,12 +16,13 @@ import pytest
 import redis
 from cryptography.fernet import Fernet
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 from sqlalchemy.engine import make_url
 
 from services.db import forget_engines, get_engine, session_scope
 from services.llm.registry import close_backends
 from services.migrate import upgrade_to_head
-from services.models import TERMINAL_STATUSES
+from services.models import TERMINAL_STATUSES, Query, QueryStatus, utcnow
 from services.settings import get_settings
 from services.tenants import create_tenant
 from tests.api_process import ApiProcess
@@ -116,9 +117,26 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("logs")
 
 
+def forget_earlier_work() -> None:
+    """Cancel the unfinished queries that earlier modules left (those that test the API with
+    no worker running) and empty the queues, so that a module's workers start on its own work
+    alone rather than on a backlog the recovery sweep would keep sending them."""
+    unfinished = [QueryStatus.QUEUED, QueryStatus.RUNNING, QueryStatus.ESCALATED]
+    with session_scope() as session:
+        session.execute(
+            update(Query)
+            .where(Query.status.in_(unfinished))
+            .values(status=QueryStatus.CANCELLED, lease_expires_at=None, finished_at=utcnow())
+        )
+    redis.Redis.from_url(TEST_REDIS_URL).delete(
+        "small", "large", "webhooks", "maintenance", "unacked", "unacked_index"
+    )
+
+
 @pytest.fixture(scope="module")
 def worker(log_dir: Path) -> Iterator[CeleryWorker]:
     """One real worker process (`twotier worker`: a pool of threads) consuming every queue."""
+    forget_earlier_work()
     process = CeleryWorker(f"worker-{uuid.uuid4().hex[:6]}", log_dir=log_dir).start()
     yield process
     process.stop()

@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from services.db import session_scope
 from services.models import DeliveryStatus, WebhookAttempt, WebhookDelivery, utcnow
 from tests.celery_workers import CeleryBeat, CeleryWorker
-from tests.conftest import TenantApi
+from tests.conftest import TenantApi, forget_earlier_work
 from tests.scripted_tgi import ScriptedTGI
 from tests.test_webhooks import add_endpoint, attempt_log, finish_a_query
 from tests.waiting import wait_for
@@ -29,6 +29,7 @@ def worker(log_dir: Path) -> Iterator[CeleryWorker]:
     """Two pool processes for every queue, with a longer attempt deadline than elsewhere, and
     the scheduler, whose relay sends the deliveries paced for longer than the broker holds a
     message here."""
+    forget_earlier_work()
     process = CeleryWorker(
         f"egress-{uuid.uuid4().hex[:6]}",
         log_dir=log_dir,
