@@ -36,7 +36,6 @@ class RequestDatabase:
         self, *, dispatcher: Dispatcher, threads: int, max_waiting: int, max_wait_s: float
     ) -> None:
         self.dispatcher = dispatcher
-        self.threads = threads
         self.max_waiting = max_waiting
         self.max_wait_s = max_wait_s
         self._turns = anyio.CapacityLimiter(threads)

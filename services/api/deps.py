@@ -9,7 +9,6 @@ The database work of a request (the key's check included) runs in the hops of
 from __future__ import annotations
 
 import hmac
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
@@ -51,10 +50,6 @@ class TenantCalls:
 
     database: RequestDatabase
     tenant: Tenant  # as read when the key was checked; each hop attaches it to its session
-
-    @property
-    def tenant_id(self) -> uuid.UUID:
-        return self.tenant.id
 
     async def run(self, work: Callable[[Session, Tenant], T]) -> T:
         def as_tenant(session: Session) -> T:
