@@ -8,7 +8,10 @@ rather than after the longest call a model could take.
 
 One thread per process renews every lease that has been held for a fifth of the lease, in one
 UPDATE: a call shorter than that costs no renewal at all, and a hundred long calls cost one
-statement every few seconds, not a hundred.
+statement every few seconds, not a hundred. The UPDATE skips the rows another transaction has
+locked (a call whose answer is being recorded, which sets the lease itself): waiting for them
+would make every answer that then locks a row the UPDATE already holds wait in turn. A skipped
+lease is renewed at the next tick.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import structlog
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from services.db import session_scope
 from services.models import Query, utcnow
@@ -72,20 +75,26 @@ class LeaseKeeper:
             )
         if not due:
             return 0
+        # A finished query has no lease to renew; a cancelled one keeps its lease while the
+        # call runs, so that its reservation is kept for the call to settle.
+        free = (
+            select(Query.id)
+            .where(Query.id.in_(due), Query.lease_expires_at.is_not(None))
+            .with_for_update(skip_locked=True)
+        )
         with session_scope() as session:
-            session.execute(
+            renewed = session.scalars(
                 update(Query)
-                # A finished query has no lease to renew; a cancelled one keeps its lease
-                # while the call runs, so that its reservation is kept for the call to settle.
-                .where(Query.id.in_(due), Query.lease_expires_at.is_not(None))
+                .where(Query.id.in_(free.scalar_subquery()))
                 .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+                .returning(Query.id)
                 .execution_options(synchronize_session=False)
-            )
+            ).all()
         with self._lock:
-            for query_id in due:
+            for query_id in renewed:
                 if query_id in self._held:
                     self._held[query_id] = (self._held[query_id][0], now)
-        return len(due)
+        return len(renewed)
 
     def _start_renewer(self) -> None:
         """Start this process's renewer thread, once (again in a forked child); the caller

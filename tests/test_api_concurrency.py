@@ -10,9 +10,10 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from services.completion import waiters
 from services.db import get_engine, session_scope
@@ -153,6 +154,51 @@ def test_a_long_polls_deadline_counts_from_its_arrival(
     assert response.status_code == 200
     assert response.json()["status"] == "queued"
     assert 1.5 <= took < 5
+
+
+def test_a_long_polls_wait_includes_its_wait_for_the_database(
+    api_server: ServerThread, make_tenant: Callable[..., TenantApi], unique: Callable[[str], str]
+) -> None:
+    """A poll whose key check waits (here on a lock the test holds on the tenants table) has
+    spent that wait: it answers once the database lets it, not ``wait`` seconds later."""
+    tenant = make_tenant()
+    query_id = tenant.submit(unique("never answered here"))["id"]
+    wait_s = 2.0
+    with ThreadPoolExecutor(1) as pool, get_engine().connect() as blocker:
+        blocker.execute(text("LOCK TABLE tenants IN ACCESS EXCLUSIVE MODE"))
+        sent = time.monotonic()
+        poll = pool.submit(
+            httpx.get,
+            f"{api_server.url}/v1/queries/{query_id}",
+            params={"wait": wait_s},
+            headers=tenant.headers,
+            timeout=30,
+        )
+        assert wait_for(
+            lambda: _waiting_on_a_lock() > 0, timeout=10, what="the key check to wait on the lock"
+        )
+        assert wait_for(
+            lambda: time.monotonic() > sent + wait_s + 1, timeout=10, what="the poll's wait to end"
+        )
+        blocker.rollback()
+        released = time.monotonic()
+        response = poll.result(timeout=30)
+    answered_after_s = time.monotonic() - released
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "queued"
+    assert answered_after_s < wait_s, "the poll waited its whole wait again after the lock"
+
+
+def _waiting_on_a_lock() -> int:
+    with get_engine().connect() as connection:
+        return int(
+            connection.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+            )
+        )
 
 
 def _registered(query_id: str) -> int:

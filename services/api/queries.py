@@ -7,11 +7,12 @@ import uuid
 from typing import Annotated, Any
 
 import structlog
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 from sqlalchemy.orm import Session
 
 from services import budgets, metrics, queries
 from services.accounting import costs_by_query
+from services.api.access_log import arrived_at
 from services.api.deps import SettingsDep, TenantDep
 from services.api.errors import ERROR_RESPONSES
 from services.api.long_poll import read_until_finished
@@ -71,6 +72,7 @@ async def _poll(caller: TenantDep, query_id: uuid.UUID, *, deadline: float) -> Q
 )
 async def submit_query(
     body: QueryCreate,
+    request: Request,
     response: Response,
     caller: TenantDep,
     settings: SettingsDep,
@@ -78,8 +80,8 @@ async def submit_query(
     wait: WaitParam = 0,
 ) -> QueryView:
     """Accept a query; poll `Location` for its answer (or pass `wait` to get it here)."""
-    deadline = time.monotonic() + wait
-    request = queries.NewQuery(
+    deadline = arrived_at(request) + wait
+    new_query = queries.NewQuery(
         prompt=body.prompt,
         max_new_tokens=body.max_new_tokens,
         task=body.task,
@@ -93,7 +95,7 @@ async def submit_query(
             submitted = queries.submit_query(
                 session,
                 tenant=tenant,
-                request=request,
+                request=new_query,
                 idempotency_key=idempotency_key,
                 settings=settings,
             )
@@ -122,8 +124,10 @@ async def submit_query(
 
 
 @router.get("/{query_id}", responses=NOT_FOUND)
-async def get_query(query_id: uuid.UUID, caller: TenantDep, wait: WaitParam = 0) -> QueryView:
-    return await _poll(caller, query_id, deadline=time.monotonic() + wait)
+async def get_query(
+    query_id: uuid.UUID, request: Request, caller: TenantDep, wait: WaitParam = 0
+) -> QueryView:
+    return await _poll(caller, query_id, deadline=arrived_at(request) + wait)
 
 
 @router.get("")
