@@ -21,8 +21,8 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services import budgets, leases, metrics, threshold
-from services.accounting import Price, price_of, record_model_call
+from services import budgets, leases, lifecycle, metrics, threshold
+from services.accounting import Price, price_of
 from services.db import session_scope
 from services.dispatch import Dispatcher
 from services.llm.base import Generation, ModelError, ModelOverloaded, TransientModelError
@@ -38,7 +38,6 @@ from services.models import (
     utcnow,
 )
 from services.settings import Settings, TierSettings, get_settings
-from services.webhooks.events import EventType, record_query_event
 
 log = structlog.get_logger(__name__)
 
@@ -145,20 +144,16 @@ def answer_on_tier(query_id: uuid.UUID, tier: Tier) -> TierResult:
     with session_scope() as session:
         tier_settings = tier_settings_of(tier)
         query, tenant, price = _locked_for_answer(session, query_id, tier_settings)
-        most = budgets.most_chargeable(session, query=query, tier=tier, tenant=tenant)
-        cost = record_model_call(
+        cost = lifecycle.charge(
             session,
-            query_id=query.id,
-            tenant_id=query.tenant_id,
+            query,
+            tenant=tenant,
             tier=tier,
             tier_settings=tier_settings,
             generation=generation,
             latency_ms=latency_ms,
             price=price,
-            most=most,
         )
-        if cost is not None:
-            budgets.settle(session, query=query, tier=tier, cost=cost, tenant=tenant)
         log.info("model_call", tier=tier, charged=cost is not None, latency_ms=latency_ms)
         if query.status not in CLAIMABLE[tier]:
             return TierResult(Outcome.SKIPPED)
@@ -167,7 +162,7 @@ def answer_on_tier(query_id: uuid.UUID, tier: Tier) -> TierResult:
         _, answer = margin_and_answer(
             generation.first_token_candidates, generation.text, query.choices
         )
-        _succeed(session, query, answer, Tier.LARGE)
+        lifecycle.succeed(session, query, answer=answer, tier=Tier.LARGE)
         return TierResult(Outcome.ANSWERED)
 
 
@@ -188,13 +183,11 @@ def fall_back(query_id: uuid.UUID, tier: Tier, *, reason: str) -> TierResult:
         log.warning("tier_unavailable", error=reason)
         if tier is Tier.SMALL and settings.small_unavailable_fallback == "escalate":
             tenant = session.get_one(Tenant, query.tenant_id)
-            worst_case = budgets.lazy_worst_case(session, settings, query=query)
-            if budgets.reserve_escalation(
-                session, query=query, tenant=tenant, worst_case=worst_case
+            if lifecycle.escalate(
+                session, query, tenant=tenant, settings=settings, small_called=False
             ):
                 query.decision = "small_unavailable"
-                budgets.release(session, query=query, tier=Tier.SMALL)  # no small call to pay
-                return _escalate(session, query)
+                return TierResult(Outcome.ESCALATE)
             reason += "; the budget cannot pay for the large tier instead"
         if (
             tier is Tier.LARGE
@@ -202,8 +195,7 @@ def fall_back(query_id: uuid.UUID, tier: Tier, *, reason: str) -> TierResult:
             and query.small_answer is not None
         ):
             query.decision = "large_unavailable"
-            budgets.release(session, query=query, tier=Tier.LARGE)
-            _succeed(session, query, query.small_answer, Tier.SMALL)
+            lifecycle.succeed(session, query, answer=query.small_answer, tier=Tier.SMALL)
             return TierResult(Outcome.ANSWERED)
         message = f"the {tier.value} model server kept failing: {reason}"
         return _mark_failed(session, query, "model_unavailable", message)
@@ -217,13 +209,7 @@ def fail_query(query_id: uuid.UUID, *, code: str, message: str) -> None:
 
 
 def _mark_failed(session: Session, query: Query, code: str, message: str) -> TierResult:
-    budgets.release(session, query=query)
-    metrics.count_query(session, QueryStatus.FAILED, metrics.waiting_tier(query))
-    query.finish(QueryStatus.FAILED)
-    query.error_code = code
-    query.error_message = message
-    log.warning("query_failed", error_code=code, error=message)
-    record_query_event(session, query, EventType.QUERY_FAILED)
+    lifecycle.fail(session, query, code=code, message=message)
     return TierResult(Outcome.FAILED)
 
 
@@ -235,8 +221,8 @@ def _claim(query_id: uuid.UUID, tier: Tier, settings: Settings) -> _Claim | Tier
             lease_over = query is not None and (
                 query.lease_expires_at is None or query.lease_expires_at <= now
             )
-            if query is not None and query.status in TERMINAL_STATUSES and lease_over:
-                budgets.release(session, query=query)  # cancelled while a call ran, now over
+            if query is not None and query.status == QueryStatus.CANCELLED and lease_over:
+                lifecycle.release_after_cancel(session, query)  # its call is over
             return TierResult(Outcome.SKIPPED)
         if query.lease_expires_at is not None and query.lease_expires_at > now:
             return TierResult(Outcome.BUSY, (query.lease_expires_at - now).total_seconds())
@@ -248,13 +234,7 @@ def _claim(query_id: uuid.UUID, tier: Tier, settings: Settings) -> _Claim | Tier
                 "delivery_attempts_exhausted",
                 f"delivered {settings.max_delivery_attempts} times without finishing",
             )
-        if tier is Tier.SMALL:
-            query.status = QueryStatus.RUNNING
-            query.small_started_at = query.small_started_at or now
-        else:
-            query.large_started_at = query.large_started_at or now
-        query.lease_expires_at = now + timedelta(seconds=settings.task_lease_s)
-        query.updated_at = now
+        lifecycle.claim(session, query, tier, lease_s=settings.task_lease_s)
         return _Claim(
             prompt=query.prompt, max_new_tokens=query.max_new_tokens, choices=query.choices
         )
@@ -301,11 +281,10 @@ def _decide(
     query.threshold_rank_error = decision.rank_error
     query.target_escalation_rate = decision.target_escalation_rate
     query.decision = decision.reason
-    escalate = decision.escalate
-    if escalate and not budgets.reserve_escalation(
-        session, query=query, tenant=tenant, worst_case=worst_case
-    ):
-        escalate = False
+    escalate = decision.escalate and lifecycle.escalate(
+        session, query, tenant=tenant, settings=settings, worst_case=worst_case
+    )
+    if decision.escalate and not escalate:
         query.decision = "budget_guard"  # below the threshold, but the budget cannot pay L
     log.info("decision", margin=margin, threshold=decision.threshold, reason=query.decision)
     metrics.observe_decision(
@@ -318,31 +297,10 @@ def _decide(
         threshold_version=decision.threshold_version,
         target_escalation_rate=decision.target_escalation_rate,
     )
-    if not escalate:
-        budgets.release(session, query=query, tier=Tier.LARGE)
-        _succeed(session, query, answer, Tier.SMALL)
-        return TierResult(Outcome.ANSWERED)
-    return _escalate(session, query)
-
-
-def _escalate(session: Session, query: Query) -> TierResult:
-    """Hand the query to the large tier; the caller enqueues it after the commit."""
-    metrics.count_query(session, QueryStatus.ESCALATED, Tier.LARGE)
-    now = utcnow()
-    query.status = QueryStatus.ESCALATED
-    query.escalated_at = now
-    query.updated_at = now
-    query.lease_expires_at = None
-    record_query_event(session, query, EventType.QUERY_ESCALATED)
-    return TierResult(Outcome.ESCALATE)
-
-
-def _succeed(session: Session, query: Query, answer: str, tier: Tier) -> None:
-    metrics.count_query(session, QueryStatus.SUCCEEDED, tier)
-    query.finish(QueryStatus.SUCCEEDED)
-    query.answer = answer
-    query.answered_by = tier
-    record_query_event(session, query, EventType.QUERY_SUCCEEDED)
+    if escalate:
+        return TierResult(Outcome.ESCALATE)  # the caller enqueues the large tier
+    lifecycle.succeed(session, query, answer=answer, tier=Tier.SMALL)
+    return TierResult(Outcome.ANSWERED)
 
 
 def _release_lease(query_id: uuid.UUID, *, delivered: bool = True) -> None:

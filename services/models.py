@@ -222,15 +222,6 @@ class Query(Base):
     large_started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
 
-    def finish(self, status: QueryStatus) -> None:
-        """Move to a terminal status; the caller holds the row lock."""
-        assert status in TERMINAL_STATUSES
-        now = utcnow()
-        self.status = status
-        self.finished_at = now
-        self.updated_at = now
-        self.lease_expires_at = None
-
 
 class ModelPrice(Base):
     """A price set through the admin API; it overrides the tier's price settings for a model."""

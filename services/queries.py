@@ -8,18 +8,16 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services import budgets, limits, metrics
+from services import lifecycle, limits, metrics
 from services.errors import IdempotencyConflict, InvalidRequest, NotFound, QueryAlreadyFinished
 from services.models import TERMINAL_STATUSES, Query, QueryStatus, Tenant, Tier
 from services.settings import Settings
-from services.webhooks.events import EventType, record_query_event
 from services.webhooks.urls import check_webhook_url
 
 
@@ -66,7 +64,6 @@ def submit_query(
             return _replay(earlier, request_hash)
     query = Query(
         tenant_id=tenant_id,
-        status=QueryStatus.QUEUED,
         prompt=request.prompt,
         max_new_tokens=max_new_tokens,
         task_label=request.task,
@@ -79,11 +76,11 @@ def submit_query(
     )
     limits.check_limits(session, tenant=tenant)
     if idempotency_key is None:  # no unique key to race on: nothing to undo
-        _reserve_and_add(session, query, tenant=tenant, settings=settings)
+        lifecycle.admit(session, query, tenant=tenant, settings=settings)
     else:
         try:
             with session.begin_nested():  # a lost idempotency race undoes the reservation too
-                _reserve_and_add(session, query, tenant=tenant, settings=settings)
+                lifecycle.admit(session, query, tenant=tenant, settings=settings)
         except IntegrityError:
             # A concurrent request with the same Idempotency-Key committed first.
             earlier = _by_idempotency_key(session, tenant_id, idempotency_key)
@@ -92,28 +89,6 @@ def submit_query(
             return _replay(earlier, request_hash)
     metrics.count_query(session, QueryStatus.QUEUED, Tier.SMALL)
     return Submitted(query=query, created=True)
-
-
-def _reserve_and_add(session: Session, query: Query, *, tenant: Tenant, settings: Settings) -> None:
-    """Reserve the query's worst case if the tenant has a budget, and add the query."""
-    if budgets.has_budget(tenant):
-        small_cost, large_cost = budgets.worst_case_costs(
-            session, settings, prompt=query.prompt, max_new_tokens=query.max_new_tokens
-        )
-        reservation = budgets.reserve(
-            session,
-            tenant=tenant,
-            small=small_cost,
-            large=Decimal(0) if _never_escalates(tenant) else large_cost,
-        )
-        query.budget_period_id = reservation.period_id
-        query.reserved_small = reservation.small
-        query.reserved_large = reservation.large
-    session.add(query)
-
-
-def _never_escalates(tenant: Tenant) -> bool:
-    return tenant.budget_per_query is None and tenant.target_escalation_rate == 0
 
 
 def get_query(session: Session, *, tenant_id: uuid.UUID, query_id: uuid.UUID) -> Query:
@@ -157,17 +132,7 @@ def cancel_query(session: Session, *, tenant_id: uuid.UUID, query_id: uuid.UUID)
         raise NotFound(f"no query {query_id}")
     if query.status in TERMINAL_STATUSES:
         raise QueryAlreadyFinished(f"query {query_id} is already {query.status}")
-    # A call that may be running keeps its reservation and its lease: it settles when it ends,
-    # or the recovery sweep gives the reservation back once the lease has run out.
-    lease = query.lease_expires_at
-    if query.status == QueryStatus.RUNNING:
-        budgets.release(session, query=query, tier=Tier.LARGE)
-    elif query.status != QueryStatus.ESCALATED or query.large_started_at is None:
-        budgets.release(session, query=query)
-    metrics.count_query(session, QueryStatus.CANCELLED, metrics.waiting_tier(query))
-    query.finish(QueryStatus.CANCELLED)
-    query.lease_expires_at = lease
-    record_query_event(session, query, EventType.QUERY_CANCELLED)
+    lifecycle.cancel(session, query)
     return query
 
 

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session
 
-from services import budgets
+from services import lifecycle
 from services.models import Query, QueryStatus, Tier, utcnow
 
 TIER_OF_STATUS = {
@@ -102,7 +102,7 @@ def release_abandoned_reservations(session: Session, *, limit: int = 500) -> int
         .with_for_update(skip_locked=True)
     ).all()
     for query in abandoned:
-        budgets.release(session, query=query)
+        lifecycle.release_after_cancel(session, query)
     return len(abandoned)
 
 

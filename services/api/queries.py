@@ -10,7 +10,7 @@ import structlog
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from sqlalchemy.orm import Session
 
-from services import budgets, metrics, queries
+from services import lifecycle, metrics, queries
 from services.accounting import costs_by_query
 from services.api.access_log import arrived_at
 from services.api.deps import SettingsDep, TenantDep
@@ -102,7 +102,7 @@ async def submit_query(
         except BudgetExceeded as refused:
             metrics.count_budget_rejection(str(tenant.id))
             session.rollback()  # nothing of the query is kept; the alert is
-            budgets.alert_exhausted(session, tenant=tenant, period_start=refused.period_start)
+            lifecycle.refused(session, tenant=tenant, refusal=refused)
             session.commit()
             raise
         session.commit()
