@@ -15,7 +15,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services import budgets, limits, metrics
+from services import budgets, limits, metrics, policy
 from services.errors import IdempotencyConflict, InvalidRequest, NotFound, QueryAlreadyFinished
 from services.models import TERMINAL_STATUSES, Query, QueryStatus, Tenant, Tier
 from services.settings import Settings
@@ -104,16 +104,12 @@ def _reserve_and_add(session: Session, query: Query, *, tenant: Tenant, settings
             session,
             tenant=tenant,
             small=small_cost,
-            large=Decimal(0) if _never_escalates(tenant) else large_cost,
+            large=Decimal(0) if policy.never_escalates(tenant) else large_cost,
         )
         query.budget_period_id = reservation.period_id
         query.reserved_small = reservation.small
         query.reserved_large = reservation.large
     session.add(query)
-
-
-def _never_escalates(tenant: Tenant) -> bool:
-    return tenant.budget_per_query is None and tenant.target_escalation_rate == 0
 
 
 def get_query(session: Session, *, tenant_id: uuid.UUID, query_id: uuid.UUID) -> Query:
