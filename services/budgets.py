@@ -15,27 +15,24 @@ admin who raises a price, or lowers the limit, while calls run cannot push the s
 from __future__ import annotations
 
 import functools
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import structlog
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from services.accounting import current_price, money_text
 from services.db import locked_row
 from services.errors import BudgetExceeded
-from services.models import BudgetPeriod, ModelCall, Query, Tenant, Tier, utcnow
+from services.models import BudgetPeriod, Query, Tenant, Tier, utcnow
 from services.settings import Settings
 from services.webhooks.events import EventType, record_event
 
 log = structlog.get_logger(__name__)
 
 PERIODS = ("none", "daily", "monthly")
-RECENT_CALLS = 1000  # the window of calls whose average cost p(B) uses
 NO_PERIOD = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -214,54 +211,3 @@ def release(session: Session, *, query: Query, tier: Tier | None = None) -> None
 
 def _locked(session: Session, period_id: int) -> BudgetPeriod:
     return session.get_one(BudgetPeriod, period_id, with_for_update=True, populate_existing=True)
-
-
-def escalation_rate_for(
-    session: Session, *, tenant: Tenant, settings: Settings, worst_case: WorstCase
-) -> float:
-    """The rate to escalate at: the tenant's target, or p(B) = min((B - c_s) / c_l, 1) from its
-    average budget per query B and the average costs of its recent calls on each tier.
-
-    Before any large call, c_l is the small calls' average tokens at the large tier's prices;
-    before any call at all, the query's worst case stands in.
-    """
-    if tenant.budget_per_query is None:
-        return tenant.target_escalation_rate
-    small = _recent_averages(session, tenant.id, Tier.SMALL)
-    large = _recent_averages(session, tenant.id, Tier.LARGE)
-    small_cost = small[0] if small else worst_case()[0]
-    if large:
-        large_cost = large[0]
-    elif small:
-        large_cost = current_price(session, settings.large).cost(
-            input_tokens=round(small[1]), output_tokens=round(small[2])
-        )
-    else:
-        large_cost = worst_case()[1]
-    if large_cost <= 0:
-        return 1.0
-    rate = (tenant.budget_per_query - small_cost) / large_cost
-    return float(min(max(rate, Decimal(0)), Decimal(1)))
-
-
-def _recent_averages(
-    session: Session, tenant_id: uuid.UUID, tier: Tier
-) -> tuple[Decimal, float, float] | None:
-    """Average cost, input and output tokens of the tenant's recent calls on ``tier``."""
-    recent = (
-        select(ModelCall.cost, ModelCall.input_tokens, ModelCall.output_tokens)
-        .where(ModelCall.tenant_id == tenant_id, ModelCall.tier == tier)
-        .order_by(ModelCall.created_at.desc())
-        .limit(RECENT_CALLS)
-        .subquery()
-    )
-    cost, tokens_in, tokens_out = session.execute(
-        select(
-            func.avg(recent.c.cost),
-            func.avg(recent.c.input_tokens),
-            func.avg(recent.c.output_tokens),
-        )
-    ).one()
-    if cost is None:
-        return None
-    return Decimal(cost), float(tokens_in), float(tokens_out)

@@ -21,13 +21,13 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services import budgets, leases, lifecycle, metrics, threshold
+from services import budgets, leases, lifecycle, metrics, policy
 from services.accounting import Price, price_of
 from services.db import session_scope
 from services.dispatch import Dispatcher
 from services.llm.base import Generation, ModelError, ModelOverloaded, TransientModelError
 from services.llm.margin import MarginUnavailable, candidates_for, margin_and_answer
-from services.llm.registry import backend_for, breaker_for, model_pair, tier_settings_of
+from services.llm.registry import backend_for, breaker_for, tier_settings_of
 from services.models import (
     TERMINAL_STATUSES,
     ModelPrice,
@@ -181,7 +181,7 @@ def fall_back(query_id: uuid.UUID, tier: Tier, *, reason: str) -> TierResult:
         if query.status not in CLAIMABLE[tier]:
             return TierResult(Outcome.SKIPPED)
         log.warning("tier_unavailable", error=reason)
-        if tier is Tier.SMALL and settings.small_unavailable_fallback == "escalate":
+        if tier is Tier.SMALL and policy.on_small_unavailable(settings) == "escalate":
             tenant = session.get_one(Tenant, query.tenant_id)
             if lifecycle.escalate(
                 session, query, tenant=tenant, settings=settings, small_called=False
@@ -191,7 +191,7 @@ def fall_back(query_id: uuid.UUID, tier: Tier, *, reason: str) -> TierResult:
             reason += "; the budget cannot pay for the large tier instead"
         if (
             tier is Tier.LARGE
-            and settings.large_unavailable_fallback == "small_answer"
+            and policy.on_large_unavailable(settings, query) == "small_answer"
             and query.small_answer is not None
         ):
             query.decision = "large_unavailable"
@@ -244,36 +244,23 @@ def _decide(
     session: Session, query: Query, generation: Generation, settings: Settings
 ) -> TierResult:
     query.small_finished_at = utcnow()
+    tenant = session.get_one(Tenant, query.tenant_id)
+    worst_case = budgets.lazy_worst_case(session, settings, query=query)
     try:
-        margin, answer = margin_and_answer(
-            generation.first_token_candidates,
-            generation.text,
-            query.choices,
-            kind=settings.margin_kind,
-            skip_surface_variants=settings.margin_skip_surface_variants,
+        decision = policy.decide(
+            session,
+            query=query,
+            tenant=tenant,
+            generation=generation,
+            settings=settings,
+            worst_case=worst_case,
         )
     except MarginUnavailable as exc:
         message = f"{exc}; is the server's --max-top-n-tokens at least 2?"
         return _mark_failed(session, query, "margin_unavailable", message)
+    margin, answer, pair = decision.margin, decision.answer, decision.model_pair
     query.small_answer = answer  # the answer should the large tier be unavailable
-    pair = model_pair()
     metrics.observe_margin(margin, model_pair=pair, kind=settings.margin_kind)
-    tenant = session.get_one(Tenant, query.tenant_id)
-    worst_case = budgets.lazy_worst_case(session, settings, query=query)
-    rate = budgets.escalation_rate_for(
-        session, tenant=tenant, settings=settings, worst_case=worst_case
-    )
-    decision = threshold.decide(
-        session,
-        tenant_id=query.tenant_id,
-        model_pair=pair,
-        task_label=query.task_label,
-        query_id=query.id,
-        margin=margin,
-        target_escalation_rate=rate,
-        warmup=settings.warmup_queries,
-        sketch_k=settings.threshold_sketch_k,
-    )
     query.margin = margin
     query.scope_id = decision.scope_id
     query.threshold = decision.threshold

@@ -4,8 +4,9 @@ On PostgreSQL a trigger on ``queries`` (migration 0008) sends ``NOTIFY twotier_q
 '<id>'`` when a query's status becomes terminal, whichever process or path finishes it (a tier's
 answer, a failure, a cancel); PostgreSQL delivers it only if and when that transaction commits.
 A process with waiters keeps one connection LISTENing and wakes the waiters of each id it hears.
-Within one process (the embedded default, where SQLite has no NOTIFY) a flush hook on the
-session factory sees the change and wakes the waiters once the transaction commits.
+Within one process (the embedded default, where SQLite has no NOTIFY) the query lifecycle
+(services/lifecycle.py), which finishes every query, wakes the waiters once that transaction
+commits.
 
 A waiter costs no thread and no connection: it is a callback in a dictionary. The API's long
 polls register an asyncio event's setter (services.api.long_poll). Whenever the listener
@@ -16,22 +17,15 @@ every ``RECHECK_S``.
 
 from __future__ import annotations
 
-import functools
 import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import psycopg
 import structlog
-from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session, attributes, sessionmaker
-
-from services.db import after_commit
-from services.models import TERMINAL_STATUSES, Query
 
 log = structlog.get_logger(__name__)
 
@@ -40,21 +34,6 @@ RECHECK_S = 0.5  # a waiter's own look at the row while no listener is connected
 LISTENING_RECHECK_S = 15.0  # the same while one is: notifications carry the news
 
 Wake = Callable[[], None]
-
-
-def watch(factory: sessionmaker[Session]) -> None:
-    """Wake this process's waiters on the queries that sessions of ``factory`` finish."""
-    event.listen(factory, "before_flush", _wake_once_committed)
-
-
-def _wake_once_committed(session: Session, _context: Any, _instances: Any) -> None:
-    for query in session.dirty:
-        if (
-            isinstance(query, Query)
-            and query.status in TERMINAL_STATUSES
-            and attributes.get_history(query, "status").added
-        ):
-            after_commit(session, functools.partial(waiters.wake, query.id))
 
 
 class Waiters:

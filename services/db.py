@@ -98,12 +98,9 @@ def _sqlite_begin(connection: Connection) -> None:
 
 @built_once
 def session_factory() -> sessionmaker[Session]:
-    from services import completion  # noqa: PLC0415 - it maps models, which import nothing here
-
     factory = sessionmaker(bind=get_engine(), expire_on_commit=False)
     event.listen(factory, "after_commit", _run_after_commit)
     event.listen(factory, "after_rollback", _forget_after_commit)
-    completion.watch(factory)
     return factory
 
 
@@ -152,12 +149,10 @@ def database_is_reachable() -> bool:
 
 
 def forget_engines() -> None:
-    """Drop this process's engines without closing the sockets it inherited from a parent."""
-    from services import completion  # noqa: PLC0415 - see session_factory
-
+    """Drop this process's engines without closing the sockets it inherited from a parent
+    (the long polls' listener, services.completion, has its own connection to stop)."""
     for factory in (session_factory, get_engine):
         factory.cache_clear()
-    completion.waiters.stop_listening()  # a listener thread does not survive a fork either
 
 
 def locked_row(session: Session, model: type[ModelT], **key: Any) -> ModelT:

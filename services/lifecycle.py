@@ -24,15 +24,17 @@ transaction) and leaves the commit to the caller.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 import structlog
 from sqlalchemy.orm import Session
 
-from services import budgets, metrics
+from services import budgets, completion, metrics, policy
 from services.accounting import Price, record_model_call
 from services.budgets import WorstCase
+from services.db import after_commit
 from services.errors import BudgetExceeded
 from services.llm.base import Generation
 from services.models import Query, QueryStatus, Tenant, Tier, utcnow
@@ -79,9 +81,11 @@ def admit(session: Session, query: Query, *, tenant: Tenant, settings: Settings)
         small, large = budgets.worst_case_costs(
             session, settings, prompt=query.prompt, max_new_tokens=query.max_new_tokens
         )
-        never_escalates = tenant.budget_per_query is None and tenant.target_escalation_rate == 0
         reservation = budgets.reserve(
-            session, tenant=tenant, small=small, large=Decimal(0) if never_escalates else large
+            session,
+            tenant=tenant,
+            small=small,
+            large=Decimal(0) if policy.never_escalates(tenant) else large,
         )
         query.budget_period_id = reservation.period_id
         query.reserved_small = reservation.small
@@ -215,6 +219,8 @@ def _finish(
     if error is not None:
         query.error_code, query.error_message = error
     record_query_event(session, query, EVENTS[status])
+    # This process's long polls of the query (other processes hear PostgreSQL's NOTIFY).
+    after_commit(session, functools.partial(completion.waiters.wake, query.id))
 
 
 def _check(query: Query, target: QueryStatus) -> None:

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 from sqlalchemy.engine import make_url
 
+from services.completion import waiters
 from services.db import forget_engines, get_engine, session_scope
 from services.llm.registry import close_backends
 from services.migrate import upgrade_to_head
@@ -94,6 +95,7 @@ def environment(small_tgi: ScriptedTGI, large_tgi: ScriptedTGI) -> Iterator[dict
     os.environ.update(env)
     get_settings.cache_clear()
     forget_engines()
+    waiters.stop_listening()
     redis.Redis.from_url(TEST_REDIS_URL).flushdb()
     upgrade_to_head()
     yield env
@@ -102,6 +104,7 @@ def environment(small_tgi: ScriptedTGI, large_tgi: ScriptedTGI) -> Iterator[dict
     close_backends()
     get_engine().dispose()
     forget_engines()
+    waiters.stop_listening()
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)

@@ -28,7 +28,9 @@ CLIENTS = 150
 
 async def _burst(url: str, tenant: TenantApi, prompts: list[str]) -> list[httpx.Response]:
     """Every prompt submitted at once, each client also polling, listing and probing."""
-    limits = httpx.Limits(max_connections=len(prompts) * 2)
+    # Idle connections are dropped well before the server's keep-alive timeout (5 s), so that
+    # none is reused just as the server closes it.
+    limits = httpx.Limits(max_connections=len(prompts) * 2, keepalive_expiry=1.0)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
 
         async def one_client(prompt: str) -> list[httpx.Response]:

@@ -11,6 +11,7 @@ import psycopg
 from cryptography.fernet import Fernet
 from sqlalchemy.engine import make_url
 
+from services.completion import waiters
 from services.db import forget_engines, get_engine
 from services.settings import get_settings
 
@@ -28,6 +29,7 @@ def throwaway_database(admin_url: str) -> Iterator[None]:
     os.environ.setdefault("TWOTIER_SECRETS_KEYS", Fernet.generate_key().decode())
     get_settings.cache_clear()
     forget_engines()
+    waiters.stop_listening()
     try:
         yield
     finally:

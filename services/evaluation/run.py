@@ -13,10 +13,18 @@ import numpy as np
 from services.evaluation import metrics
 from services.evaluation.baselines import EMBEDDING_MODEL, Embedder, baseline_scores
 from services.evaluation.data import PairData, read_records
-from services.evaluation.simulate import BudgetGrid, CostScheme, Curves, Mode, Stream
+from services.evaluation.simulate import BudgetGrid, CostScheme, Curves, Stream
+from services.policy.offline import (
+    OFFLINE_POLICIES,
+    THRESHOLD,
+    FloatArray,
+    Mode,
+    OfflinePolicy,
+    policies_scored_by,
+)
 
 REFERENCE_GRID = "c_l/c_s=20, B in [c_s, c_s+c_l]"
-BASELINES = ("frugalgpt", "routing", "hybridllm")
+BASELINES = tuple(policies_scored_by("trained"))
 
 
 @dataclass(frozen=True)
@@ -87,16 +95,15 @@ def evaluate_pair(
         warmup=options.warmup,
     )
     runs: dict[str, tuple[Curves, Mode]] = {
-        name: (stream.run(stream.threshold_wants(values[scored], "cascade"), "cascade"), "cascade")
+        name: _run(stream, OFFLINE_POLICIES[THRESHOLD], values[scored])
         for name, values in pair.signals.items()
     }
-    runs["random"] = (stream.run(stream.random_wants(), "route"), "route")
-    runs["oracle"] = (stream.run(stream.oracle_wants(), "cascade"), "cascade")
+    for name in policies_scored_by(None):
+        runs[name] = _run(stream, OFFLINE_POLICIES[name], None)
     if embedder is not None:
         scores = baseline_scores(pair, embedder)
         for name in BASELINES:
-            mode: Mode = "cascade" if name == "frugalgpt" else "route"
-            runs[name] = (stream.run(stream.threshold_wants(scores[name], mode), mode), mode)
+            runs[name] = _run(stream, OFFLINE_POLICIES[name], scores[name])
     accuracy_small, accuracy_large = float(small_correct.mean()), float(large_correct.mean())
     return {
         "task": pair.task,
@@ -114,6 +121,10 @@ def evaluate_pair(
             for g, grid in enumerate(grids)
         },
     }
+
+
+def _run(stream: Stream, policy: OfflinePolicy, signal: FloatArray | None) -> tuple[Curves, Mode]:
+    return stream.run(policy.wants(stream, signal), policy.mode), policy.mode
 
 
 def _grid_result(

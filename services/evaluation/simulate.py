@@ -1,9 +1,10 @@
 """The streaming policies of PAPER.md, run for many budgets, cost schemes and seeds at once.
 
 Every column of the simulation is one (seed, budget grid, budget): the seed fixes the stream
-order, the grid fixes the costs and the budget range. Thresholds come from the service's own
-rule (``services.threshold.quantile_index`` and ``escalates``) on the running history of the
-signal, so the evaluation escalates exactly what the service would.
+order, the grid fixes the costs and the budget range. The policies themselves (what each would
+send to the large model) are registered in ``services.policy.offline``; the threshold policy is
+the service's own rule on the running history of the signal, so the evaluation escalates
+exactly what the service would.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import numpy as np
 import numpy.typing as npt
 
 from services.evaluation.data import BoolArray, FloatArray
-from services.threshold import escalates, quantile_index
+from services.policy import offline
+from services.policy.offline import OFFLINE_POLICIES, Mode, threshold_rule
 
 BUDGET_POINTS = 100
-Mode = Literal["cascade", "route"]
+streaming_escalations = offline.streaming_escalations  # the service's rule along one stream
 
 
 @dataclass(frozen=True)
@@ -107,25 +109,26 @@ class Stream:
             [suffix[..., 1:], np.zeros((*suffix.shape[:-1], 1))], axis=-1
         )
 
+    def grid_rates(self, mode: Mode) -> FloatArray:
+        """The target rate of every (grid, budget), flattened."""
+        rates: FloatArray = np.stack([grid.rates(mode) for grid in self.grids]).ravel()
+        return rates
+
     def rates(self, mode: Mode) -> FloatArray:
+        """The target rate of every column."""
         per_grid = np.stack([grid.rates(mode) for grid in self.grids])  # (grids, budgets)
         return np.broadcast_to(per_grid[None], (len(self.seeds), *per_grid.shape)).ravel()
 
-    # -- what each policy wants to do at each step, per column -----------------------------
+    # -- what the registered policies want to do at each step, per column ------------------
     def threshold_wants(self, signal: FloatArray, mode: Mode) -> BoolArray:
         """Below the running p-quantile of the signal (after the warm-up): the service's rule."""
-        per_grid = np.stack([grid.rates(mode) for grid in self.grids]).ravel()  # (grids*budgets)
-        wants = np.stack(
-            [streaming_escalations(signal[order], per_grid, self.warmup) for order in self.orders]
-        )  # (seeds, grids*budgets, n)
-        return wants.reshape(-1, self.n)
+        return threshold_rule(self, signal, mode)
 
     def random_wants(self) -> BoolArray:
-        return self.uniform[self.seed_of] < self.rates("route")[:, None]
+        return OFFLINE_POLICIES["random"].wants(self)
 
     def oracle_wants(self) -> BoolArray:
-        wanted = ~self.small_correct & self.large_correct  # (seeds, n)
-        return wanted[self.seed_of]
+        return OFFLINE_POLICIES["oracle"].wants(self)
 
     # -- the budgeted stream ---------------------------------------------------------------
     def run(self, wants: BoolArray, mode: Mode) -> Curves:
@@ -165,24 +168,6 @@ class Stream:
             large_share=_seed_mean(large_calls / self.n, shape),
             spend=_seed_mean(spend, shape),
         )
-
-
-def streaming_escalations(signal: FloatArray, rates: FloatArray, warmup: int) -> BoolArray:
-    """For a stream in this order, which queries the service would escalate at each rate.
-
-    The history includes the current query, as in the service; the threshold and the decision
-    are the service's own functions. Returns (rates, queries).
-    """
-    n = len(signal)
-    wants = np.empty((len(rates), n), dtype=bool)
-    history = np.empty(n)
-    for t, value in enumerate(signal):
-        position = int(np.searchsorted(history[:t], value, side="right"))
-        history[position + 1 : t + 1] = history[position:t]
-        history[position] = value
-        threshold = history[quantile_index(t + 1, rates)]
-        wants[:, t] = escalates(value, threshold, history_size=t + 1, warmup=warmup)
-    return wants
 
 
 def _seed_mean(values: npt.NDArray[np.float64], shape: tuple[int, int, int]) -> FloatArray:

@@ -1,0 +1,110 @@
+"""Whether a query the small model answered goes on to the large one, and what to do when a
+tier's model server is unavailable.
+
+``decide`` is the one place the rule runs: the signal (the first-token margin of the small
+answer), the target rate (fixed or p(B)), and the dynamic threshold with its warm-up. The budget
+guard is the caller's: it tries to reserve the large call and keeps the small answer if it
+cannot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy.orm import Session
+
+from services import budgets, threshold
+from services.budgets import WorstCase
+from services.llm.base import Generation
+from services.llm.margin import margin_and_answer
+from services.llm.registry import model_pair
+from services.models import Query, Tenant
+from services.policy.rates import target_escalation_rate
+from services.settings import Settings
+from services.threshold import Reason
+
+
+@dataclass(frozen=True)
+class PolicyDecision:
+    """A decision and everything it was made from (stored with the query to replay it)."""
+
+    margin: float
+    answer: str  # the small model's answer, kept should the large tier be unavailable
+    target_escalation_rate: float
+    threshold: float | None  # None during the warm-up
+    threshold_version: int
+    rank_error: float | None
+    scope_id: int
+    model_pair: str
+    reason: Reason
+    escalate: bool  # before the budget guard
+
+
+def decide(
+    session: Session,
+    *,
+    query: Query,
+    tenant: Tenant,
+    generation: Generation,
+    settings: Settings,
+    worst_case: WorstCase | None = None,
+) -> PolicyDecision:
+    """Record the query's margin in its scope's history and decide whether it escalates.
+
+    ``worst_case`` is the query's lazily computed worst-case costs, shared with the caller's
+    budget guard so that they are read at most once. Raises MarginUnavailable when the small
+    model returned no first-token candidates.
+    """
+    margin, answer = margin_and_answer(
+        generation.first_token_candidates,
+        generation.text,
+        query.choices,
+        kind=settings.margin_kind,
+        skip_surface_variants=settings.margin_skip_surface_variants,
+    )
+    if worst_case is None:
+        worst_case = budgets.lazy_worst_case(session, settings, query=query)
+    rate = target_escalation_rate(session, tenant=tenant, settings=settings, worst_case=worst_case)
+    pair = model_pair()
+    decision = threshold.decide(
+        session,
+        tenant_id=query.tenant_id,
+        model_pair=pair,
+        task_label=query.task_label,
+        query_id=query.id,
+        margin=margin,
+        target_escalation_rate=rate,
+        warmup=settings.warmup_queries,
+        sketch_k=settings.threshold_sketch_k,
+    )
+    return PolicyDecision(
+        margin=margin,
+        answer=answer,
+        target_escalation_rate=decision.target_escalation_rate,
+        threshold=decision.threshold,
+        threshold_version=decision.threshold_version,
+        rank_error=decision.rank_error,
+        scope_id=decision.scope_id,
+        model_pair=pair,
+        reason=decision.reason,
+        escalate=decision.escalate,
+    )
+
+
+def never_escalates(tenant: Tenant) -> bool:
+    """Whether no query of the tenant can escalate (so none reserves the large call)."""
+    return tenant.budget_per_query is None and tenant.target_escalation_rate == 0
+
+
+def on_small_unavailable(settings: Settings) -> Literal["escalate", "fail"]:
+    """The small model server kept failing: send the query to the large tier, or fail it."""
+    return settings.small_unavailable_fallback
+
+
+def on_large_unavailable(settings: Settings, query: Query) -> Literal["small_answer", "fail"]:
+    """The large model server kept failing: answer with the small model's answer where the
+    settings allow it and there is one, else fail the query."""
+    if settings.large_unavailable_fallback == "small_answer" and query.small_answer is not None:
+        return "small_answer"
+    return "fail"
