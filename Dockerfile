@@ -14,11 +14,11 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/twotier/bin:$PATH
 RUN python -m venv /opt/twotier
 WORKDIR /src
-# Dependencies first: this layer is rebuilt only when pyproject.toml changes.
+# Dependencies first, pinned by the server lock (the base install: no torch); this layer is
+# rebuilt only when the lock changes.
+COPY requirements/server.lock requirements/
+RUN pip install -r requirements/server.lock
 COPY pyproject.toml README.md ./
-COPY deploy/server_requirements.py deploy/
-RUN python deploy/server_requirements.py pyproject.toml > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt
 COPY services ./services
 COPY workers ./workers
 COPY migrations ./migrations

@@ -6,13 +6,25 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
+from services.llm.local_extra import LocalExtraMissing, require_local_extra
 from services.settings import get_settings
 
 
-@click.group()
+class TwotierGroup(click.Group):
+    """Reports a command that needs the `local` extra, run without it, as one line (exit 1)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LocalExtraMissing as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=TwotierGroup)
 def main() -> None:
     """twotier: a small model answers every query; unsure ones escalate to a large model."""
 
@@ -136,14 +148,17 @@ def set_tenant_budget(name: str, period: str, hard_limit: str | None,
 @click.option("--port", default=8000, show_default=True, type=int)
 def serve(host: str, port: int) -> None:
     """Run everything in one process: API, both tiers, SQLite, the local model."""
-    from services.serve import run_embedded  # noqa: PLC0415 - loads torch
+    from services.serve import run_embedded  # noqa: PLC0415
 
-    if not get_settings().embedded:
+    settings = get_settings()
+    if not settings.embedded:
         raise click.ClickException(
             "TWOTIER_BROKER_URL is set, so this is a distributed deployment: run `twotier api` "
             "and `twotier worker` instead (or unset it for the embedded default)."
         )
-    run_embedded(host=host, port=port)
+    if "local" in {settings.small.backend, settings.large.backend}:
+        require_local_extra("twotier serve")
+    run_embedded(host=host, port=port)  # loads torch when a tier is local
 
 
 @main.command()
@@ -205,6 +220,7 @@ def model_server(
 ) -> None:
     """Serve the local model over TGI's HTTP API (/generate, /tokenize, /health, /info,
     /metrics)."""
+    require_local_extra("twotier model-server")
     import uvicorn  # noqa: PLC0415
     from rich.console import Console  # noqa: PLC0415
 
@@ -237,6 +253,7 @@ def models() -> None:
 @models.command("pull")
 def pull_models() -> None:
     """Download and convert the local models the settings name (run by `serve` when needed)."""
+    require_local_extra("twotier models pull")
     from rich.console import Console  # noqa: PLC0415
 
     from services.llm.model_files import prepare_local_model  # noqa: PLC0415

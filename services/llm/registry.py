@@ -15,6 +15,7 @@ from services.lazy import built_once
 from services.llm.base import Backend
 from services.llm.circuit import CircuitBreaker
 from services.llm.http_backend import HttpBackend
+from services.llm.local_extra import require_local_extra
 from services.models import Tier
 from services.settings import TierSettings, get_settings
 
@@ -57,6 +58,7 @@ def _build_backend(tier: Tier) -> Backend:
     settings = get_settings()
     tier_settings = tier_settings_of(tier)
     if tier_settings.backend == "local":
+        require_local_extra(f"the {tier.value} tier (TWOTIER_{tier.name}__BACKEND=local)")
         from services.llm.local_model import LocalBackend  # noqa: PLC0415 - torch loads here only
 
         return LocalBackend(

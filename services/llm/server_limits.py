@@ -29,6 +29,7 @@ import httpx
 import structlog
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
+from services.llm.local_extra import INSTALL_LOCAL, missing_local_packages
 from services.settings import Settings, TierSettings, get_settings
 
 log = structlog.get_logger(__name__)
@@ -81,6 +82,12 @@ def check_model_servers(settings: Settings, *, tiers: list[str], tasks_at_once: 
     for name in tiers:
         tier: TierSettings = getattr(settings, name)
         if tier.backend == "local":
+            if missing := missing_local_packages():
+                problems.append(
+                    f"TWOTIER_{name.upper()}__BACKEND is local, which needs the `local` extra "
+                    f"({', '.join(missing)} not installed): {INSTALL_LOCAL}; or point the tier "
+                    "at a model server (tgi, openai)"
+                )
             continue
         info = read_server_info(tier, name=name, settings=settings)
         problems += limit_problems(
