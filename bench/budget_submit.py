@@ -28,7 +28,7 @@ from services.migrate import upgrade_to_head
 from services.tenants import create_tenant, set_budget
 from tests.server_thread import ServerThread
 from tests.throwaway_database import throwaway_database
-from workers.dispatch import CeleryDispatcher
+from workers.celery_dispatcher import CeleryDispatcher
 
 
 def main() -> None:

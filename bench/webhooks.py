@@ -67,7 +67,7 @@ def main() -> None:
 
 
 def run(deliveries: int, concurrency: int, pool: str) -> dict[str, float | str]:
-    from workers.dispatch import CeleryDispatcher  # noqa: PLC0415 - needs the broker set
+    from workers.celery_dispatcher import CeleryDispatcher  # noqa: PLC0415 - needs the broker set
 
     upgrade_to_head()
     receiver = WebhookReceiver().start()

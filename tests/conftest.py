@@ -148,7 +148,7 @@ def worker(log_dir: Path) -> Iterator[CeleryWorker]:
 @pytest.fixture(scope="session")
 def client() -> Iterator[TestClient]:
     from services.api.app import create_app
-    from workers.dispatch import CeleryDispatcher
+    from workers.celery_dispatcher import CeleryDispatcher
 
     with TestClient(create_app(CeleryDispatcher())) as test_client:
         yield test_client
@@ -158,7 +158,7 @@ def client() -> Iterator[TestClient]:
 def api_server() -> Iterator[ServerThread]:
     """The API over real HTTP on a loopback port, as clients under load reach it."""
     from services.api.app import create_app
-    from workers.dispatch import CeleryDispatcher
+    from workers.celery_dispatcher import CeleryDispatcher
 
     server = ServerThread(create_app(CeleryDispatcher())).start()
     yield server

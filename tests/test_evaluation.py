@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from services.cli import main as twotier
-from services.evaluation import metrics
+from services.evaluation import scores
 from services.evaluation.baselines import Embedder, baseline_scores
 from services.evaluation.data import read_records
 from services.evaluation.simulate import BudgetGrid, CostScheme, Stream
@@ -34,9 +34,9 @@ def small_stream(*, warmup: int) -> Stream:
 
 
 def test_auc_is_the_mean_accuracy_over_the_budget_range() -> None:
-    assert metrics.normalised_auc(np.array([0.0, 1.0, 2.0]), np.array([0.0, 1.0, 1.0])) == 0.75
-    assert metrics.apgr(0.75, 0.5, 1.0) == 0.5
-    assert metrics.apgr(0.75, 0.9, 0.8) is None
+    assert scores.normalised_auc(np.array([0.0, 1.0, 2.0]), np.array([0.0, 1.0, 1.0])) == 0.75
+    assert scores.apgr(0.75, 0.5, 1.0) == 0.5
+    assert scores.apgr(0.75, 0.9, 0.8) is None
 
 
 def test_margin_cascade_by_hand_with_warm_up_and_full_budget() -> None:
@@ -72,7 +72,7 @@ def test_random_routing_auc_is_the_mean_of_the_two_accuracies() -> None:
     stream = Stream(small_correct=small, large_correct=large, grids=[grid], seeds=[0, 1, 2],
                     warmup=20)  # fmt: skip
     curves = stream.run(stream.random_wants(), "route")
-    auc = metrics.normalised_auc(grid.budgets, curves.accuracy[0])
+    auc = scores.normalised_auc(grid.budgets, curves.accuracy[0])
     assert auc == pytest.approx((small.mean() + large.mean()) / 2, abs=0.015)
 
 

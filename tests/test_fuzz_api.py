@@ -35,7 +35,7 @@ from services.webhooks import endpoints
 from tests.conftest import ADMIN_TOKEN, TenantApi
 from tests.server_thread import ServerThread
 from workers.app import app as celery_app
-from workers.dispatch import CeleryDispatcher
+from workers.celery_dispatcher import CeleryDispatcher
 
 # Test cases per operation and phase; the whole run takes about 2-3 minutes.
 EXAMPLES_PER_OPERATION = 30

@@ -17,7 +17,7 @@ from services.api.app import create_app
 from services.settings import get_settings
 from tests.conftest import ADMIN_TOKEN, TenantApi
 from tests.server_thread import ServerThread
-from workers.dispatch import CeleryDispatcher
+from workers.celery_dispatcher import CeleryDispatcher
 
 SQLISH = "'; DROP TABLE queries;--"
 RTL = "\u202etxt.exe\u202c \u200f\u05e9\u05dc\u05d5\u05dd\u200f"

@@ -30,7 +30,7 @@ from tests.celery_workers import CeleryWorker
 from tests.conftest import WARMUP, TenantApi
 from tests.scripted_tgi import ScriptedTGI
 from tests.waiting import wait_for
-from workers.dispatch import CeleryDispatcher
+from workers.celery_dispatcher import CeleryDispatcher
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

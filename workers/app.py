@@ -25,7 +25,7 @@ from workers.pools import database_pool_for
 log = structlog.get_logger(__name__)
 
 # Every message carries when it was sent, so that the recovery sweep can tell how long the
-# oldest message waiting in a queue has waited (workers.dispatch.CeleryDispatcher).
+# oldest message waiting in a queue has waited (workers.celery_dispatcher.CeleryDispatcher).
 SENT_AT_HEADER = "twotier_sent_at"
 
 app = Celery("twotier", include=["workers.tasks"])

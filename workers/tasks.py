@@ -14,7 +14,7 @@ from services.recovery import sweep
 from services.settings import get_settings
 from services.webhooks.delivery import attempt_delivery, claim_due_deliveries
 from workers.app import app
-from workers.dispatch import CeleryDispatcher
+from workers.celery_dispatcher import CeleryDispatcher
 
 log = structlog.get_logger(__name__)
 dispatcher = CeleryDispatcher()

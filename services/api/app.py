@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services import metrics
-from services.api import admin, queries, usage, webhooks
+from services.api import admin_routes, query_routes, usage_routes, webhook_routes
 from services.api.access_log import AccessLog
 from services.api.body_encoding import Utf8Body
 from services.api.body_limit import RequestBodyLimit
@@ -53,10 +53,10 @@ def create_app(dispatcher: Dispatcher, *, lifespan: Lifespan | None = None) -> F
     app.add_middleware(AccessLog)
     install_error_handlers(app)
     state_limits_in_schema(app, settings)
-    app.include_router(queries.router)
-    app.include_router(admin.router)
-    app.include_router(usage.router)
-    app.include_router(webhooks.router)
+    app.include_router(query_routes.router)
+    app.include_router(admin_routes.router)
+    app.include_router(usage_routes.router)
+    app.include_router(webhook_routes.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -99,7 +99,7 @@ def _add_public_metrics(app: FastAPI, *, broker_url: str | None) -> None:
 
 def create_default_app() -> FastAPI:
     """The app wired to Celery, for ``uvicorn --factory`` and ``twotier api``."""
-    from workers.dispatch import CeleryDispatcher  # noqa: PLC0415 - keeps services free of Celery
+    from workers.celery_dispatcher import CeleryDispatcher  # noqa: PLC0415 - keeps services free of Celery
 
     settings = get_settings()
     configure_logging(level=settings.log_level, json=settings.log_json)

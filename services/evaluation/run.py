@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from services.evaluation import metrics
+from services.evaluation import scores
 from services.evaluation.baselines import EMBEDDING_MODEL, Embedder, baseline_scores
 from services.evaluation.data import PairData, read_records
 from services.evaluation.simulate import BudgetGrid, CostScheme, Curves, Stream
@@ -138,20 +138,20 @@ def _grid_result(
     policies = {}
     for name, (curves, mode) in runs.items():
         accuracy, share, spend = curves.accuracy[g], curves.large_share[g], curves.spend[g]
-        auc = metrics.normalised_auc(budgets, accuracy)
+        auc = scores.normalised_auc(budgets, accuracy)
         policies[name] = {
             "mode": mode,
             "auc": auc,
-            "apgr": metrics.apgr(auc, accuracy_small, accuracy_large),
-            "large_share_for_50pct_gap": metrics.large_share_to_recover(
+            "apgr": scores.apgr(auc, accuracy_small, accuracy_large),
+            "large_share_for_50pct_gap": scores.large_share_to_recover(
                 accuracy, share, accuracy_small=accuracy_small,
                 accuracy_large=accuracy_large, fraction=0.5,
             ),
-            "large_share_for_80pct_gap": metrics.large_share_to_recover(
+            "large_share_for_80pct_gap": scores.large_share_to_recover(
                 accuracy, share, accuracy_small=accuracy_small,
                 accuracy_large=accuracy_large, fraction=0.8,
             ),
-            "cost_saved_at_95pct_of_large": metrics.cost_saved_at(
+            "cost_saved_at_95pct_of_large": scores.cost_saved_at(
                 accuracy, spend, accuracy_large=accuracy_large,
                 large_cost=float(grid.scheme.large.mean()),
             ),
