@@ -37,7 +37,7 @@ RUN useradd --system --uid 10001 --gid 0 --create-home --home-dir /home/twotier 
 WORKDIR /home/twotier
 EXPOSE 8000 9100
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-m", "services.healthcheck", "http://127.0.0.1:8000/healthz"]
+    CMD ["python", "-m", "services.cli.healthcheck", "http://127.0.0.1:8000/healthz"]
 CMD ["twotier", "api", "--host", "0.0.0.0", "--port", "8000"]
 
 FROM runtime AS local
@@ -48,7 +48,7 @@ ENV TWOTIER_CACHE_DIR=/opt/twotier-cache HF_HUB_OFFLINE=1 HF_HOME=/tmp/huggingfa
 USER 10001
 EXPOSE 8081
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-m", "services.healthcheck", "http://127.0.0.1:8081/health"]
+    CMD ["python", "-m", "services.cli.healthcheck", "http://127.0.0.1:8081/health"]
 CMD ["twotier", "model-server", "--host", "0.0.0.0", "--port", "8081"]
 
 # Last, so that a plain `docker build` gives the server image.

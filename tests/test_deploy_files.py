@@ -181,7 +181,8 @@ def test_server_roles_run_without_torch() -> None:
         "        if name.split('.')[0] in {'torch', 'transformers', 'accelerate', 'gguf'}:\n"
         "            raise ImportError(name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import services.cli, services.migrate, services.healthcheck, workers.tasks\n"
+        "import services.cli.run, services.cli.admin, services.migrate, services.cli.healthcheck\n"
+        "import workers.tasks\n"
         "from services.api.app import create_default_app\n"
         "create_default_app()\n"
     )

@@ -13,8 +13,8 @@ from rich.console import Console
 from services.api.app import create_app
 from services.api.http_protocol import JsonErrorH11Protocol
 from services.api.metrics_port import serve_api_metrics
+from services.cli.embedded import InProcessQueue
 from services.db import session_scope
-from services.embedded import InProcessQueue
 from services.llm.registry import backend_for
 from services.llm.server_limits import check_or_exit
 from services.logs import configure_logging, server_log_config

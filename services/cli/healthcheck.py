@@ -1,4 +1,5 @@
-"""Container health check: ``python -m services.healthcheck [URL]`` exits 0 if URL answers 2xx.
+"""Container health check: ``python -m services.cli.healthcheck [URL]`` exits 0 if URL
+answers 2xx.
 
 The image's HEALTHCHECK runs it against the api (the default command); a worker's check passes
 its metrics server's URL. It imports nothing of the application, so it starts fast.

@@ -93,3 +93,27 @@ def _checked(response: httpx.Response) -> dict[str, Any]:
         raise click.ClickException(f"HTTP {response.status_code}: {message}")
     result: dict[str, Any] = response.json()
     return result
+
+
+@click.command()
+@click.argument("prompt")
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True, envvar="TWOTIER_URL")
+@click.option("--api-key", envvar="TWOTIER_API_KEY", help="Default: the local demo tenant's key.")
+@click.option("--task", default=None, help="Task label (queries with one label share a threshold).")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=None)
+@click.option("--timeout", type=click.FloatRange(min=1), default=120.0, show_default=True)
+def ask(
+    prompt: str,
+    url: str,
+    api_key: str | None,
+    task: str | None,
+    max_new_tokens: int | None,
+    timeout: float,
+) -> None:
+    """Ask a running twotier server and print the answer, tier, margin and threshold."""
+    query = ask_and_wait(
+        prompt, url=url, api_key=api_key, task=task, max_new_tokens=max_new_tokens, timeout=timeout
+    )
+    click.echo(describe(query))
+    if query["status"] != "succeeded":
+        raise SystemExit(1)

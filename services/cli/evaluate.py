@@ -1,0 +1,112 @@
+"""``twotier eval`` and ``twotier eval-live``: the evaluation of the escalation policies on
+recorded outputs, and the recording of live ones."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from services.settings import get_settings
+
+
+@click.command("eval")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("eval-results"),
+    show_default=True,
+    help="Folder for results.json and the PNG curves.",
+)
+@click.option("--seeds", default="0,1,2", show_default=True, help="Stream orders to average.")
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=None,
+    help="W (default: TWOTIER_WARMUP_QUERIES).",
+)
+@click.option("--no-baselines", is_flag=True, help="Skip the trained routers (faster).")
+def evaluate(paths: tuple[Path, ...], out: Path, seeds: str, warmup: int | None,
+             no_baselines: bool) -> None:  # fmt: skip
+    """Accuracy-cost curves, AUC and router metrics of every policy on recorded outputs."""
+    from rich.console import Console  # noqa: PLC0415
+
+    from services.evaluation.report import plot_curves, print_table, write_json  # noqa: PLC0415
+    from services.evaluation.run import EvalOptions  # noqa: PLC0415
+    from services.evaluation.run import evaluate as run_evaluation  # noqa: PLC0415
+
+    settings = get_settings()
+    options = EvalOptions(
+        seeds=tuple(int(seed) for seed in seeds.split(",")),
+        warmup=settings.warmup_queries if warmup is None else warmup,
+        baselines=not no_baselines,
+        cache_dir=settings.cache_dir,
+    )
+    console = Console(width=None if sys.stdout.isatty() else 220)
+    with console.status("Evaluating ...") as status:
+        results = run_evaluation(list(paths), options, progress=status.update)
+    print_table(results, console)
+    write_json(results, out / "results.json")
+    plots = plot_curves(results, out)
+    console.print(f"Wrote {out / 'results.json'} and {len(plots)} plots in {out}/")
+
+
+@click.command("eval-live")
+@click.argument("data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--kind", type=click.Choice(["classification", "multiple-choice"]), required=True)
+@click.option("--labels", default=None, help="Class names in label-index order, comma-separated.")
+@click.option("--task", default=None, help="Task name in the records (default: the file's stem).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="JSONL records for `twotier eval`.",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Queries to record.")
+@click.option(
+    "--shots",
+    type=click.IntRange(min=0),
+    default=4,
+    show_default=True,
+    help="Leading rows used as worked examples in every prompt.",
+)
+@click.option(
+    "--with-large",
+    is_flag=True,
+    help="Also ask the large tier (else the large model is taken to be always right).",
+)
+def evaluate_live(data: Path, kind: str, labels: str | None, task: str | None, out: Path,
+                  limit: int | None, shots: int, with_large: bool) -> None:  # fmt: skip
+    """Run the small tier (TWOTIER_SMALL__*) over labelled data and record margins."""
+    from rich.console import Console  # noqa: PLC0415
+
+    from services.evaluation.live import LiveTiers, read_examples, record_live  # noqa: PLC0415
+    from services.llm.registry import backend_for  # noqa: PLC0415
+    from services.models import Tier  # noqa: PLC0415
+
+    settings = get_settings()
+    label_names = [label.strip() for label in labels.split(",")] if labels else None
+    examples = read_examples(data, kind=kind, labels=label_names, shots=shots)  # type: ignore[arg-type]
+    console = Console(stderr=True)
+    with console.status("Recording ...") as status:
+        tiers = LiveTiers(
+            small=backend_for(Tier.SMALL),
+            small_settings=settings.small,
+            large=backend_for(Tier.LARGE) if with_large else None,
+            large_settings=settings.large,
+            # As many candidates as the server allows; a local model has no such limit.
+            top_n_tokens=settings.max_top_n_tokens
+            if settings.small.backend != "local"
+            else max(settings.max_top_n_tokens, 10),
+        )
+        written = record_live(
+            examples,
+            task=task or data.stem,
+            tiers=tiers,
+            out=out,
+            limit=limit,
+            progress=lambda done: status.update(f"Recorded {done} queries ..."),
+        )
+    console.print(f"Wrote {written} records to {out}; evaluate them with `twotier eval {out}`.")
