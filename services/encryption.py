@@ -6,7 +6,7 @@ The keys come from ``TWOTIER_SECRETS_KEYS``, a list used as one ``MultiFernet``:
 encrypts, every key decrypts. A key is rotated without downtime by putting the new key first
 and keeping the old one until ``reencrypt_secrets`` has rewritten every row. The embedded
 default may leave the setting unset: it then generates a key once and keeps it in ``home``
-(mode 0600) beside its database; every other deployment must set it (services/settings.py
+(mode 0600) beside its database; every other deployment must set it (services/settings/
 stops the process at start otherwise).
 """
 

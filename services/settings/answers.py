@@ -1,0 +1,58 @@
+"""How a query is answered: the two tiers, the first-token margin, the escalation threshold,
+and the limits of a request."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from services.settings.tiers import LargeTierSettings, SmallTierSettings
+
+
+class AnswerSettings(BaseModel):
+    """The settings of answering and escalating (part of ``Settings``)."""
+
+    small: SmallTierSettings = SmallTierSettings()
+    large: LargeTierSettings = LargeTierSettings()
+
+    top_n_tokens: int = Field(default=5, ge=2, description="First-token candidates asked of TGI.")
+    max_top_n_tokens: int = Field(
+        default=5,
+        ge=2,
+        description="The most candidates a model server returns (TGI's --max-top-n-tokens); "
+        "queries with many choices ask for up to this many.",
+    )
+    margin_kind: Literal["probability", "logit", "share"] = Field(
+        default="probability",
+        description="p1 - p2 (the paper), log p1 - log p2 (its code) or p1 / total (share).",
+    )
+    margin_skip_surface_variants: bool = Field(
+        default=False,
+        description="Ignore runner-up tokens that are surface variants of the top-1 (QA tasks).",
+    )
+    warmup_queries: int = Field(default=20, ge=0, description="W: no escalation while |H| <= W.")
+    threshold_sketch_k: int = Field(
+        default=400,
+        ge=8,
+        le=65535,
+        description="k of a new scope's KLL sketch: exact up to k margins, then a normalised "
+        "rank error of about 2.3 / k^0.97 (0.7 % at 400).",
+    )
+    default_target_escalation_rate: float = Field(default=0.3, ge=0, le=1)
+
+    default_max_new_tokens: int = Field(default=64, ge=1)
+    max_new_tokens_limit: int = Field(default=4096, ge=1)
+    max_prompt_chars: int = Field(default=100_000, ge=1)
+    max_request_bytes: int | None = Field(
+        default=None,
+        ge=1024,
+        description="Largest request body, in bytes, refused with 413 before it is parsed; "
+        "unset means 4 bytes per prompt character plus 256 KiB for the other fields.",
+    )
+    prompt_overhead_tokens: int = Field(
+        default=64,
+        ge=0,
+        description="Tokens a chat template or BOS may add to a prompt; part of the worst-case "
+        "cost a budget reserves.",
+    )

