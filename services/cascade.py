@@ -9,13 +9,10 @@ at most once however often the task runs.
 
 from __future__ import annotations
 
-import enum
 import functools
 import random
 import time
 import uuid
-from dataclasses import dataclass
-from datetime import timedelta
 
 import structlog
 from sqlalchemy import select
@@ -32,46 +29,39 @@ from services.models import (
     TERMINAL_STATUSES,
     ModelPrice,
     Query,
-    QueryStatus,
     Tenant,
     Tier,
     utcnow,
 )
 from services.settings import Settings, TierSettings, get_settings
+from services.tier_claims import (
+    CLAIMABLE,
+    Outcome,
+    TierResult,
+    claim_for_tier,
+    hold_lease_until,
+    locked_query,
+    mark_failed,
+    release_lease,
+)
+
+# Outcome and TierResult are what callers read of a delivery (they live with the claim).
+__all__ = [
+    "OVERLOAD_REQUEUE_S",
+    "Outcome",
+    "TierResult",
+    "answer_on_tier",
+    "deliver",
+    "fail_query",
+    "fall_back",
+]
 
 log = structlog.get_logger(__name__)
-
-
-class Outcome(enum.StrEnum):
-    ANSWERED = "answered"  # the query succeeded on this tier
-    ESCALATE = "escalate"  # the caller must enqueue the large tier
-    FAILED = "failed"
-    SKIPPED = "skipped"  # nothing to do: finished, cancelled, or not at this tier
-    BUSY = "busy"  # another delivery holds the lease; try again after ``retry_in_s``
-    OVERLOADED = "overloaded"  # the model server is full; queue the query again after that
-
-
-@dataclass(frozen=True)
-class TierResult:
-    outcome: Outcome
-    retry_in_s: float = 0.0
-
-
-@dataclass(frozen=True)
-class _Claim:
-    prompt: str
-    max_new_tokens: int
-    choices: list[str] | None
 
 
 # How long a query waits in the queue after the model server stayed full for a whole call,
 # when it did not say (Retry-After).
 OVERLOAD_REQUEUE_S = 5.0
-
-CLAIMABLE = {
-    Tier.SMALL: frozenset({QueryStatus.QUEUED, QueryStatus.RUNNING}),
-    Tier.LARGE: frozenset({QueryStatus.ESCALATED}),
-}
 
 
 def deliver(
@@ -93,7 +83,7 @@ def deliver(
     except TransientModelError as exc:
         if retries_so_far < get_settings().task_retries:
             retry_in_s = float(min(2**retries_so_far, 300))
-            _hold_lease_until(query_id, retry_in_s)
+            hold_lease_until(query_id, retry_in_s)
             return retry_in_s
         result = fall_back(query_id, tier, reason=str(exc))
     finally:
@@ -111,7 +101,7 @@ def deliver(
 def answer_on_tier(query_id: uuid.UUID, tier: Tier) -> TierResult:
     """Run ``tier`` for the query. Raises TransientModelError when the caller should retry."""
     settings = get_settings()
-    claim = _claim(query_id, tier, settings)
+    claim = claim_for_tier(query_id, tier, settings)
     if isinstance(claim, TierResult):
         return claim
     started = time.perf_counter()
@@ -130,11 +120,11 @@ def answer_on_tier(query_id: uuid.UUID, tier: Tier) -> TierResult:
             )
     except ModelOverloaded:
         _observe_call(tier, model, "overloaded", started)
-        _release_lease(query_id, delivered=False)  # a refused call is no delivery attempt
+        release_lease(query_id, delivered=False)  # a refused call is no delivery attempt
         raise
     except TransientModelError:
         _observe_call(tier, model, "transient_error", started)
-        _release_lease(query_id)  # so that the task's retry is not kept waiting
+        release_lease(query_id)  # so that the task's retry is not kept waiting
         raise
     except ModelError as exc:
         _observe_call(tier, model, "error", started)
@@ -177,7 +167,7 @@ def fall_back(query_id: uuid.UUID, tier: Tier, *, reason: str) -> TierResult:
     """The tier's model server kept failing: do what the settings say instead."""
     settings = get_settings()
     with session_scope() as session:
-        query = _locked(session, query_id)
+        query = locked_query(session, query_id)
         if query.status not in CLAIMABLE[tier]:
             return TierResult(Outcome.SKIPPED)
         log.warning("tier_unavailable", error=reason)
@@ -198,46 +188,14 @@ def fall_back(query_id: uuid.UUID, tier: Tier, *, reason: str) -> TierResult:
             lifecycle.succeed(session, query, answer=query.small_answer, tier=Tier.SMALL)
             return TierResult(Outcome.ANSWERED)
         message = f"the {tier.value} model server kept failing: {reason}"
-        return _mark_failed(session, query, "model_unavailable", message)
+        return mark_failed(session, query, "model_unavailable", message)
 
 
 def fail_query(query_id: uuid.UUID, *, code: str, message: str) -> None:
     with session_scope() as session:
-        query = _locked(session, query_id)
+        query = locked_query(session, query_id)
         if query.status not in TERMINAL_STATUSES:
-            _mark_failed(session, query, code, message)
-
-
-def _mark_failed(session: Session, query: Query, code: str, message: str) -> TierResult:
-    lifecycle.fail(session, query, code=code, message=message)
-    return TierResult(Outcome.FAILED)
-
-
-def _claim(query_id: uuid.UUID, tier: Tier, settings: Settings) -> _Claim | TierResult:
-    with session_scope() as session:
-        query = session.get(Query, query_id, with_for_update=True, populate_existing=True)
-        now = utcnow()
-        if query is None or query.status not in CLAIMABLE[tier]:
-            lease_over = query is not None and (
-                query.lease_expires_at is None or query.lease_expires_at <= now
-            )
-            if query is not None and query.status == QueryStatus.CANCELLED and lease_over:
-                lifecycle.release_after_cancel(session, query)  # its call is over
-            return TierResult(Outcome.SKIPPED)
-        if query.lease_expires_at is not None and query.lease_expires_at > now:
-            return TierResult(Outcome.BUSY, (query.lease_expires_at - now).total_seconds())
-        query.delivery_attempts += 1
-        if query.delivery_attempts > settings.max_delivery_attempts:
-            return _mark_failed(
-                session,
-                query,
-                "delivery_attempts_exhausted",
-                f"delivered {settings.max_delivery_attempts} times without finishing",
-            )
-        lifecycle.claim(session, query, tier, lease_s=settings.task_lease_s)
-        return _Claim(
-            prompt=query.prompt, max_new_tokens=query.max_new_tokens, choices=query.choices
-        )
+            mark_failed(session, query, code, message)
 
 
 def _decide(
@@ -257,7 +215,7 @@ def _decide(
         )
     except MarginUnavailable as exc:
         message = f"{exc}; is the server's --max-top-n-tokens at least 2?"
-        return _mark_failed(session, query, "margin_unavailable", message)
+        return mark_failed(session, query, "margin_unavailable", message)
     margin, answer, pair = decision.margin, decision.answer, decision.model_pair
     query.small_answer = answer  # the answer should the large tier be unavailable
     metrics.observe_margin(margin, model_pair=pair, kind=settings.margin_kind)
@@ -288,29 +246,6 @@ def _decide(
         return TierResult(Outcome.ESCALATE)  # the caller enqueues the large tier
     lifecycle.succeed(session, query, answer=answer, tier=Tier.SMALL)
     return TierResult(Outcome.ANSWERED)
-
-
-def _release_lease(query_id: uuid.UUID, *, delivered: bool = True) -> None:
-    with session_scope() as session:
-        query = _locked(session, query_id)
-        if not delivered:
-            # So that a long overload never fails the query as delivery_attempts_exhausted.
-            query.delivery_attempts = max(query.delivery_attempts - 1, 0)
-        query.lease_expires_at = None
-        query.updated_at = utcnow()
-
-
-def _hold_lease_until(query_id: uuid.UUID, retry_in_s: float) -> None:
-    """Keep the query leased until its retry is due: the recovery sweep then leaves it to
-    the retry, and queues it again only if the retry's message was lost with its worker."""
-    with session_scope() as session:
-        query = _locked(session, query_id)
-        if query.status not in TERMINAL_STATUSES:
-            query.lease_expires_at = utcnow() + timedelta(seconds=retry_in_s)
-
-
-def _locked(session: Session, query_id: uuid.UUID) -> Query:
-    return session.get_one(Query, query_id, with_for_update=True, populate_existing=True)
 
 
 def _locked_for_answer(

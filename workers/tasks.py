@@ -12,7 +12,8 @@ from services.db import session_scope
 from services.models import Tier
 from services.recovery import sweep
 from services.settings import get_settings
-from services.webhooks.delivery import attempt_delivery, claim_due_deliveries
+from services.webhooks.delivery import attempt_delivery
+from services.webhooks.relay import claim_due_deliveries
 from workers.app import app
 from workers.celery_dispatcher import CeleryDispatcher
 

@@ -22,11 +22,8 @@ from services.db import session_scope
 from services.models import Tier
 from services.recovery import reclaim_unfinished_queries, sweep
 from services.settings import get_settings
-from services.webhooks.delivery import (
-    attempt_delivery,
-    claim_due_deliveries,
-    reclaim_pending_deliveries,
-)
+from services.webhooks.delivery import attempt_delivery
+from services.webhooks.relay import claim_due_deliveries, reclaim_pending_deliveries
 
 log = structlog.get_logger(__name__)
 

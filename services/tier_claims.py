@@ -1,0 +1,100 @@
+"""A tier's hold on a query: the statuses it may take a query from, the claim (a delivery
+attempt and a lease, in one transaction around the row lock), and giving the lease back; and
+what one delivery of a tier's task came to."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy.orm import Session
+
+from services import lifecycle
+from services.db import session_scope
+from services.models import TERMINAL_STATUSES, Query, QueryStatus, Tier, utcnow
+from services.settings import Settings
+
+
+class Outcome(enum.StrEnum):
+    ANSWERED = "answered"  # the query succeeded on this tier
+    ESCALATE = "escalate"  # the caller must enqueue the large tier
+    FAILED = "failed"
+    SKIPPED = "skipped"  # nothing to do: finished, cancelled, or not at this tier
+    BUSY = "busy"  # another delivery holds the lease; try again after ``retry_in_s``
+    OVERLOADED = "overloaded"  # the model server is full; queue the query again after that
+
+
+@dataclass(frozen=True)
+class TierResult:
+    outcome: Outcome
+    retry_in_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Claim:
+    prompt: str
+    max_new_tokens: int
+    choices: list[str] | None
+
+
+CLAIMABLE = {
+    Tier.SMALL: frozenset({QueryStatus.QUEUED, QueryStatus.RUNNING}),
+    Tier.LARGE: frozenset({QueryStatus.ESCALATED}),
+}
+
+
+def claim_for_tier(query_id: uuid.UUID, tier: Tier, settings: Settings) -> Claim | TierResult:
+    with session_scope() as session:
+        query = session.get(Query, query_id, with_for_update=True, populate_existing=True)
+        now = utcnow()
+        if query is None or query.status not in CLAIMABLE[tier]:
+            lease_over = query is not None and (
+                query.lease_expires_at is None or query.lease_expires_at <= now
+            )
+            if query is not None and query.status == QueryStatus.CANCELLED and lease_over:
+                lifecycle.release_after_cancel(session, query)  # its call is over
+            return TierResult(Outcome.SKIPPED)
+        if query.lease_expires_at is not None and query.lease_expires_at > now:
+            return TierResult(Outcome.BUSY, (query.lease_expires_at - now).total_seconds())
+        query.delivery_attempts += 1
+        if query.delivery_attempts > settings.max_delivery_attempts:
+            return mark_failed(
+                session,
+                query,
+                "delivery_attempts_exhausted",
+                f"delivered {settings.max_delivery_attempts} times without finishing",
+            )
+        lifecycle.claim(session, query, tier, lease_s=settings.task_lease_s)
+        return Claim(
+            prompt=query.prompt, max_new_tokens=query.max_new_tokens, choices=query.choices
+        )
+
+
+def mark_failed(session: Session, query: Query, code: str, message: str) -> TierResult:
+    lifecycle.fail(session, query, code=code, message=message)
+    return TierResult(Outcome.FAILED)
+
+
+def release_lease(query_id: uuid.UUID, *, delivered: bool = True) -> None:
+    with session_scope() as session:
+        query = locked_query(session, query_id)
+        if not delivered:
+            # So that a long overload never fails the query as delivery_attempts_exhausted.
+            query.delivery_attempts = max(query.delivery_attempts - 1, 0)
+        query.lease_expires_at = None
+        query.updated_at = utcnow()
+
+
+def hold_lease_until(query_id: uuid.UUID, retry_in_s: float) -> None:
+    """Keep the query leased until its retry is due: the recovery sweep then leaves it to
+    the retry, and queues it again only if the retry's message was lost with its worker."""
+    with session_scope() as session:
+        query = locked_query(session, query_id)
+        if query.status not in TERMINAL_STATUSES:
+            query.lease_expires_at = utcnow() + timedelta(seconds=retry_in_s)
+
+
+def locked_query(session: Session, query_id: uuid.UUID) -> Query:
+    return session.get_one(Query, query_id, with_for_update=True, populate_existing=True)
