@@ -68,4 +68,4 @@ def test_domains_import_no_entry_point() -> None:
 
 def test_the_graph_sees_deferred_imports() -> None:
     """A guard on the test itself: an import inside a function counts."""
-    assert "services.api.http_protocol" in _graph()["services.cli.run"]
+    assert "services.api.http_protocol" in _graph()["services.cli.server_roles"]

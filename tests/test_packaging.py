@@ -82,7 +82,7 @@ def test_locks_say_how_to_regenerate_them() -> None:
 def test_server_entry_points_import_no_torch() -> None:
     probe = (
         "import sys\n"
-        "import services.cli.run, services.cli.admin, services.api.app, workers.app\n"
+        "import services.cli.server_roles, services.cli.admin, services.api.app, workers.app\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers'}))\n"
     )
     result = subprocess.run(

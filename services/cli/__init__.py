@@ -1,5 +1,5 @@
 """The ``twotier`` command: the click group and ``main``; each command lives in the module of
-its theme (run: the server processes; admin: migrations, tenants, models; evaluate: the
+its theme (server_roles: the server processes; admin: migrations, tenants, models; evaluate: the
 evaluation; ask: the client of a running server).
 
 A command's module is imported when that command runs (or when help lists it), not with this
@@ -17,17 +17,17 @@ from services.llm.local_extra import LocalExtraMissing
 
 # Each command's name -> "module:attribute" of its click command.
 COMMANDS = {
-    "api": "services.cli.run:api",
+    "api": "services.cli.server_roles:api",
     "ask": "services.cli.ask:ask",
-    "beat": "services.cli.run:beat",
+    "beat": "services.cli.server_roles:beat",
     "eval": "services.cli.evaluate:evaluate",
     "eval-live": "services.cli.evaluate:evaluate_live",
     "migrate": "services.cli.admin:migrate",
-    "model-server": "services.cli.run:model_server",
+    "model-server": "services.cli.server_roles:model_server",
     "models": "services.cli.admin:models",
-    "serve": "services.cli.run:serve",
+    "serve": "services.cli.server_roles:serve",
     "tenants": "services.cli.admin:tenants",
-    "worker": "services.cli.run:worker",
+    "worker": "services.cli.server_roles:worker",
 }
 
 
