@@ -37,6 +37,7 @@ from services.logs import configure_logging
 from services.migrate import upgrade_to_head
 from services.models import Tenant, Tier
 from services.queries import NewQuery, submit_query
+from services.runtime import Runtime
 from services.settings import get_settings
 from services.tenants import create_tenant
 
@@ -89,16 +90,17 @@ def scope_decisions(args: Any, stack: Stack) -> dict[str, Any]:
     with session_scope() as session:
         tenant_id = create_tenant(session, name="scope", target_escalation_rate=0.3).tenant.id
     clock = StatementClock()
+    runtime = Runtime(get_settings())
     warm = _submit(tenant_id, ["one"] * args.scope_warmup)
     with ThreadPoolExecutor(16) as pool:  # the scope's warm-up (W = 20) and some history
-        list(pool.map(lambda q: cascade.answer_on_tier(q, Tier.SMALL), warm))
+        list(pool.map(lambda q: cascade.answer_on_tier(q, Tier.SMALL, runtime), warm))
     rounds: dict[str, list[dict[str, Any]]] = {"one_scope": [], "distinct_scopes": []}
     for number in range(args.scope_rounds):
         for mode, runs in rounds.items():
             labels = [
                 "one" if mode == "one_scope" else f"s{number}-{i}" for i in range(args.scope_burst)
             ]
-            runs.append(_burst(_submit(tenant_id, labels), server, clock))
+            runs.append(_burst(_submit(tenant_id, labels), server, clock, runtime))
     pool_status = get_engine().pool.status()
     summary: dict[str, Any] = {
         "burst": args.scope_burst,
@@ -138,13 +140,15 @@ def _submit(tenant_id: uuid.UUID, labels: list[str]) -> list[uuid.UUID]:
     return ids
 
 
-def _burst(ids: list[uuid.UUID], server: ModelServer, clock: StatementClock) -> dict[str, Any]:
+def _burst(
+    ids: list[uuid.UUID], server: ModelServer, clock: StatementClock, runtime: Runtime
+) -> dict[str, Any]:
     """All calls held at the model server, then answered at once; each thread's timings."""
     clock.clear()
     done: dict[int, float] = {}
 
     def answer(query_id: uuid.UUID) -> None:
-        cascade.answer_on_tier(query_id, Tier.SMALL)
+        cascade.answer_on_tier(query_id, Tier.SMALL, runtime)
         done[threading.get_ident()] = time.perf_counter()
 
     server.hold()

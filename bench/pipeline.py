@@ -49,6 +49,7 @@ from services.db import session_scope
 from services.logs import configure_logging
 from services.migrate import upgrade_to_head
 from services.models import Tier
+from services.runtime import Runtime
 from services.settings import get_settings
 from services.tenants import create_tenant
 from tests.server_thread import free_port
@@ -366,6 +367,7 @@ def count_statements(queries: int = 40) -> dict[str, Any]:
     with session_scope() as session:
         key = create_tenant(session, name="statements", target_escalation_rate=0.3).api_key
     recorder = Recorder()
+    runtime = Runtime(get_settings())
     stages: dict[str, list[int]] = {"submit": [], "small": [], "large": [], "poll": []}
     totals: dict[str, list[int]] = {"confident": [], "escalated": []}
     with TestClient(create_app(recorder)) as client:
@@ -379,11 +381,11 @@ def count_statements(queries: int = 40) -> dict[str, Any]:
             counts["submit"] = counted.total()
             query_id = uuid.UUID(response.json()["id"])
             with counted_statements() as counted:
-                outcome = cascade.answer_on_tier(query_id, Tier.SMALL)
+                outcome = cascade.answer_on_tier(query_id, Tier.SMALL, runtime)
             counts["small"] = counted.total()
             if outcome.outcome is cascade.Outcome.ESCALATE:
                 with counted_statements() as counted:
-                    cascade.answer_on_tier(query_id, Tier.LARGE)
+                    cascade.answer_on_tier(query_id, Tier.LARGE, runtime)
                 counts["large"] = counted.total()
             with counted_statements() as counted:
                 client.get(f"/v1/queries/{query_id}", headers=headers)

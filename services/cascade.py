@@ -18,13 +18,12 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services import budgets, leases, lifecycle, metrics, policy
+from services import budgets, lifecycle, metrics, policy
 from services.accounting import Price, price_of
 from services.db import session_scope
 from services.dispatch import Dispatcher
 from services.llm.base import Generation, ModelError, ModelOverloaded, TransientModelError
 from services.llm.margin import MarginUnavailable, candidates_for, margin_and_answer
-from services.llm.registry import backend_for, breaker_for, tier_settings_of
 from services.models import (
     TERMINAL_STATUSES,
     ModelPrice,
@@ -33,7 +32,8 @@ from services.models import (
     Tier,
     utcnow,
 )
-from services.settings import Settings, TierSettings, get_settings
+from services.runtime import Runtime
+from services.settings import Settings, TierSettings
 from services.tier_claims import (
     CLAIMABLE,
     Outcome,
@@ -65,7 +65,12 @@ OVERLOAD_REQUEUE_S = 5.0
 
 
 def deliver(
-    query_id: uuid.UUID, tier: Tier, *, dispatcher: Dispatcher, retries_so_far: int
+    query_id: uuid.UUID,
+    tier: Tier,
+    *,
+    runtime: Runtime,
+    dispatcher: Dispatcher,
+    retries_so_far: int,
 ) -> float | None:
     """Handle one delivery of a tier's task and hand on what follows.
 
@@ -74,18 +79,18 @@ def deliver(
     """
     structlog.contextvars.bind_contextvars(query_id=str(query_id), tier=tier.value)
     try:
-        result = answer_on_tier(query_id, tier)
+        result = answer_on_tier(query_id, tier, runtime)
     except ModelOverloaded as exc:
         # Back-pressure, not failure: the query waits in the queue with its retries untouched,
         # and is never failed or handed to a fallback for it.
         wait_s = exc.retry_after_s if exc.retry_after_s is not None else OVERLOAD_REQUEUE_S
         result = TierResult(Outcome.OVERLOADED, wait_s * random.uniform(1.0, 1.2))
     except TransientModelError as exc:
-        if retries_so_far < get_settings().task_retries:
+        if retries_so_far < runtime.settings.task_retries:
             retry_in_s = float(min(2**retries_so_far, 300))
             hold_lease_until(query_id, retry_in_s)
             return retry_in_s
-        result = fall_back(query_id, tier, reason=str(exc))
+        result = fall_back(query_id, tier, reason=str(exc), settings=runtime.settings)
     finally:
         structlog.contextvars.unbind_contextvars("query_id", "tier")
     if result.outcome is Outcome.ESCALATE:
@@ -98,19 +103,20 @@ def deliver(
     return None
 
 
-def answer_on_tier(query_id: uuid.UUID, tier: Tier) -> TierResult:
+def answer_on_tier(query_id: uuid.UUID, tier: Tier, runtime: Runtime) -> TierResult:
     """Run ``tier`` for the query. Raises TransientModelError when the caller should retry."""
-    settings = get_settings()
+    settings = runtime.settings
     claim = claim_for_tier(query_id, tier, settings)
     if isinstance(claim, TierResult):
         return claim
     started = time.perf_counter()
-    model = tier_settings_of(tier).model
+    tier_settings = runtime.tier_settings(tier)
+    model = tier_settings.model
     try:
-        with leases.keeper.held(query_id):
-            generation = breaker_for(tier).call(
+        with runtime.leases.held(query_id):
+            generation = runtime.breaker(tier).call(
                 functools.partial(
-                    backend_for(tier).generate,
+                    runtime.backend(tier).generate,
                     claim.prompt,
                     max_new_tokens=claim.max_new_tokens,
                     top_n_tokens=candidates_for(
@@ -132,7 +138,6 @@ def answer_on_tier(query_id: uuid.UUID, tier: Tier) -> TierResult:
         return TierResult(Outcome.FAILED)
     latency_ms = round(_observe_call(tier, model, "ok", started) * 1000)
     with session_scope() as session:
-        tier_settings = tier_settings_of(tier)
         query, tenant, price = _locked_for_answer(session, query_id, tier_settings)
         cost = lifecycle.charge(
             session,
@@ -163,9 +168,8 @@ def _observe_call(tier: Tier, model: str, outcome: str, started: float) -> float
     return seconds
 
 
-def fall_back(query_id: uuid.UUID, tier: Tier, *, reason: str) -> TierResult:
+def fall_back(query_id: uuid.UUID, tier: Tier, *, reason: str, settings: Settings) -> TierResult:
     """The tier's model server kept failing: do what the settings say instead."""
-    settings = get_settings()
     with session_scope() as session:
         query = locked_query(session, query_id)
         if query.status not in CLAIMABLE[tier]:

@@ -29,13 +29,13 @@ from sqlalchemy import select, update
 
 from services.db import session_scope
 from services.models import Query, utcnow
-from services.settings import get_settings
 
 log = structlog.get_logger(__name__)
 
 
 class LeaseKeeper:
-    def __init__(self) -> None:
+    def __init__(self, *, lease_s: float) -> None:
+        self.lease_s = lease_s
         self._lock = threading.Lock()
         # query id -> (calls holding it in this process, when its lease was last set)
         self._held: dict[uuid.UUID, tuple[int, float]] = {}
@@ -65,7 +65,7 @@ class LeaseKeeper:
 
     def renew_due(self) -> int:
         """Renew the leases held for a fifth of their length or more; returns how many."""
-        lease_s = get_settings().task_lease_s
+        lease_s = self.lease_s
         now = time.monotonic()
         with self._lock:
             due = sorted(
@@ -108,11 +108,8 @@ class LeaseKeeper:
 
     def _renew_forever(self) -> None:
         while True:
-            time.sleep(get_settings().task_lease_s / 10)
+            time.sleep(self.lease_s / 10)
             try:
                 self.renew_due()
             except Exception:  # the database may be away for a moment; try again next tick
                 log.exception("lease_renewal_failed")
-
-
-keeper = LeaseKeeper()

@@ -21,7 +21,6 @@ from sqlalchemy.engine import make_url
 
 from services.completion import waiters
 from services.db import forget_engines, get_engine, session_scope
-from services.llm.registry import close_backends
 from services.migrate import upgrade_to_head
 from services.models import TERMINAL_STATUSES, Query, QueryStatus, utcnow
 from services.settings import get_settings
@@ -101,7 +100,6 @@ def environment(small_tgi: ScriptedTGI, large_tgi: ScriptedTGI) -> Iterator[dict
     yield env
     for leftover in list(CeleryWorker.running):
         leftover.stop()
-    close_backends()
     get_engine().dispose()
     forget_engines()
     waiters.stop_listening()

@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from services.db import session_factory, session_scope
 from services.leases import LeaseKeeper
 from services.models import Query, utcnow
-from tests.conftest import TenantApi
+from tests.conftest import LEASE_S, TenantApi
 from tests.waiting import wait_for
 
 
@@ -31,7 +31,7 @@ def test_a_locked_query_holds_up_no_other_lease(
         session.execute(
             update(Query).where(Query.id.in_([locked, free])).values(lease_expires_at=taken_until)
         )
-    keeper = LeaseKeeper()
+    keeper = LeaseKeeper(lease_s=LEASE_S)
     with session_factory()() as holder, keeper.held(locked), keeper.held(free):
         holder.get_one(Query, locked, with_for_update=True)
         assert wait_for(

@@ -18,6 +18,7 @@ from services import cascade, completion
 from services.api.app import create_app
 from services.db import session_factory, session_scope
 from services.models import Query, QueryStatus, Tier
+from services.runtime import Runtime
 from services.settings import get_settings
 from services.tenants import create_tenant
 from tests.conftest import WARMUP
@@ -54,8 +55,15 @@ def api() -> Iterator[tuple[TestClient, dict[str, str]]]:
         yield client, {"Authorization": f"Bearer {key}"}
 
 
+@pytest.fixture(scope="module")
+def runtime() -> Iterator[Runtime]:
+    built = Runtime(get_settings())
+    yield built
+    built.close()
+
+
 def _stages(
-    api: tuple[TestClient, dict[str, str]], prompt: str
+    api: tuple[TestClient, dict[str, str]], runtime: Runtime, prompt: str
 ) -> tuple[dict[str, int], cascade.Outcome]:
     client, headers = api
     counts = {}
@@ -65,11 +73,12 @@ def _stages(
     counts["submit"] = counted.total()
     query_id = uuid.UUID(response.json()["id"])
     with counted_statements() as counted:
-        outcome = cascade.answer_on_tier(query_id, Tier.SMALL).outcome
+        outcome = cascade.answer_on_tier(query_id, Tier.SMALL, runtime).outcome
     counts["small"] = counted.total()
     if outcome is cascade.Outcome.ESCALATE:
         with counted_statements() as counted:
-            assert cascade.answer_on_tier(query_id, Tier.LARGE).outcome is cascade.Outcome.ANSWERED
+            answered = cascade.answer_on_tier(query_id, Tier.LARGE, runtime)
+            assert answered.outcome is cascade.Outcome.ANSWERED
         counts["large"] = counted.total()
     with counted_statements() as counted:
         polled = client.get(f"/v1/queries/{query_id}", headers=headers).json()
@@ -80,19 +89,20 @@ def _stages(
 
 def test_each_stage_of_a_query_sends_at_most_its_statements(
     api: tuple[TestClient, dict[str, str]],
+    runtime: Runtime,
     small_tgi: ScriptedTGI,
     unique: Callable[[str], str],
 ) -> None:
     for i in range(WARMUP + 2):  # the warm-up, then confident queries past it
         prompt = unique(f"confident {i}")
         small_tgi.script(prompt, margin=0.5 + i / 100)
-        counts, outcome = _stages(api, prompt)
+        counts, outcome = _stages(api, runtime, prompt)
         assert outcome is cascade.Outcome.ANSWERED
         if i > 0:  # the first query of a scope also creates the scope's row
             assert all(counts[stage] <= MOST[stage] for stage in counts), counts
     prompt = unique("unsure")
     small_tgi.script(prompt, margin=0.01)
-    counts, outcome = _stages(api, prompt)
+    counts, outcome = _stages(api, runtime, prompt)
     assert outcome is cascade.Outcome.ESCALATE
     assert all(counts[stage] <= MOST[stage] for stage in counts), counts
     assert sum(counts.values()) <= sum(MOST.values())

@@ -13,8 +13,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from services.llm.registry import backend_for, breaker_for, close_backends
 from services.models import Tier
+from services.runtime import Runtime
+from services.settings import get_settings
 from tests.celery_workers import CeleryBeat, CeleryWorker
 from tests.conftest import TenantApi
 from tests.scripted_tgi import ScriptedTGI
@@ -110,7 +111,7 @@ def test_a_call_longer_than_the_lease_is_not_made_twice(
 
 
 def test_threads_asking_at_once_share_one_backend_and_one_breaker() -> None:
-    close_backends()
+    runtime = Runtime(get_settings())
     threads = 64
     start = threading.Barrier(threads)
     backends: list[object] = []
@@ -118,8 +119,8 @@ def test_threads_asking_at_once_share_one_backend_and_one_breaker() -> None:
 
     def ask() -> None:
         start.wait()
-        backends.append(backend_for(Tier.SMALL))
-        breakers.append(breaker_for(Tier.SMALL))
+        backends.append(runtime.backend(Tier.SMALL))
+        breakers.append(runtime.breaker(Tier.SMALL))
 
     switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # switch threads as often as possible: races show
@@ -134,4 +135,4 @@ def test_threads_asking_at_once_share_one_backend_and_one_breaker() -> None:
     assert len(backends) == len(breakers) == threads
     assert len({id(backend) for backend in backends}) == 1
     assert len({id(breaker) for breaker in breakers}) == 1
-    close_backends()
+    runtime.close()

@@ -76,7 +76,7 @@ def _check_model_servers(sender: Any, **_: object) -> None:
     # Stops the worker with a message naming the setting when its model servers cannot serve
     # what the settings ask; names the tiers' models after the servers' when none is set.
     queues = list(sender.app.amqp.queues.consume_from)
-    check_before_work(queues=queues, tasks_at_once=sender.concurrency)
+    check_before_work(get_settings(), queues=queues, tasks_at_once=sender.concurrency)
 
 
 @worker_process_shutdown.connect

@@ -9,8 +9,10 @@ from celery import Task
 
 from services import cascade, dispatch
 from services.db import session_scope
+from services.lazy import built_once
 from services.models import Tier
 from services.recovery import sweep
+from services.runtime import Runtime
 from services.settings import get_settings
 from services.webhooks.delivery import attempt_delivery
 from services.webhooks.relay import claim_due_deliveries
@@ -22,9 +24,20 @@ dispatcher = CeleryDispatcher()
 dispatch.install(dispatcher)
 
 
+@built_once
+def process_runtime() -> Runtime:
+    """This worker process's runtime, built by its first task (in a forked pool child, by
+    the child's)."""
+    return Runtime(get_settings())
+
+
 def _deliver(task: Task, query_id: str, tier: Tier) -> None:
     retry_in_s = cascade.deliver(
-        uuid.UUID(query_id), tier, dispatcher=dispatcher, retries_so_far=task.request.retries
+        uuid.UUID(query_id),
+        tier,
+        runtime=process_runtime(),
+        dispatcher=dispatcher,
+        retries_so_far=task.request.retries,
     )
     if retry_in_s is not None:
         raise task.retry(countdown=retry_in_s, max_retries=get_settings().task_retries)

@@ -21,7 +21,7 @@ from services import cascade, dispatch
 from services.db import session_scope
 from services.models import Tier
 from services.recovery import reclaim_unfinished_queries, sweep
-from services.settings import get_settings
+from services.runtime import Runtime
 from services.webhooks.delivery import attempt_delivery
 from services.webhooks.relay import claim_due_deliveries, reclaim_pending_deliveries
 
@@ -32,7 +32,8 @@ T = TypeVar("T")
 
 
 class InProcessQueue:
-    def __init__(self) -> None:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
         self._queues: dict[Tier, queue.Queue[tuple[uuid.UUID, int] | None]] = {
             tier: queue.Queue() for tier in Tier
         }
@@ -89,16 +90,20 @@ class InProcessQueue:
             query_id, retries_so_far = item
             try:
                 retry_in_s = cascade.deliver(
-                    query_id, tier, dispatcher=self, retries_so_far=retries_so_far
+                    query_id,
+                    tier,
+                    runtime=self.runtime,
+                    dispatcher=self,
+                    retries_so_far=retries_so_far,
                 )
             except Exception:  # one bad delivery must not stop the tier
                 log.exception("delivery_failed", query_id=str(query_id), tier=tier.value)
-                retry_in_s = float(get_settings().recovery_interval_s)
+                retry_in_s = float(self.runtime.settings.recovery_interval_s)
             if retry_in_s is not None:
                 self._put(tier, query_id, retries_so_far=retries_so_far + 1, delay_s=retry_in_s)
 
     def _deliver_webhooks(self) -> None:
-        settings = get_settings()
+        settings = self.runtime.settings
         while (delivery_id := self._webhooks.get()) is not _STOP and not self._stopping.is_set():
             try:
                 look_again_in_s = attempt_delivery(delivery_id, settings=settings)
@@ -109,7 +114,7 @@ class InProcessQueue:
                 self.enqueue_webhook(delivery_id, delay_s=look_again_in_s)
 
     def _sweep(self) -> None:
-        settings = get_settings()
+        settings = self.runtime.settings
         while not self._stopping.wait(settings.recovery_interval_s):
             try:
                 with session_scope() as session:

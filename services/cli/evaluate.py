@@ -4,6 +4,7 @@ recorded outputs, and the recording of live ones."""
 from __future__ import annotations
 
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import click
@@ -83,18 +84,19 @@ def evaluate_live(data: Path, kind: str, labels: str | None, task: str | None, o
     from rich.console import Console  # noqa: PLC0415
 
     from services.evaluation.live import LiveTiers, read_examples, record_live  # noqa: PLC0415
-    from services.llm.registry import backend_for  # noqa: PLC0415
     from services.models import Tier  # noqa: PLC0415
+    from services.runtime import Runtime  # noqa: PLC0415
 
     settings = get_settings()
+    runtime = Runtime(settings)
     label_names = [label.strip() for label in labels.split(",")] if labels else None
     examples = read_examples(data, kind=kind, labels=label_names, shots=shots)  # type: ignore[arg-type]
     console = Console(stderr=True)
-    with console.status("Recording ...") as status:
+    with closing(runtime), console.status("Recording ...") as status:
         tiers = LiveTiers(
-            small=backend_for(Tier.SMALL),
+            small=runtime.backend(Tier.SMALL),
             small_settings=settings.small,
-            large=backend_for(Tier.LARGE) if with_large else None,
+            large=runtime.backend(Tier.LARGE) if with_large else None,
             large_settings=settings.large,
             # As many candidates as the server allows; a local model has no such limit.
             top_n_tokens=settings.max_top_n_tokens

@@ -15,11 +15,11 @@ from services.api.http_protocol import JsonErrorH11Protocol
 from services.api.metrics_port import serve_api_metrics
 from services.cli.embedded import InProcessQueue
 from services.db import session_scope
-from services.llm.registry import backend_for
 from services.llm.server_limits import check_or_exit
 from services.logs import configure_logging, server_log_config
 from services.migrate import upgrade_to_head
 from services.models import Tier
+from services.runtime import Runtime
 from services.settings import Settings, TierSettings, get_settings
 from services.tenants import ensure_demo_tenant
 
@@ -32,8 +32,9 @@ def run_embedded(*, host: str, port: int) -> None:
     console = Console(stderr=True)
     started = time.monotonic()
     check_or_exit(settings, tiers=["small", "large"], tasks_at_once=1, who="twotier serve")
+    runtime = Runtime(settings)
     for tier in Tier:  # fetch, convert and load local models now, with progress on the console
-        backend_for(tier)
+        runtime.backend(tier)
     upgrade_to_head()
     with session_scope() as session:
         api_key = ensure_demo_tenant(
@@ -41,7 +42,7 @@ def run_embedded(*, host: str, port: int) -> None:
             key_file=settings.demo_key_file,
             target_escalation_rate=settings.default_target_escalation_rate,
         )
-    work_queue = InProcessQueue()
+    work_queue = InProcessQueue(runtime)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -30,7 +30,7 @@ import structlog
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from services.llm.local_extra import INSTALL_LOCAL, missing_local_packages
-from services.settings import Settings, TierSettings, get_settings
+from services.settings import Settings, TierSettings
 
 log = structlog.get_logger(__name__)
 
@@ -63,12 +63,12 @@ def check_or_exit(settings: Settings, *, tiers: list[str], tasks_at_once: int, w
         raise SystemExit(f"{who} cannot start:\n{exc}") from None
 
 
-def check_before_work(*, queues: list[str], tasks_at_once: object) -> None:
+def check_before_work(settings: Settings, *, queues: list[str], tasks_at_once: object) -> None:
     """A worker's check at start: the tiers whose queues it consumes. ``tasks_at_once`` is
     its pool's concurrency; a tier's calls in flight are at most that and its
     ``max_concurrent_calls``."""
     check_or_exit(
-        get_settings(),
+        settings,
         tiers=[tier for tier in ("small", "large") if tier in queues],
         tasks_at_once=tasks_at_once if isinstance(tasks_at_once, int) else 1,
         who="this twotier worker",

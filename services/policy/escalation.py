@@ -18,7 +18,6 @@ from services import budgets, threshold
 from services.budgets import WorstCase
 from services.llm.base import Generation
 from services.llm.margin import margin_and_answer
-from services.llm.registry import model_pair
 from services.models import Query, Tenant
 from services.policy.rates import target_escalation_rate
 from services.settings import Settings
@@ -66,7 +65,7 @@ def decide(
     if worst_case is None:
         worst_case = budgets.lazy_worst_case(session, settings, query=query)
     rate = target_escalation_rate(session, tenant=tenant, settings=settings, worst_case=worst_case)
-    pair = model_pair()
+    pair = settings.model_pair
     decision = threshold.decide(
         session,
         tenant_id=query.tenant_id,

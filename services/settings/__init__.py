@@ -143,6 +143,11 @@ class Settings(ResilienceSettings, AnswerSettings, DeploymentSettings, BaseSetti
         return self
 
     @property
+    def model_pair(self) -> str:
+        """The two tiers' models, as a threshold scope and the metrics name them."""
+        return f"{self.small.model}->{self.large.model}"
+
+    @property
     def demo_key_file(self) -> Path:
         """The local demo tenant's API key, written by ``twotier serve``."""
         return self.home / "demo-api-key"
