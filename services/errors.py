@@ -37,6 +37,12 @@ class QueryAlreadyFinished(TwotierError):
     code = "query_already_finished"
 
 
+class Unauthenticated(TwotierError):
+    """No Authorization header at all."""
+
+    code = "unauthenticated"
+
+
 class InvalidApiKey(TwotierError):
     code = "invalid_api_key"
 

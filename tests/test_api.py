@@ -82,7 +82,7 @@ def test_missing_malformed_and_unknown_keys_are_401(client: TestClient) -> None:
     assert client.get("/v1/queries").status_code == 401
 
 
-def test_invalid_bodies_are_422_with_the_error_shape_and_store_nothing(
+def test_invalid_bodies_are_4xx_with_the_error_shape_and_store_nothing(
     make_tenant: Callable[..., TenantApi], broker: redis.Redis
 ) -> None:
     tenant = make_tenant()
@@ -109,8 +109,8 @@ def test_invalid_bodies_are_422_with_the_error_shape_and_store_nothing(
         content=b"{not json",
         headers={**tenant.headers, "Content-Type": "application/json"},
     )
-    assert not_json.status_code == 422
-    assert not_json.json()["error"]["code"] == "invalid_request"
+    assert not_json.status_code == 400
+    assert not_json.json()["error"]["code"] == "bad_request"
     assert broker.llen(SMALL_QUEUE) == before
     assert tenant.client.get("/v1/queries", headers=tenant.headers).json()["data"] == []
 

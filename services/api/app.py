@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from services import metrics
 from services.api import admin_routes, query_routes, usage_routes, webhook_routes
 from services.api.access_log import AccessLog
-from services.api.body_encoding import Utf8Body
+from services.api.body_encoding import JsonBody, Utf8Body
 from services.api.body_limit import RequestBodyLimit
 from services.api.database import RequestDatabase
 from services.api.errors import install_error_handlers
@@ -48,6 +48,7 @@ def create_app(dispatcher: Dispatcher, *, lifespan: Lifespan | None = None) -> F
         max_waiting=settings.api_max_waiting_requests,
         max_wait_s=settings.api_max_wait_s,
     )
+    app.add_middleware(JsonBody)
     app.add_middleware(Utf8Body)
     app.add_middleware(RequestBodyLimit, max_bytes=settings.request_body_limit)
     app.add_middleware(AccessLog)

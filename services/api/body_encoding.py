@@ -1,4 +1,9 @@
-"""Refuse request bodies that are not UTF-8 without a byte order mark.
+"""Request bodies are JSON in UTF-8 without a byte order mark, whatever the Content-Type says.
+
+Every route that takes a body takes JSON, so the body is read as JSON whatever Content-Type the
+client sent: ``curl -d '{...}'`` sends ``application/x-www-form-urlencoded``, and its users
+expect the JSON they typed to be read as such (``JsonBody``). A body that is not JSON is
+``400 bad_request`` (services.api.errors).
 
 JSON over HTTP is UTF-8 without a BOM (RFC 8259, section 8.1), and that is what the API
 documents. Python's ``json.loads`` on bytes also detects UTF-16 and UTF-32 and skips a BOM, so
@@ -44,3 +49,19 @@ class Utf8Body:
             return message
 
         await self.app(scope, checking_receive, send)
+
+
+JSON = b"application/json"
+
+
+class JsonBody:
+    """Pure ASGI middleware: a request's Content-Type, whatever it was, is read as JSON."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = [(name, value) for name, value in scope["headers"] if name != b"content-type"]
+            scope = {**scope, "headers": [*headers, (b"content-type", JSON)]}
+        await self.app(scope, receive, send)

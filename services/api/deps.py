@@ -19,13 +19,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from services.api.database import RequestDatabase
-from services.errors import AdminOnly, InvalidApiKey
+from services.errors import AdminOnly, InvalidApiKey, Unauthenticated
 from services.models import Tenant
 from services.settings import Settings, get_settings
 from services.tenants import authenticate
 
 log = structlog.get_logger(__name__)
 bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <api key>`")
+SEND_THE_KEY = "send the API key as `Authorization: Bearer <api key>`"
 
 T = TypeVar("T")
 
@@ -59,11 +60,14 @@ class TenantCalls:
 
 
 async def tenant_calls(
+    request: Request,
     database: DatabaseDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> TenantCalls:
-    if credentials is None:
-        raise InvalidApiKey("send the API key as `Authorization: Bearer <api key>`")
+    if "authorization" not in request.headers:
+        raise Unauthenticated(SEND_THE_KEY)
+    if credentials is None:  # a header that is no bearer token
+        raise InvalidApiKey(SEND_THE_KEY)
     tenant = await database.run(lambda session: authenticate(session, credentials.credentials))
     structlog.contextvars.bind_contextvars(tenant_id=str(tenant.id))
     return TenantCalls(database=database, tenant=tenant)

@@ -25,6 +25,7 @@ HTTP_STATUS = {
     errors.TenantNameTaken: 409,
     errors.IdempotencyConflict: 409,
     errors.QueryAlreadyFinished: 409,
+    errors.Unauthenticated: 401,
     errors.InvalidApiKey: 401,
     errors.TenantDisabled: 403,
     errors.BudgetExceeded: 402,
@@ -111,6 +112,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        unparsable = [e for e in exc.errors() if e["type"] == "json_invalid"]
+        if unparsable:
+            error = unparsable[0]
+            reason = error.get("ctx", {}).get("error", "a syntax error")
+            message = (
+                f"the request body is not valid JSON: {reason} at character {error['loc'][-1]}"
+            )
+            return error_response(400, "bad_request", message)
         details = [
             {"location": list(e["loc"]), "message": e["msg"], "type": e["type"]}
             for e in exc.errors()
