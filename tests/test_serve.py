@@ -5,7 +5,9 @@ server here so that escalated answers can be told apart."""
 from __future__ import annotations
 
 import os
+import shlex
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -224,6 +226,38 @@ def test_sigterm_stops_cleanly_and_a_restart_finishes_every_accepted_query(
         assert [query["status"] for query in finished] == ["succeeded"] * 6
     finally:
         second.kill()
+
+
+def test_the_banners_ask_command_works_as_printed(serve: ServeProcess) -> None:
+    printed = [line for line in serve.log.read_text().splitlines() if line.startswith("  or:")]
+    assert len(printed) == 1, serve.log.read_text()
+    command = shlex.split(printed[0].removeprefix("  or:"))
+    assert command[:2] == [sys.executable, "-m"]
+    assert command[command.index("--url") + 1] == serve.url
+    result = subprocess.run(
+        command, env=serve.env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "tier: " in result.stdout
+
+
+def test_serve_on_a_taken_port_says_so_in_one_line_before_loading_anything(
+    tmp_path: Path,
+) -> None:
+    env = without_twotier_settings(os.environ)
+    env["TWOTIER_HOME"] = str(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [*TWOTIER, "serve", "--port", str(port)],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert result.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "twotier is ready" not in result.stdout + result.stderr
+    assert not (tmp_path / "twotier.db").exists()  # nothing was set up
 
 
 def test_serve_refuses_to_start_when_a_broker_is_configured(tmp_path: Path) -> None:

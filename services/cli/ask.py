@@ -10,6 +10,8 @@ import httpx
 
 from services.settings import get_settings
 
+DEFAULT_URL = "http://127.0.0.1:8000"  # where `twotier serve` listens by default
+
 MAX_WAIT_PER_REQUEST_S = 60
 
 
@@ -97,7 +99,7 @@ def _checked(response: httpx.Response) -> dict[str, Any]:
 
 @click.command()
 @click.argument("prompt")
-@click.option("--url", default="http://127.0.0.1:8000", show_default=True, envvar="TWOTIER_URL")
+@click.option("--url", default=DEFAULT_URL, show_default=True, envvar="TWOTIER_URL")
 @click.option("--api-key", envvar="TWOTIER_API_KEY", help="Default: the local demo tenant's key.")
 @click.option("--task", default=None, help="Task label (queries with one label share a threshold).")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=None)

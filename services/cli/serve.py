@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
@@ -13,6 +16,7 @@ from rich.console import Console
 from services.api.app import create_app
 from services.api.http_protocol import JsonErrorH11Protocol
 from services.api.metrics_port import serve_api_metrics
+from services.cli.ask import DEFAULT_URL
 from services.cli.embedded import InProcessQueue
 from services.db import session_scope
 from services.llm.server_limits import check_or_exit
@@ -83,7 +87,7 @@ def _print_banner(
         f"  large tier: {_describe(settings.large)}\n"
         f"  demo API key: {api_key}\n"
         f"  try:  {curl}\n"
-        f'  or:   twotier ask "{EXAMPLE_PROMPT}"\n'
+        f"  or:   {ask_command(url)} {shlex.quote(EXAMPLE_PROMPT)}\n"
         f"  docs: {url}/docs\n",
         soft_wrap=True,
         highlight=False,
@@ -95,6 +99,16 @@ def _print_banner(
             "TWOTIER_LARGE__URL.\n",
             soft_wrap=True,
         )
+
+
+def ask_command(url: str) -> str:
+    """`twotier ask` as this process was started (a venv's twotier is not on PATH unless the
+    venv is active), at this server's address."""
+    if Path(sys.argv[0]).name == "twotier":
+        program = shlex.quote(sys.argv[0])
+    else:
+        program = f"{shlex.quote(sys.executable)} -m services.cli"
+    return f"{program} ask" + ("" if url == DEFAULT_URL else f" --url {url}")
 
 
 def _describe(tier: TierSettings) -> str:

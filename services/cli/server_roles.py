@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from services.cli.ports import port_is_free_or_exit
 from services.llm.local_extra import require_local_extra
 from services.settings import get_settings
 
@@ -64,6 +65,7 @@ def serve(host: str, port: int) -> None:
         )
     if "local" in {settings.small.backend, settings.large.backend}:
         require_local_extra("twotier serve")
+    port_is_free_or_exit(host, port)  # before minutes of loading a model, not after
     run_embedded(host=host, port=port)  # loads torch when a tier is local
 
 
