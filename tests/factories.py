@@ -1,5 +1,6 @@
 """Small factories for rows that tests of the domain modules start from: a tenant with the
-columns a test sets, and queries in any status, written straight to PostgreSQL."""
+columns a test sets, queries in any status and webhook deliveries, written straight to
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from services.db import session_scope
-from services.models import Query, QueryStatus, Tenant, utcnow
+from services.models import (
+    DeliveryStatus,
+    Query,
+    QueryStatus,
+    Tenant,
+    WebhookDelivery,
+    WebhookMessage,
+    utcnow,
+)
 from services.tenants import create_tenant
 
 
@@ -53,3 +62,40 @@ def add_query(
 
 def get_tenant(session: Session, tenant_id: uuid.UUID) -> Tenant:
     return session.get_one(Tenant, tenant_id)
+
+
+def add_delivery(
+    session: Session,
+    tenant_id: uuid.UUID,
+    *,
+    url: str = "http://127.0.0.1:9/hook",
+    endpoint_id: uuid.UUID | None = None,
+    **columns: Any,
+) -> WebhookDelivery:
+    """A message and one pending delivery of it (to ``endpoint_id``, or to ``url`` alone when
+    it is None, as for a query's own webhook_url), flushed in ``session``."""
+    now = utcnow()
+    message = WebhookMessage(
+        id=f"msg_{uuid.uuid4().hex}",
+        tenant_id=tenant_id,
+        event_type="query.succeeded",
+        payload={"type": "query.succeeded", "timestamp": now.isoformat(), "data": {}},
+        created_at=now,
+    )
+    session.add(message)
+    session.flush()
+    delivery = WebhookDelivery(
+        id=uuid.uuid4(),
+        message_id=message.id,
+        tenant_id=tenant_id,
+        endpoint_id=endpoint_id,
+        url=url,
+        status=columns.pop("status", DeliveryStatus.PENDING),
+        attempts=columns.pop("attempts", 0),
+        next_attempt_at=columns.pop("next_attempt_at", now),
+        created_at=now,
+        **columns,
+    )
+    session.add(delivery)
+    session.flush()
+    return delivery
