@@ -1,5 +1,5 @@
 """Small factories for rows that tests of the domain modules start from: a tenant with the
-columns a test sets, queries in any status and webhook deliveries, written straight to
+columns a test sets, queries in any status, webhook endpoints and deliveries, written straight to
 PostgreSQL."""
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ from services.models import (
     WebhookMessage,
     utcnow,
 )
+from services.settings import get_settings
 from services.tenants import create_tenant
+from services.webhooks.endpoints import create_endpoint
+from services.webhooks.events import EventType
 
 
 def new_tenant(*, target_escalation_rate: float = 0.3, **columns: Any) -> uuid.UUID:
@@ -99,3 +102,22 @@ def add_delivery(
     session.add(delivery)
     session.flush()
     return delivery
+
+
+def add_endpoint(
+    tenant_id: uuid.UUID, path: str, event_types: list[EventType] | None = None, **columns: Any
+) -> uuid.UUID:
+    """A committed endpoint of the tenant at a loopback URL, with ``columns`` set."""
+    with session_scope() as session:
+        endpoint = create_endpoint(
+            session,
+            tenant=get_tenant(session, tenant_id),
+            url=f"http://127.0.0.1:9/{path}",
+            description=None,
+            event_types=event_types,
+            thin_payload=False,
+            settings=get_settings(),
+        )
+        for name, value in columns.items():
+            setattr(endpoint, name, value)
+        return endpoint.id

@@ -24,9 +24,8 @@ from services.models import (
     utcnow,
 )
 from services.settings import get_settings
-from services.webhooks.endpoints import create_endpoint
 from services.webhooks.events import EventType, record_event, record_query_event
-from tests.factories import add_query, get_tenant, new_tenant
+from tests.factories import add_endpoint, add_query, get_tenant, new_tenant
 
 OWN_URL = "http://127.0.0.1:9/own-hook"
 
@@ -45,24 +44,6 @@ class RecordingDispatcher:
 
     def is_reachable(self) -> bool:
         return True
-
-
-def add_endpoint(
-    tenant_id: uuid.UUID, path: str, event_types: list[EventType] | None = None, **columns: Any
-) -> uuid.UUID:
-    with session_scope() as session:
-        endpoint = create_endpoint(
-            session,
-            tenant=get_tenant(session, tenant_id),
-            url=f"http://127.0.0.1:9/{path}",
-            description=None,
-            event_types=event_types,
-            thin_payload=False,
-            settings=get_settings(),
-        )
-        for name, value in columns.items():
-            setattr(endpoint, name, value)
-        return endpoint.id
 
 
 def deliveries_of(session: Session, message: WebhookMessage | None) -> list[WebhookDelivery]:
