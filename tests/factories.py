@@ -1,6 +1,6 @@
 """Small factories for rows that tests of the domain modules start from: a tenant with the
 columns a test sets, queries in any status, webhook endpoints and deliveries, written straight to
-PostgreSQL."""
+PostgreSQL; and a dispatcher that notes what it is asked to queue."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from services.models import (
     Query,
     QueryStatus,
     Tenant,
+    Tier,
     WebhookDelivery,
     WebhookMessage,
     utcnow,
@@ -121,3 +122,19 @@ def add_endpoint(
         for name, value in columns.items():
             setattr(endpoint, name, value)
         return endpoint.id
+
+
+class RecordingDispatcher:
+    """A dispatcher that notes the deliveries it is asked to queue."""
+
+    def __init__(self) -> None:
+        self.webhooks: list[uuid.UUID] = []
+
+    def enqueue(self, tier: Tier, query_id: uuid.UUID, *, delay_s: float = 0.0) -> None:
+        raise AssertionError("no query is queued here")
+
+    def enqueue_webhook(self, delivery_id: uuid.UUID, *, delay_s: float = 0.0) -> None:
+        self.webhooks.append(delivery_id)
+
+    def is_reachable(self) -> bool:
+        return True

@@ -25,25 +25,15 @@ from services.models import (
 )
 from services.settings import get_settings
 from services.webhooks.events import EventType, record_event, record_query_event
-from tests.factories import add_endpoint, add_query, get_tenant, new_tenant
+from tests.factories import (
+    RecordingDispatcher,
+    add_endpoint,
+    add_query,
+    get_tenant,
+    new_tenant,
+)
 
 OWN_URL = "http://127.0.0.1:9/own-hook"
-
-
-class RecordingDispatcher:
-    """A dispatcher that notes the deliveries it is asked to queue."""
-
-    def __init__(self) -> None:
-        self.webhooks: list[uuid.UUID] = []
-
-    def enqueue(self, tier: Tier, query_id: uuid.UUID, *, delay_s: float = 0.0) -> None:
-        raise AssertionError("no query is queued here")
-
-    def enqueue_webhook(self, delivery_id: uuid.UUID, *, delay_s: float = 0.0) -> None:
-        self.webhooks.append(delivery_id)
-
-    def is_reachable(self) -> bool:
-        return True
 
 
 def deliveries_of(session: Session, message: WebhookMessage | None) -> list[WebhookDelivery]:
