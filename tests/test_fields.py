@@ -59,10 +59,6 @@ def test_stored_text_refuses_an_unpaired_surrogate_as_json_can_send_it(surrogate
     assert "unpaired surrogate" in refusal_from_json(STORED_TEXT, body)
 
 
-def test_a_paired_surrogate_in_json_is_one_character_and_accepted() -> None:
-    assert STORED_TEXT.validate_python(json.loads('"\\ud83d\\ude00"')) == "\U0001f600"
-
-
 @given(STORABLE.filter(str.strip))
 def test_naming_text_keeps_storable_text_with_more_than_spaces_in_it(text: str) -> None:
     assert re.search(fields.NOT_BLANK, text)
@@ -71,9 +67,8 @@ def test_naming_text_keeps_storable_text_with_more_than_spaces_in_it(text: str) 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="NamingText states the NOT_BLANK pattern in its schema only: its validator checks "
-    "storability, so blank text that the schema calls invalid is accepted by the type (the "
-    "tenant route still answers 422 because create_tenant refuses a blank name)",
+    reason="NamingText states NOT_BLANK in its schema only; its validator accepts blank text "
+    "(create_tenant still refuses a blank tenant name, so that route answers 422)",
 )
 @pytest.mark.parametrize("blank", ["", "   ", "\t\n"])
 def test_naming_text_refuses_the_blank_text_its_schema_pattern_refuses(blank: str) -> None:
@@ -129,11 +124,6 @@ def test_stored_json_refuses_what_postgresql_cannot_store_at_any_depth(
     assert message in refusal(STORED_JSON, metadata)
 
 
-def test_stored_json_refuses_what_is_not_an_object() -> None:
-    with pytest.raises(ValidationError):
-        STORED_JSON.validate_python(["a", "list"])
-
-
 @given(
     st.recursive(
         st.none()
@@ -164,7 +154,6 @@ def test_stored_json_keeps_any_storable_value_unchanged(value: Any) -> None:
         (0.1, Decimal("0.1")),  # the float's shortest repr, not its binary expansion
         (fields.LARGEST_NUMBER, Decimal(fields.LARGEST_NUMBER)),
         (Decimal("1.00000000005"), Decimal("1.0000000000")),  # rounded to 10 places (even)
-        (Decimal("1.00000000015"), Decimal("1.0000000002")),
     ],
 )
 def test_stored_amount_accepts_decimal_strings_and_numbers_in_range(
@@ -182,7 +171,6 @@ def test_stored_amount_accepts_decimal_strings_and_numbers_in_range(
         ("1e3", "decimal string"),
         ("12345678901", "decimal string"),
         ("1.12345678901", "decimal string"),
-        (" 1", "decimal string"),
         ("NaN", "decimal string"),
         (True, "a number or a decimal string"),
         (None, "a number or a decimal string"),
@@ -190,7 +178,6 @@ def test_stored_amount_accepts_decimal_strings_and_numbers_in_range(
         (-1, "from 0 to 9999999999"),
         (-0.5, "from 0 to 9999999999"),
         (fields.LARGEST_NUMBER + 1, "from 0 to 9999999999"),
-        (1e300, "from 0 to 9999999999"),
         (math.inf, "from 0 to 9999999999"),
         (math.nan, "from 0 to 9999999999"),
     ],

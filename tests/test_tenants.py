@@ -44,10 +44,6 @@ def authenticate(raw_key: str) -> uuid.UUID:
         return tenants.authenticate(session, raw_key).id
 
 
-def test_a_key_hashes_to_its_sha256() -> None:
-    assert tenants.hash_key("tt_x") == hashlib.sha256(b"tt_x").hexdigest()
-
-
 KEY_TEXT = st.text(st.characters(blacklist_categories=["Cs"]))
 
 
@@ -66,16 +62,10 @@ def test_a_new_tenant_gets_one_key_of_the_documented_shape_and_only_its_hash_is_
     with session_scope() as session:
         (key,) = session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant_id))
         assert key.prefix == shape["prefix"]
-        assert key.key_hash == tenants.hash_key(raw_key)
+        assert key.key_hash == hashlib.sha256(raw_key.encode()).hexdigest()
         assert shape["secret"] not in (key.prefix, key.key_hash)
         assert key.revoked_at is None
     assert authenticate(raw_key) == tenant_id
-
-
-def test_keys_are_unique_and_carry_their_prefix() -> None:
-    keys = [new_tenant()[1] for _ in range(5)]
-    prefixes = {key.split("_")[1] for key in keys}
-    assert len(set(keys)) == len(prefixes) == 5
 
 
 @pytest.mark.parametrize("name", ["", "   ", "\t"])
@@ -90,9 +80,8 @@ def test_a_target_rate_outside_zero_to_one_is_refused(rate: float) -> None:
         tenants.create_tenant(session, name=unique_name(), target_escalation_rate=rate)
 
 
-@pytest.mark.parametrize("rate", [0.0, 1.0])
-def test_the_target_rates_bounds_are_allowed(rate: float) -> None:
-    new_tenant(rate)
+def test_the_target_rates_bounds_are_allowed() -> None:
+    assert new_tenant(0.0) != new_tenant(1.0)
 
 
 def test_a_taken_name_conflicts() -> None:
@@ -181,8 +170,6 @@ def test_a_tenant_cannot_revoke_or_list_another_tenants_keys() -> None:
             tenants.revoke_key(session, tenant_id=other, key_id=key.id)
         with pytest.raises(NotFound):
             tenants.revoke_key(session, tenant_id=owner, key_id=uuid.uuid4())
-        with pytest.raises(NotFound):
-            tenants.list_keys(session, tenant_id=uuid.uuid4())
     assert authenticate(owner_key) == owner
 
 
@@ -278,6 +265,8 @@ def test_an_unknown_tenant_id_is_not_found() -> None:
         tenants.tenant_by_id(session, uuid.uuid4())
     with pytest.raises(NotFound):
         update(uuid.uuid4(), disabled=True)
+    with session_scope() as session, pytest.raises(NotFound):
+        tenants.list_keys(session, tenant_id=uuid.uuid4())
 
 
 def test_the_demo_key_is_kept_in_a_private_file_and_reused(tmp_path: Path) -> None:
