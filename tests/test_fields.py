@@ -65,11 +65,6 @@ def test_naming_text_keeps_storable_text_with_more_than_spaces_in_it(text: str) 
     assert NAMING_TEXT.validate_python(text) == text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NamingText states NOT_BLANK in its schema only; its validator accepts blank text "
-    "(create_tenant still refuses a blank tenant name, so that route answers 422)",
-)
 @pytest.mark.parametrize("blank", ["", "   ", "\t\n"])
 def test_naming_text_refuses_the_blank_text_its_schema_pattern_refuses(blank: str) -> None:
     assert re.search(fields.NOT_BLANK, blank) is None

@@ -212,13 +212,6 @@ def test_numbers_are_two_decimals_percent_whole_and_missing_a_dash() -> None:
     assert _number(0.456, percent=True) == "46%"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="the average plot takes a policy for a whole task when the task's first pair has "
-    "it, and then fails on a later pair of the task that lacks it (the table and the per-task "
-    "plots skip such pairs)",
-)
 def test_a_policy_only_some_pairs_of_a_task_carry_is_plotted_without_failing(
     results: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -38,6 +38,13 @@ def json_integer(*, ge: int, le: int | None = None) -> Any:
     return Annotated[int, Strict(False), Field(ge=ge, le=le), BeforeValidator(json_number)]
 
 
+def naming_text(text: str) -> str:
+    """Storable text with more than white space in it, as the schema's NOT_BLANK says."""
+    if not text.strip():
+        raise ValueError("must not be blank")
+    return storable_text(text)
+
+
 def storable_text(text: str) -> str:
     """Refuse what PostgreSQL cannot store: its text type holds no NUL character, and UTF-8
     no unpaired surrogate (JSON allows both, as ``\\u0000`` and ``\\ud800``)."""
@@ -108,7 +115,7 @@ StoredText = Annotated[
 ]
 # Storable text with more than spaces in it (names, labels).
 NamingText = Annotated[
-    str, AfterValidator(storable_text), Field(json_schema_extra={"pattern": NOT_BLANK})
+    str, AfterValidator(naming_text), Field(json_schema_extra={"pattern": NOT_BLANK})
 ]
 StoredJson = Annotated[dict[str, Any], AfterValidator(storable_json)]
 # What the NUMERIC(20, 10) and INTEGER columns hold; beyond that a value is refused with 422

@@ -111,13 +111,12 @@ def _plot_average(
     figure, axis = plt.subplots(figsize=(7, 4.5))
     budgets = results["pairs"][0]["grids"][REFERENCE_GRID]["budgets"]
     for policy in _policies(results):
-        task_means = [
-            np.mean(
-                [p["grids"][REFERENCE_GRID]["policies"][policy]["accuracy"] for p in pairs], axis=0
-            )
+        scored = (  # per task, the pairs that score this policy (as the table does)
+            [p["grids"][REFERENCE_GRID]["policies"][policy]["accuracy"] for p in pairs
+             if policy in p["grids"][REFERENCE_GRID]["policies"]]
             for pairs in by_task.values()
-            if policy in pairs[0]["grids"][REFERENCE_GRID]["policies"]
-        ]
+        )  # fmt: skip
+        task_means = [np.mean(curves, axis=0) for curves in scored if curves]
         if task_means:
             axis.plot(budgets, np.mean(task_means, axis=0), label=policy)
     axis.set_xlabel("average budget per query (c_s = 1, c_l = 20)")
