@@ -1,5 +1,5 @@
-"""The API's one error shape (services/api/errors.py): each domain error's status and stable
-code, and the shape of validation errors, unknown routes, wrong methods, a database that is
+"""The API's one error shape (services/api/error_responses.py): each domain error's status and
+stable code, and the shape of validation errors, unknown routes, wrong methods, a database that is
 down and anything unexpected, as a client sees them through a small app."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from services import errors
-from services.api.errors import HTTP_STATUS, RequestTooLarge, install_error_handlers
+from services.api.error_responses import HTTP_STATUS, RequestTooLarge, install_error_handlers
 
 DOMAIN_ERRORS: dict[str, errors.TwotierError] = {
     "invalid_request": errors.InvalidRequest("bad", details={"field": "prompt"}),

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.api.body_encoding import NOT_UTF8, Utf8Body
-from services.api.errors import install_error_handlers
+from services.api.error_responses import install_error_handlers
 from tests.asgi_driver import post_chunks
 
 BODY = {"prompt": "café ☕ 𝄞"}

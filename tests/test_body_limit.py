@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from services.api.body_encoding import Utf8Body
 from services.api.body_limit import RequestBodyLimit
-from services.api.errors import install_error_handlers
+from services.api.error_responses import install_error_handlers
 from tests.asgi_driver import post_chunks
 from tests.server_thread import ServerThread
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from services import tenants
 from services.accounting import settings_price
 from services.api.deps import AdminDep, DatabaseDep, SettingsDep
-from services.api.errors import ERROR_RESPONSES
+from services.api.error_responses import ERROR_RESPONSES
 from services.api.fields import NamingText, StoredAmount, StoredCount
 from services.api.schemas import ErrorBody, Money, RequestBody
 from services.errors import NotFound

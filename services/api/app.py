@@ -17,7 +17,7 @@ from services.api.access_log import AccessLog
 from services.api.body_encoding import JsonBody, Utf8Body
 from services.api.body_limit import RequestBodyLimit
 from services.api.database import RequestDatabase
-from services.api.errors import install_error_handlers
+from services.api.error_responses import install_error_handlers
 from services.api.openapi import state_limits_in_schema
 from services.db import database_is_reachable
 from services.dispatch import Dispatcher

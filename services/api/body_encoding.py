@@ -3,7 +3,7 @@
 Every route that takes a body takes JSON, so the body is read as JSON whatever Content-Type the
 client sent: ``curl -d '{...}'`` sends ``application/x-www-form-urlencoded``, and its users
 expect the JSON they typed to be read as such (``JsonBody``). A body that is not JSON is
-``400 bad_request`` (services.api.errors).
+``400 bad_request`` (services.api.error_responses).
 
 JSON over HTTP is UTF-8 without a BOM (RFC 8259, section 8.1), and that is what the API
 documents. Python's ``json.loads`` on bytes also detects UTF-16 and UTF-32 and skips a BOM, so

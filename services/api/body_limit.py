@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.api.errors import RequestTooLarge, error_response
+from services.api.error_responses import RequestTooLarge, error_response
 
 
 class RequestBodyLimit:

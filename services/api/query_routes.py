@@ -14,7 +14,7 @@ from services import lifecycle, metrics, queries
 from services.accounting import costs_by_query
 from services.api.access_log import arrived_at
 from services.api.deps import SettingsDep, TenantDep
-from services.api.errors import ERROR_RESPONSES
+from services.api.error_responses import ERROR_RESPONSES
 from services.api.long_poll import read_until_finished
 from services.api.schemas import ErrorBody, QueryCreate, QueryList, QueryView
 from services.errors import BudgetExceeded

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 
 from services.accounting import money_text
 from services.api.deps import TenantDep
-from services.api.errors import ERROR_RESPONSES
+from services.api.error_responses import ERROR_RESPONSES
 from services.api.fields import UtcInstant
 from services.usage import Granularity, tenant_usage
 

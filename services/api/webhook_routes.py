@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Response, status
 from sqlalchemy.orm import Session
 
 from services.api.deps import SettingsDep, TenantDep
-from services.api.errors import ERROR_RESPONSES
+from services.api.error_responses import ERROR_RESPONSES
 from services.api.schemas import ErrorBody
 from services.api.webhook_schemas import (
     AttemptList,
