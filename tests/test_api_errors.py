@@ -27,6 +27,7 @@ DOMAIN_ERRORS: dict[str, errors.TwotierError] = {
     "tenant_name_taken": errors.TenantNameTaken("taken"),
     "idempotency_key_reused": errors.IdempotencyConflict("reused"),
     "query_already_finished": errors.QueryAlreadyFinished("finished"),
+    "unauthenticated": errors.Unauthenticated("no key"),
     "invalid_api_key": errors.InvalidApiKey("unknown key"),
     "tenant_disabled": errors.TenantDisabled("disabled"),
     "budget_exceeded": errors.BudgetExceeded("over", period_start=datetime(2025, 1, 1, tzinfo=UTC)),
@@ -43,6 +44,7 @@ EXPECTED_STATUS = {
     "tenant_name_taken": 409,
     "idempotency_key_reused": 409,
     "query_already_finished": 409,
+    "unauthenticated": 401,
     "invalid_api_key": 401,
     "tenant_disabled": 403,
     "budget_exceeded": 402,
@@ -146,7 +148,7 @@ def test_a_domain_errors_details_reach_the_client(client: TestClient) -> None:
     assert error_of(client.get("/domain/not_found"))["details"] is None
 
 
-@pytest.mark.parametrize("code", ["invalid_api_key", "admin_token_required"])
+@pytest.mark.parametrize("code", ["unauthenticated", "invalid_api_key", "admin_token_required"])
 def test_a_401_asks_for_a_bearer_token(client: TestClient, code: str) -> None:
     assert client.get(f"/domain/{code}").headers["WWW-Authenticate"] == "Bearer"
 
