@@ -235,4 +235,9 @@ def beat(celery_args: tuple[str, ...]) -> None:
     _require_broker()
     from workers.app import app  # noqa: PLC0415
 
-    app.start(["beat", "--loglevel", get_settings().log_level, *celery_args])
+    settings = get_settings()
+    schedule = []  # Celery's default is a file in the current folder
+    if not any(arg in {"-s", "--schedule"} or arg.startswith("--schedule=") for arg in celery_args):
+        settings.home.mkdir(parents=True, exist_ok=True)
+        schedule = ["--schedule", str(settings.home / "celerybeat-schedule")]
+    app.start(["beat", "--loglevel", settings.log_level, *schedule, *celery_args])
