@@ -183,11 +183,8 @@ def fall_back(query_id: uuid.UUID, tier: Tier, *, reason: str, settings: Setting
                 query.decision = "small_unavailable"
                 return TierResult(Outcome.ESCALATE)
             reason += "; the budget cannot pay for the large tier instead"
-        if (
-            tier is Tier.LARGE
-            and policy.on_large_unavailable(settings, query) == "small_answer"
-            and query.small_answer is not None
-        ):
+        if tier is Tier.LARGE and policy.on_large_unavailable(settings, query) == "small_answer":
+            assert query.small_answer is not None  # the policy answers so only when there is one
             query.decision = "large_unavailable"
             lifecycle.succeed(session, query, answer=query.small_answer, tier=Tier.SMALL)
             return TierResult(Outcome.ANSWERED)
