@@ -1,4 +1,6 @@
-"""Engine and session factory. One engine per process, created on first use."""
+"""Engine and session factory: one engine per process, built on first use from the database
+the process's entry point opened (``open_database``: the API's app, a worker's start, a CLI
+command), never from settings read here."""
 
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.encryption import use_keys
 from services.lazy import built_once
-from services.settings import get_settings
+from services.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -31,20 +34,40 @@ class PoolSize:
     max_overflow: int
 
 
-_pool_size: PoolSize | None = None  # None: TWOTIER_DATABASE_POOL_SIZE (the api, beat, serve)
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str
+    pool: PoolSize
 
 
-def size_pool(size: PoolSize) -> None:
-    """Size the connection pool of the engine this process creates next (call at start)."""
-    global _pool_size  # noqa: PLW0603 - one per process, set by its entry point
-    _pool_size = size
+_opened: DatabaseConfig | None = None
+
+
+class DatabaseNotOpened(RuntimeError):
+    """A session was asked for before the process's entry point opened its database."""
+
+
+def open_database(settings: Settings, *, pool: PoolSize | None = None) -> None:
+    """The database this process works on, and the keys of its encrypted columns: entry points
+    call this at start. The engine is built on first use; opening another database (a test, a
+    benchmark's throwaway one) makes the next use build a new engine."""
+    global _opened  # noqa: PLW0603 - one per process, set by its entry point
+    use_keys(settings)
+    size = pool or PoolSize(pool_size=settings.database_pool_size, max_overflow=10)
+    config = DatabaseConfig(url=settings.database_url, pool=size)
+    if config != _opened:
+        _opened = config
+        forget_engines()
 
 
 @built_once
 def get_engine() -> Engine:
-    settings = get_settings()
-    url = database_url(settings.database_url)
-    size = _pool_size or PoolSize(pool_size=settings.database_pool_size, max_overflow=10)
+    if _opened is None:
+        raise DatabaseNotOpened(
+            "no database opened: the process's entry point calls services.db.open_database"
+        )
+    url = database_url(_opened.url)
+    size = _opened.pool
     pool = {
         "pool_size": size.pool_size,
         "max_overflow": size.max_overflow,

@@ -7,7 +7,8 @@ encrypts, every key decrypts. A key is rotated without downtime by putting the n
 and keeping the old one until ``reencrypt_secrets`` has rewritten every row. The embedded
 default may leave the setting unset: it then generates a key once and keeps it in ``home``
 (mode 0600) beside its database; every other deployment must set it (services/settings/
-stops the process at start otherwise).
+stops the process at start otherwise). A process's entry point names its keys once
+(``use_keys``, which services.db.open_database calls); the columns use them from then on.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from sqlalchemy import Text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
-from services.settings import Settings, get_settings
+from services.settings import Settings
 
 KEY_FILE_NAME = "secrets-key"
 
@@ -32,13 +33,26 @@ class SecretUnreadable(RuntimeError):
     """A stored secret that no key of ``TWOTIER_SECRETS_KEYS`` decrypts."""
 
 
+_keys_in_use: tuple[str, ...] | None = None
+
+
+class NoSecretsKeys(RuntimeError):
+    """A secret was read or written before the process's entry point named its keys."""
+
+
+def use_keys(settings: Settings) -> None:
+    """Encrypt and decrypt with ``settings``' keys in this process from now on."""
+    global _keys_in_use  # noqa: PLW0603 - one set per process, named by its entry point
+    _keys_in_use = _keys(settings)
+
+
 def encrypt_text(plaintext: str, settings: Settings | None = None) -> str:
-    return _fernet(_keys(settings or get_settings())).encrypt(plaintext.encode()).decode()
+    return _fernet(_keys_for(settings)).encrypt(plaintext.encode()).decode()
 
 
 def decrypt_text(token: str, settings: Settings | None = None) -> str:
     try:
-        return _fernet(_keys(settings or get_settings())).decrypt(token.encode()).decode()
+        return _fernet(_keys_for(settings)).decrypt(token.encode()).decode()
     except InvalidToken as exc:
         raise SecretUnreadable(
             "a stored webhook secret cannot be decrypted with any key of TWOTIER_SECRETS_KEYS; "
@@ -48,7 +62,7 @@ def decrypt_text(token: str, settings: Settings | None = None) -> str:
 
 def reencrypt_text(token: str, settings: Settings | None = None) -> str:
     """The token encrypted again with the first key (after a key rotation)."""
-    return _fernet(_keys(settings or get_settings())).rotate(token.encode()).decode()
+    return _fernet(_keys_for(settings)).rotate(token.encode()).decode()
 
 
 def generate_key() -> str:
@@ -87,6 +101,15 @@ class EncryptedJSON(TypeDecorator[list[dict[str, Any]]]):
             return []
         loaded: list[dict[str, Any]] = json.loads(decrypt_text(value))
         return loaded
+
+
+def _keys_for(settings: Settings | None) -> tuple[str, ...]:
+    """``settings``' keys when given, else those the process named."""
+    if settings is not None:
+        return _keys(settings)
+    if _keys_in_use is None:
+        raise NoSecretsKeys("no secrets keys named: the process's entry point calls use_keys")
+    return _keys_in_use
 
 
 def _keys(settings: Settings) -> tuple[str, ...]:

@@ -20,7 +20,7 @@ from sqlalchemy import update
 from sqlalchemy.engine import make_url
 
 from services.completion import waiters
-from services.db import forget_engines, get_engine, session_scope
+from services.db import forget_engines, get_engine, open_database, session_scope
 from services.migrate import upgrade_to_head
 from services.models import TERMINAL_STATUSES, Query, QueryStatus, utcnow
 from services.settings import get_settings
@@ -93,7 +93,7 @@ def environment(small_tgi: ScriptedTGI, large_tgi: ScriptedTGI) -> Iterator[dict
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     get_settings.cache_clear()
-    forget_engines()
+    open_database(get_settings())
     waiters.stop_listening()
     redis.Redis.from_url(TEST_REDIS_URL).flushdb()
     upgrade_to_head()

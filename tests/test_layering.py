@@ -1,5 +1,6 @@
 """The import graph of the code: entry points (HTTP, Celery, CLI, the embedded runner) above
-the domains, and no cycle, deferred imports inside functions included."""
+the domains, and no cycle, deferred imports inside functions included; the settings are read
+by entry points only and handed down."""
 
 from __future__ import annotations
 
@@ -64,6 +65,23 @@ def test_domains_import_no_entry_point() -> None:
         if not _is_entry_point(module)
     }
     assert {module: names for module, names in upward.items() if names} == {}
+
+
+def test_only_entry_points_read_the_settings() -> None:
+    """The domains get their settings (or what was built from them: the runtime, the opened
+    database) from the entry point that read them."""
+    readers = {
+        name
+        for name, path in _modules().items()
+        if not _is_entry_point(name)
+        and name != "services.settings"
+        and any(
+            isinstance(node, ast.Name | ast.Attribute)
+            and (node.id if isinstance(node, ast.Name) else node.attr) == "get_settings"
+            for node in ast.walk(ast.parse(path.read_text()))
+        )
+    }
+    assert readers == set()
 
 
 def test_the_graph_sees_deferred_imports() -> None:

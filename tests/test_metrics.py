@@ -47,7 +47,7 @@ def api_metrics_url() -> Iterator[str]:
     """The api's metrics server, as `twotier api` starts it, serving this process's metrics
     (the test client's app runs in it)."""
     port = free_port()
-    server, thread = serve_api_metrics(host="127.0.0.1", port=port)
+    server, thread = serve_api_metrics(get_settings(), host="127.0.0.1", port=port)
     yield f"http://127.0.0.1:{port}/metrics"
     server.shutdown()
     server.server_close()

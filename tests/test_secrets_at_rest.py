@@ -17,12 +17,12 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 from cryptography.fernet import Fernet
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from services.db import database_url, session_scope
-from services.encryption import decrypt_text, encrypt_text
+from services.encryption import decrypt_text, encrypt_text, use_keys
 from services.migrate import alembic_config
 from services.models import WebhookEndpoint
 from services.settings import Settings, get_settings
@@ -110,26 +110,27 @@ def test_a_new_key_first_in_the_list_reads_old_rows_and_migrate_moves_them_to_it
     endpoint = add_endpoint(tenant, receiver.url + "/rotated-key")
     endpoint_id = uuid.UUID(endpoint["id"])
     new_key = Fernet.generate_key().decode()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TWOTIER_SECRETS_KEYS", f"{new_key},{SECRETS_KEY}")
-        get_settings.cache_clear()
-        try:
-            with session_scope() as session:
-                assert (
-                    session.get_one(WebhookEndpoint, endpoint_id).webhook_secret
-                    == (endpoint["secret"])
-                )
-                assert reencrypt_webhook_secrets(session) >= 2
-            token = stored("webhook_endpoints", endpoint_id)["webhook_secret"]
-            assert Fernet(new_key).decrypt(token.encode()).decode() == endpoint["secret"]
-        finally:
-            with session_scope() as session:  # leave the rows under the session's key
-                patch.setenv("TWOTIER_SECRETS_KEYS", f"{SECRETS_KEY},{new_key}")
-                get_settings.cache_clear()
-                reencrypt_webhook_secrets(session)
-    get_settings.cache_clear()
+    settings = get_settings()
+    try:
+        use_keys(with_keys(settings, new_key, SECRETS_KEY))
+        with session_scope() as session:
+            assert (
+                session.get_one(WebhookEndpoint, endpoint_id).webhook_secret == (endpoint["secret"])
+            )
+            assert reencrypt_webhook_secrets(session) >= 2
+        token = stored("webhook_endpoints", endpoint_id)["webhook_secret"]
+        assert Fernet(new_key).decrypt(token.encode()).decode() == endpoint["secret"]
+    finally:
+        with session_scope() as session:  # leave the rows under the session's key
+            use_keys(with_keys(settings, SECRETS_KEY, new_key))
+            reencrypt_webhook_secrets(session)
+        use_keys(settings)
     response = tenant.client.get(f"/v1/webhooks/{endpoint['id']}/secret", headers=tenant.headers)
     assert response.json()["secret"] == endpoint["secret"]
+
+
+def with_keys(settings: Settings, *keys: str) -> Settings:
+    return settings.model_copy(update={"secrets_keys": [SecretStr(key) for key in keys]})
 
 
 def test_distributed_settings_without_keys_stop_at_start_naming_the_variable() -> None:

@@ -12,7 +12,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy.engine import make_url
 
 from services.completion import waiters
-from services.db import forget_engines, get_engine
+from services.db import get_engine, open_database
 from services.settings import get_settings
 
 
@@ -28,7 +28,7 @@ def throwaway_database(admin_url: str) -> Iterator[None]:
     os.environ["TWOTIER_DATABASE_URL"] = url.render_as_string(hide_password=False)
     os.environ.setdefault("TWOTIER_SECRETS_KEYS", Fernet.generate_key().decode())
     get_settings.cache_clear()
-    forget_engines()
+    open_database(get_settings())
     waiters.stop_listening()
     try:
         yield

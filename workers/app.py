@@ -16,7 +16,7 @@ from celery.signals import (
 from prometheus_client import start_http_server
 
 from services import metrics
-from services.db import forget_engines, size_pool
+from services.db import forget_engines, open_database
 from services.llm.server_limits import check_before_work
 from services.logs import configure_logging
 from services.settings import get_settings
@@ -47,7 +47,8 @@ def _configure_worker(sender: object = None, **_: object) -> None:
     configure_logging(level=settings.log_level, json=settings.log_json)
     pool = getattr(sender, "pool_cls", None)
     threaded = isinstance(pool, type) and issubclass(pool, ThreadTaskPool)
-    size_pool(database_pool_for(int(getattr(sender, "concurrency", 1)) if threaded else 1))
+    tasks_at_once = int(getattr(sender, "concurrency", 1)) if threaded else 1
+    open_database(settings, pool=database_pool_for(tasks_at_once))
     _serve_metrics(settings.worker_metrics_port)
 
 

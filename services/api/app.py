@@ -19,7 +19,7 @@ from services.api.body_limit import RequestBodyLimit
 from services.api.database import RequestDatabase
 from services.api.error_responses import install_error_handlers
 from services.api.openapi import state_limits_in_schema
-from services.db import database_is_reachable
+from services.db import database_is_reachable, open_database
 from services.dispatch import Dispatcher
 from services.logs import configure_logging
 from services.settings import get_settings
@@ -35,6 +35,7 @@ _health_threads = anyio.CapacityLimiter(4)
 
 def create_app(dispatcher: Dispatcher, *, lifespan: Lifespan | None = None) -> FastAPI:
     settings = get_settings()
+    open_database(settings)
     app = FastAPI(
         title="twotier",
         version="0.1.0",

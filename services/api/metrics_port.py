@@ -16,15 +16,19 @@ import structlog
 from prometheus_client import start_http_server
 
 from services import metrics
-from services.settings import get_settings
+from services.db import open_database
+from services.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 
-def serve_api_metrics(*, host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
+def serve_api_metrics(
+    settings: Settings, *, host: str, port: int
+) -> tuple[WSGIServer, threading.Thread]:
     """Serve /metrics on ``host:port`` from a daemon thread: this process's metrics (or every
-    api process's), the queue depths and the unfinished queries."""
-    registry = metrics.exposition_registry(broker_url=get_settings().broker_url, database=True)
+    api process's), the queue depths and the unfinished queries (from ``settings``' database)."""
+    open_database(settings)
+    registry = metrics.exposition_registry(broker_url=settings.broker_url, database=True)
     server, thread = start_http_server(port, addr=host, registry=registry)
     log.info("metrics.serving", host=host, port=port)
     return server, thread

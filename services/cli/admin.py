@@ -13,10 +13,11 @@ from services.settings import get_settings
 def migrate() -> None:
     """Apply the database migrations (alembic upgrade head), then encrypt every webhook secret
     with the first key of TWOTIER_SECRETS_KEYS (the last step of a key rotation)."""
-    from services.db import session_scope  # noqa: PLC0415 - load Alembic and the ORM only here
+    from services.db import open_database, session_scope  # noqa: PLC0415 - the ORM only here
     from services.migrate import upgrade_to_head  # noqa: PLC0415
     from services.webhooks.secret_keys import reencrypt_webhook_secrets  # noqa: PLC0415
 
+    open_database(get_settings())
     upgrade_to_head()
     with session_scope() as session:
         rewritten = reencrypt_webhook_secrets(session)
@@ -38,13 +39,15 @@ def tenants() -> None:
 )
 def create_tenant(name: str, target_escalation_rate: float | None) -> None:
     """Create a tenant and print its first API key (shown only this once)."""
-    from services.db import session_scope  # noqa: PLC0415
+    from services.db import open_database, session_scope  # noqa: PLC0415
     from services.errors import TwotierError  # noqa: PLC0415
     from services.tenants import create_tenant as create  # noqa: PLC0415
 
+    settings = get_settings()
+    open_database(settings)
     rate = target_escalation_rate
     if rate is None:
-        rate = get_settings().default_target_escalation_rate
+        rate = settings.default_target_escalation_rate
     try:
         with session_scope() as session:
             created = create(session, name=name, target_escalation_rate=rate)
@@ -71,10 +74,11 @@ def set_tenant_budget(name: str, period: str, hard_limit: str | None,
     """Set a tenant's budget (in the price table's currency); omit a limit to remove it."""
     from decimal import Decimal, InvalidOperation  # noqa: PLC0415
 
-    from services.db import session_scope  # noqa: PLC0415
+    from services.db import open_database, session_scope  # noqa: PLC0415
     from services.errors import TwotierError  # noqa: PLC0415
     from services.tenants import set_budget  # noqa: PLC0415
 
+    open_database(get_settings())
     try:
         hard = Decimal(hard_limit) if hard_limit is not None else None
         soft = Decimal(soft_limit) if soft_limit is not None else None

@@ -18,7 +18,7 @@ from services.api.http_protocol import JsonErrorH11Protocol
 from services.api.metrics_port import serve_api_metrics
 from services.cli.ask import DEFAULT_URL
 from services.cli.embedded import InProcessQueue
-from services.db import session_scope
+from services.db import open_database, session_scope
 from services.llm.server_limits import check_or_exit
 from services.logs import configure_logging, server_log_config
 from services.migrate import upgrade_to_head
@@ -36,6 +36,7 @@ def run_embedded(*, host: str, port: int) -> None:
     console = Console(stderr=True)
     started = time.monotonic()
     check_or_exit(settings, tiers=["small", "large"], tasks_at_once=1, who="twotier serve")
+    open_database(settings)
     runtime = Runtime(settings)
     for tier in Tier:  # fetch, convert and load local models now, with progress on the console
         runtime.backend(tier)
@@ -60,7 +61,7 @@ def run_embedded(*, host: str, port: int) -> None:
         console.print("Stopped; queries not yet answered resume at the next start.")
 
     if settings.api_metrics_port is not None:
-        serve_api_metrics(host=host, port=settings.api_metrics_port)
+        serve_api_metrics(settings, host=host, port=settings.api_metrics_port)
     uvicorn.run(
         create_app(work_queue, lifespan=lifespan),
         host=host,

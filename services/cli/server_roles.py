@@ -161,7 +161,7 @@ def api(host: str, port: int, workers: int | None) -> None:
         from services.api.metrics_port import serve_api_metrics  # noqa: PLC0415
 
         # Before uvicorn starts the worker processes: this process serves all of theirs.
-        serve_api_metrics(host=host, port=settings.api_metrics_port)
+        serve_api_metrics(settings, host=host, port=settings.api_metrics_port)
     uvicorn.run(
         "services.api.app:create_default_app",
         factory=True,
