@@ -39,9 +39,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def two_workers(
-    log_dir: Path, home: Path, paced_tgi: ScriptedTGI
-) -> Iterator[list[CeleryWorker]]:
+def two_workers(log_dir: Path, home: Path, paced_tgi: ScriptedTGI) -> Iterator[list[CeleryWorker]]:
     """Two workers of the small queue with the same settings and no node name given; one
     model call at a time each, so that both take part."""
     forget_earlier_work()
