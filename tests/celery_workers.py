@@ -32,10 +32,14 @@ class CeleryWorker:
         pool: str | None = None,
         env: dict[str, str] | None = None,
         via_cli: bool = True,
+        node_name_given: bool = True,
     ) -> None:
         """By default `twotier worker` with its defaults, as deployed: a pool of threads
-        sized by the settings. ``via_cli=False`` starts a bare `celery worker` instead."""
+        sized by the settings. ``via_cli=False`` starts a bare `celery worker` instead.
+        ``node_name_given=False`` lets the worker name its node itself (``name`` then only
+        names its log); ``start`` learns the name from the worker's own stats."""
         self.name = f"{name}@{socket.gethostname()}"
+        self.node_name_given = node_name_given
         self.queues = queues
         self.concurrency = concurrency
         self.pool = pool
@@ -51,9 +55,11 @@ class CeleryWorker:
         if self.via_cli:
             start = [sys.executable, "-m", "services.cli", "worker"]
         command = [
-            *start, "--queues", self.queues, "--hostname", self.name, "--loglevel", "INFO",
+            *start, "--queues", self.queues, "--loglevel", "INFO",
             "--without-gossip", "--without-mingle",
         ]  # fmt: skip
+        if self.node_name_given:
+            command += ["--hostname", self.name]
         if self.concurrency is not None:
             command += ["--concurrency", str(self.concurrency)]
         if self.pool is not None:
@@ -70,6 +76,8 @@ class CeleryWorker:
 
         def answers() -> bool:
             try:
+                if not self.node_name_given:
+                    return self._learn_node_name()
                 return bool(app.control.ping(destination=[self.name], timeout=0.5))
             except (redis.ConnectionError, kombu.exceptions.OperationalError):
                 return False  # a connection the broker dropped (a restart); the next is new
@@ -84,6 +92,17 @@ class CeleryWorker:
             self.kill()  # a worker nobody holds would go on taking the next tests' tasks
             raise
         return self
+
+    def _learn_node_name(self) -> bool:
+        """Find this process among the nodes that answer, by the pid each reports."""
+        from workers.app import app
+
+        stats = app.control.inspect(timeout=0.5).stats() or {}
+        for node_name, node_stats in stats.items():
+            if node_stats.get("pid") == self.pid:
+                self.name = node_name
+                return True
+        return False
 
     @property
     def pid(self) -> int:

@@ -102,3 +102,17 @@ def test_compose_and_k8s_agree_on_the_model_server_port() -> None:
     base = (ROOT / "k8s/base/kustomization.yaml").read_text()
     assert compose["x-twotier"]["environment"]["TWOTIER_SMALL__URL"] in base
     assert compose["x-twotier"]["environment"]["TWOTIER_LARGE__URL"] in base
+
+
+def test_the_one_host_recipe_starts_every_role_with_ports_of_their_own() -> None:
+    recipe = DOCS.read_text().split("\n## Several processes on one host", 1)[1].split("\n## ", 1)[0]
+    workers = re.findall(
+        r"TWOTIER_WORKER_METRICS_PORT=([0-9]+) twotier worker --queues (\S+)", recipe
+    )
+    ports = [port for port, _ in workers]
+    assert len(ports) == len(set(ports)) >= 4
+    queues = [set(names.split(",")) for _, names in workers]
+    assert set().union(*queues) == {"small", "large", "webhooks", "maintenance"}
+    assert all("maintenance" in names for names in queues if "small" in names)
+    for step in ("twotier migrate", "twotier api", "twotier beat", "twotier model-server"):
+        assert step in recipe, step

@@ -18,28 +18,32 @@ from typing import Any
 import compose
 import pytest
 from alembic import command
+from cryptography.fernet import Fernet
 from pydantic import ValidationError
 
 from services.migrate import alembic_config
-from services.settings import Settings
+from services.settings import BUNDLED_MODEL_NAME, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKER_COMPOSE = Path(compose.__file__).parent / "docker-compose"
 APP_SERVICES = {"migrate", "api", "worker-small", "worker-large", "worker-webhooks", "beat"}
-ALWAYS = {"postgres", "redis", *APP_SERVICES}
+WITH_A_MODEL_SERVER = {"worker-small", "worker-large", "worker-webhooks", "beat"}
+ALWAYS = {"postgres", "redis", *APP_SERVICES} - WITH_A_MODEL_SERVER
 WORKER_QUEUES = {"worker-small": "small", "worker-large": "large", "worker-webhooks": "webhooks"}
+PROFILES = ("gpu", "cpu")
 
 
 @cache
-def rendered(profile: str | None) -> dict[str, Any]:
-    """`docker compose [--profile P] config` as JSON, with no variables from this machine."""
+def rendered(profile: str | None, variables: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
+    """`docker compose [--profile P] config` as JSON, with no variables from this machine but
+    the ``variables`` given."""
     profile_args = ["--profile", profile] if profile else []
     result = subprocess.run(
         [str(DOCKER_COMPOSE), "-f", str(COMPOSE), "--project-name", "twotier", *profile_args,
          "config", "--format", "json"],
         capture_output=True, text=True, check=False, cwd=ROOT,
-        env={"PATH": os.environ.get("PATH", ""), "HOME": str(Path.home())},
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(Path.home()), **dict(variables)},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     config: dict[str, Any] = json.loads(result.stdout)
@@ -51,10 +55,97 @@ def test_compose_file_validates_in_every_profile(profile: str | None) -> None:
     services = set(rendered(profile)["services"])
     extra = {
         None: set(),
-        "gpu": {"tgi-small", "tgi-large"},
-        "cpu": {"tgi-small-cpu", "tgi-large-cpu"},
+        "gpu": {"tgi-small", "tgi-large", *WITH_A_MODEL_SERVER},
+        "cpu": {"tgi-small-cpu", "tgi-large-cpu", *WITH_A_MODEL_SERVER},
     }
     assert services == ALWAYS | extra[profile]
+
+
+def test_without_a_profile_no_worker_starts_that_would_wait_for_a_model_server() -> None:
+    """`docker compose up` alone starts the stores, the migration and the api: no worker
+    whose model server no profile runs, no scheduler sweeping to a queue nobody reads."""
+    services = rendered(None)["services"]
+    assert not any(service["command"][:2] == ["twotier", "worker"]
+                   for service in services.values() if service.get("command"))  # fmt: skip
+    assert "beat" not in services
+    assert not any(name.startswith("tgi-") for name in services)
+    for profile in PROFILES:  # a profile runs both model servers along with the workers
+        names = set(rendered(profile)["services"])
+        assert {"worker-small", "worker-large"} <= names
+        assert len([name for name in names if name.startswith("tgi-")]) == 2
+
+
+def test_images_pulled_from_a_registry_are_pinned_to_a_full_version() -> None:
+    for profile in (None, *PROFILES):
+        for name, service in rendered(profile)["services"].items():
+            if "build" in service:
+                continue  # built from this repository
+            repository, _, tag = service["image"].rpartition(":")
+            assert repository, f"{name}: {service['image']} has no tag"
+            assert re.fullmatch(r"[0-9]+\.[0-9]+(\.[0-9]+)?", tag), f"{name}: {tag} floats"
+    services = rendered("gpu")["services"]
+    assert re.fullmatch(r"[0-9]+\.[0-9]+", services["postgres"]["image"].split(":")[1])
+    assert re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+", services["redis"]["image"].split(":")[1])
+
+
+def test_the_dev_cluster_runs_the_stores_compose_runs() -> None:
+    compose_images = {rendered(None)["services"][name]["image"] for name in ("postgres", "redis")}
+    dev = ROOT / "k8s/overlays/dev"
+    k8s_images = set(re.findall(r"image: (\S+)", (dev / "postgres.yaml").read_text()
+                                + (dev / "redis.yaml").read_text()))  # fmt: skip
+    assert k8s_images == compose_images
+
+
+def reported_model_id(profile: str, tier: str, variables: dict[str, str]) -> str:
+    """The model id the profile's server of ``tier`` reports in /info."""
+    services = rendered(profile, tuple(sorted(variables.items())))["services"]
+    if profile == "gpu":
+        [flag] = [
+            arg for arg in services[f"tgi-{tier}"]["command"] if arg.startswith("--model-id=")
+        ]
+        return flag.split("=", 1)[1]
+    command_line = services[f"tgi-{tier}-cpu"]["command"]
+    return str(command_line[command_line.index("--model-id") + 1])
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize(
+    "variables",
+    [{}, {"SMALL_MODEL_ID": "org/chosen-small", "LARGE_MODEL_ID": "org/chosen-large"}],
+    ids=["defaults", "model-ids-exported"],
+)
+def test_the_ledger_names_the_model_the_profile_serves(
+    profile: str, variables: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every process names each tier after what its server reports (the setting is left
+    empty, and an empty setting means "adopt the server's id"), so the ledger and the prices
+    follow the profile, whatever SMALL_MODEL_ID and LARGE_MODEL_ID say."""
+    services = rendered(profile, tuple(sorted(variables.items())))["services"]
+    for name in APP_SERVICES:
+        environment = services[name]["environment"]
+        assert environment["TWOTIER_SMALL__MODEL"] == environment["TWOTIER_LARGE__MODEL"] == ""
+    for key, value in services["api"]["environment"].items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("TWOTIER_SECRETS_KEYS", Fernet.generate_key().decode())
+    settings = Settings()
+    assert settings.small.model == settings.large.model == ""  # adopted at start
+    served = {tier: reported_model_id(profile, tier, variables) for tier in ("small", "large")}
+    if profile == "cpu":
+        assert served == {"small": BUNDLED_MODEL_NAME, "large": BUNDLED_MODEL_NAME}
+    else:
+        default = {"small": "Qwen/Qwen2.5-1.5B-Instruct", "large": "Qwen/Qwen2.5-14B-Instruct"}
+        chosen = {tier: variables.get(f"{tier.upper()}_MODEL_ID", default[tier])
+                  for tier in ("small", "large")}  # fmt: skip
+        assert served == chosen
+
+
+def test_the_api_names_the_tiers_after_the_model_servers_it_waits_for() -> None:
+    for profile in PROFILES:
+        depends = rendered(profile)["services"]["api"]["depends_on"]
+        servers = {name for name in depends if name.startswith("tgi-")}
+        assert servers == {"tgi-small", "tgi-large", "tgi-small-cpu", "tgi-large-cpu"}
+        assert all(depends[name]["condition"] == "service_healthy" for name in servers)
+        assert not any(depends[name]["required"] for name in servers)  # one profile runs two
 
 
 def test_services_start_in_a_healthy_order() -> None:
@@ -98,7 +189,7 @@ def test_workers_serve_metrics_and_shut_down_within_their_grace_period() -> None
 
 
 def test_the_api_is_published_on_this_host_only_and_its_metrics_nowhere() -> None:
-    for profile in ("gpu", "cpu"):
+    for profile in (None, *PROFILES):
         api = rendered(profile)["services"]["api"]
         metrics_port = int(api["environment"]["TWOTIER_API_METRICS_PORT"])
         published = [(port["host_ip"], port["target"]) for port in api["ports"]]

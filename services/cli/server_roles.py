@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import click
 
-from services.cli.ports import port_is_free_or_exit
+from services.cli.one_host import (
+    default_node_name,
+    metrics_folder_of_this_process,
+    names_its_node,
+)
+from services.cli.ports import (
+    METRICS_SERVER_HOST,
+    metrics_port_is_free_or_exit,
+    port_is_free_or_exit,
+)
 from services.llm.local_extra import require_local_extra
 from services.settings import get_settings
 
@@ -35,19 +44,6 @@ def available_cpus() -> int:
     if quota == "max":
         return cpus
     return max(1, min(cpus, int(quota) // int(period)))
-
-
-def _share_metrics_between_processes() -> None:
-    """Forked processes (the Celery pool, uvicorn's workers) write their metrics to files in
-    PROMETHEUS_MULTIPROC_DIR, which the process that serves /metrics reads. It must be set
-    before prometheus_client is first imported, and a previous run's files must go."""
-    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if not folder:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="twotier-metrics-")
-        return
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    for stale in Path(folder).glob("*.db"):
-        stale.unlink()
 
 
 @click.command()
@@ -146,8 +142,18 @@ def api(host: str, port: int, workers: int | None) -> None:
     _require_broker()
     settings = get_settings()
     workers = workers or available_cpus()
+    metrics_port_is_free_or_exit(
+        settings.api_metrics_port, variable="TWOTIER_API_METRICS_PORT", host=host
+    )
+    metrics_folder: AbstractContextManager[object] = nullcontext()
     if workers > 1:
-        _share_metrics_between_processes()
+        metrics_folder = metrics_folder_of_this_process(settings.home, "api")
+    with metrics_folder:
+        _run_api(host=host, port=port, workers=workers)
+
+
+def _run_api(*, host: str, port: int, workers: int) -> None:
+    settings = get_settings()
     import uvicorn  # noqa: PLC0415
 
     from services.api.http_protocol import JsonErrorH11Protocol  # noqa: PLC0415
@@ -196,6 +202,10 @@ def worker(queues: str, concurrency: int | None, celery_args: tuple[str, ...]) -
 
     SIGTERM lets running tasks finish for TWOTIER_WORKER_SHUTDOWN_TIMEOUT_S, then hands the
     rest back to the queue (Celery's soft and cold shutdown), so scaling down loses nothing.
+
+    Several workers run side by side on one host with the same settings: each is named
+    `<queues>-<pid>@<host>` unless `-n` names it, and keeps its metrics in a folder of its
+    own; only TWOTIER_WORKER_METRICS_PORT, when set, must differ (it stops in one line if not).
     """
     _require_broker()
     # Read by Celery (billiard) when it is imported: SIGTERM starts the cold shutdown, which
@@ -203,29 +213,40 @@ def worker(queues: str, concurrency: int | None, celery_args: tuple[str, ...]) -
     os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
     # Celery's documented hook for a pool of one's own (`--pool custom`), read on import.
     os.environ["CELERY_CUSTOM_WORKER_POOL"] = "workers.pools:ThreadPool"
-    _share_metrics_between_processes()
-    from workers.app import app  # noqa: PLC0415
-    from workers.pools import threads_of_queues  # noqa: PLC0415
-
-    argv = ["worker", "--queues", queues, "--loglevel", get_settings().log_level]
+    settings = get_settings()
+    metrics_port_is_free_or_exit(
+        settings.worker_metrics_port, variable="TWOTIER_WORKER_METRICS_PORT",
+        host=METRICS_SERVER_HOST,
+    )  # fmt: skip
+    queue_names = [name.strip() for name in queues.split(",") if name.strip()]
+    argv = ["worker", "--queues", ",".join(queue_names), "--loglevel", settings.log_level]
+    if not names_its_node(celery_args):
+        argv += ["--hostname", default_node_name(queue_names)]
     if not any(arg in {"--pool", "-P"} or arg.startswith("--pool=") for arg in celery_args):
+        from workers.pools import threads_of_queues  # noqa: PLC0415
+
         argv += ["--pool", "custom"]
-        concurrency = concurrency or threads_of_queues(
-            get_settings(), [q.strip() for q in queues.split(",")]
-        )
+        concurrency = concurrency or threads_of_queues(settings, queue_names)
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
-    try:
-        app.worker_main([*argv, *celery_args])
-    except SystemExit as stopped:
-        exit_code = stopped.code if isinstance(stopped.code, int) else 1
-    else:
-        exit_code = 0
+    with metrics_folder_of_this_process(settings.home, "worker"):
+        exit_code = _run_celery_worker([*argv, *celery_args])
     # Threads of model calls that a cold shutdown left behind would hold the interpreter's
     # exit until their calls end; their messages are back on the queue already.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(exit_code)
+
+
+def _run_celery_worker(argv: list[str]) -> int:
+    """Celery's worker, imported only now: after PROMETHEUS_MULTIPROC_DIR is set."""
+    from workers.app import app  # noqa: PLC0415
+
+    try:
+        app.worker_main(argv)
+    except SystemExit as stopped:
+        return stopped.code if isinstance(stopped.code, int) else 1
+    return 0
 
 
 @click.command(context_settings={"ignore_unknown_options": True})

@@ -14,7 +14,8 @@ class DeploymentSettings(BaseModel):
 
     home: Path = Field(
         default_factory=lambda: platformdirs.user_data_path("twotier"),
-        description="Where the embedded default keeps its SQLite database and demo key.",
+        description="Where the embedded default keeps its SQLite database and demo key, beat "
+        "its schedule, and each worker or api process its metrics folder.",
     )
     cache_dir: Path = Field(
         default_factory=lambda: platformdirs.user_cache_path("twotier"),
@@ -49,7 +50,8 @@ class DeploymentSettings(BaseModel):
         ge=1,
         le=65535,
         description="Port of a worker's Prometheus /metrics server (all its pool processes); "
-        "unset: no server.",
+        "unset: no server. Each worker on a host needs its own: Prometheus scrapes known "
+        "addresses, so a taken port stops the worker at start rather than moving.",
     )
     api_metrics_port: int | None = Field(
         default=None,
