@@ -151,6 +151,7 @@ DOCUMENTED_ERRORS = (ROOT / "docs/api.md").read_text().split("\n## Errors\n", 1)
 
 NO_KEY: dict[str, str] = {}
 UNKNOWN_KEY = {"Authorization": "Bearer tt_nope_x"}
+NOT_BEARER = {"Authorization": "Basic dXNlcjpwYXNz"}
 UTF16_BODY = '{"prompt": "hi"}'.encode("utf-16")
 NO_QUERY = "/v1/queries/00000000-0000-0000-0000-000000000000"
 
@@ -162,6 +163,7 @@ NO_QUERY = "/v1/queries/00000000-0000-0000-0000-000000000000"
         ("POST", "/v1/queries", {"content": UTF16_BODY}, 400, "bad_request"),
         ("GET", "/v1/queries", {"headers": NO_KEY}, 401, "unauthenticated"),
         ("GET", "/v1/queries", {"headers": UNKNOWN_KEY}, 401, "invalid_api_key"),
+        ("GET", "/v1/queries", {"headers": NOT_BEARER}, 401, "invalid_api_key"),
         ("GET", "/v1/admin/tenants", {}, 401, "admin_token_required"),  # a tenant's key
         ("GET", "/v1/admin/tenants", {"headers": NO_KEY}, 401, "admin_token_required"),
         ("GET", NO_QUERY, {}, 404, "not_found"),
