@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from tests.doc_examples import (
 from tests.scripted_openai import ScriptedOpenAI
 from tests.scripted_tgi import ScriptedTGI
 from tests.test_serve import ServeProcess
+from tests.waiting import wait_for
 from tests.webhook_receiver import WebhookReceiver
 
 BASH = shutil.which("bash") or "/bin/bash"
@@ -88,12 +89,12 @@ def _created(response: httpx.Response) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def shell(
-    serve: ServeProcess, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, dict[str, str]]:
-    """Where the examples run and their environment: the server's settings, `KEY` the demo
-    tenant's key, `twotier` (also as `.venv/bin/twotier`) this environment's, and `twotier ask`
-    aimed at the server under test."""
+def run_example(
+    serve: ServeProcess, placeholders: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[Example], subprocess.CompletedProcess[str]]:
+    """Runs an example with its placeholders filled, in a folder of its own, with the server's
+    settings, `KEY` the demo tenant's key, `twotier` (also as `.venv/bin/twotier`) this
+    environment's, and `twotier ask` aimed at the server under test."""
     folder = tmp_path_factory.mktemp("examples")
     (folder / ".venv").symlink_to(sys.prefix)
     environment = dict(serve.env)
@@ -104,7 +105,16 @@ def shell(
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}",
         }
     )
-    return folder, environment
+    address = serve.url.removeprefix("http://")
+
+    def run(example: Example) -> subprocess.CompletedProcess[str]:
+        script = filled(example, address=address, values=placeholders)
+        return subprocess.run(
+            [BASH, "-c", script],
+            cwd=folder, env=environment, capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+
+    return run
 
 
 def test_every_example_that_talks_to_the_service_says_whether_it_is_run() -> None:
@@ -119,31 +129,33 @@ def test_the_readme_has_examples_that_run() -> None:
 
 @pytest.mark.parametrize("example", examples_to_run(), ids=lambda example: example.where)
 def test_the_example_runs_as_written(
-    example: Example,
+    example: Example, run_example: Callable[[Example], subprocess.CompletedProcess[str]]
+) -> None:
+    result = run_example(example)
+    assert result.returncode == 0, f"{example.where}\n{result.stdout}\n{result.stderr}"
+
+
+def test_the_endpoint_an_example_registers_receives_deliveries(
     serve: ServeProcess,
-    placeholders: dict[str, str],
-    shell: tuple[Path, dict[str, str]],
+    receiver: WebhookReceiver,
+    run_example: Callable[[Example], subprocess.CompletedProcess[str]],
 ) -> None:
-    folder, environment = shell
-    script = filled(example, address=serve.url.removeprefix("http://"), values=placeholders)
-    result = subprocess.run(
-        [BASH, "-c", script],
-        cwd=folder, env=environment, capture_output=True, text=True, timeout=180, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, f"{example.where}\n{script}\n{result.stdout}\n{result.stderr}"
-
-
-def test_a_registered_example_endpoint_receives_deliveries(
-    serve: ServeProcess, placeholders: dict[str, str], receiver: WebhookReceiver
-) -> None:
-    """docs/webhooks.md's endpoint, registered as written, is sent the events of later queries."""
+    """docs/webhooks.md's first example registers an endpoint that later queries' events reach."""
+    [registration, *_] = [e for e in examples_to_run() if e.document.name == "webhooks.md"]
+    assert run_example(registration).returncode == 0
     response = httpx.post(
         f"{serve.url}/v1/queries", params={"wait": 30}, json={"prompt": "Name a colour."},
         headers=serve.headers, timeout=60,
     )  # fmt: skip
     assert response.json()["status"] == "succeeded", response.text
-    delivered = receiver.wait_for("/twotier", timeout=60)
-    assert {received.payload["type"] for received in delivered} == {"query.succeeded"}
+    query_id = response.json()["id"]
+    wait_for(
+        lambda: [
+            r for r in receiver.at("/twotier") if r.payload["data"].get("query_id") == query_id
+        ],
+        timeout=60,
+        what="the query's event at the example's endpoint",
+    )
 
 
 DOCUMENTED_ERRORS = (ROOT / "docs/api.md").read_text().split("\n## Errors\n", 1)[1]
