@@ -109,17 +109,19 @@ class TGIBackend(HttpBackend):
     def label_token_count(self, label: str) -> int | None:
         """``/tokenize``'s count of the label, less what the server adds to any text (a BOS
         token, the chat template of ``twotier model-server``), measured once on "a"."""
-        if label not in self._label_counts:
-            if self._tokenize_overhead is None:
-                reference = self._tokenize("a")
-                self._tokenize_overhead = None if reference is None else reference - 1
-            count = self._tokenize(label)
-            if count is None or self._tokenize_overhead is None:
-                return None
-            if len(self._label_counts) >= LABEL_COUNTS_KEPT:
-                self._label_counts.clear()
-            self._label_counts[label] = max(count - self._tokenize_overhead, 1)
-        return self._label_counts[label]
+        known = self._label_counts.get(label)
+        if known is not None:
+            return known
+        if self._tokenize_overhead is None:
+            reference = self._tokenize("a")
+            self._tokenize_overhead = None if reference is None else reference - 1
+        count = self._tokenize(label)
+        if count is None or self._tokenize_overhead is None:
+            return None
+        if len(self._label_counts) >= LABEL_COUNTS_KEPT:
+            self._label_counts.clear()
+        self._label_counts[label] = counted = max(count - self._tokenize_overhead, 1)
+        return counted
 
     def score_labels(self, prompt: str, labels: Sequence[str]) -> LabelScores:
         """Each label's log-prob from the prefill of prompt + label (one call per label,
