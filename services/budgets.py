@@ -15,7 +15,7 @@ admin who raises a price, or lowers the limit, while calls run cannot push the s
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -58,15 +58,26 @@ def period_start(period: str, now: datetime) -> datetime:
 
 
 def worst_case_costs(
-    session: Session, settings: Settings, *, prompt: str, max_new_tokens: int
+    session: Session,
+    settings: Settings,
+    *,
+    prompt: str,
+    max_new_tokens: int,
+    choices: Sequence[str] | None = None,
 ) -> tuple[Decimal, Decimal]:
     """The most the small and the large call can cost: every prompt byte a token, plus the
-    chat template's tokens, and every allowed new token generated."""
-    input_tokens = len(prompt.encode()) + settings.prompt_overhead_tokens
+    chat template's tokens, and every allowed new token generated; with choices, besides, the
+    labels' scoring (services/llm/labels.py): per label the prompt, a space and the label,
+    and one new token."""
+    prompt_tokens = len(prompt.encode()) + settings.prompt_overhead_tokens
+    input_tokens, output_tokens = prompt_tokens, max_new_tokens
+    for label in choices or ():
+        input_tokens += prompt_tokens + 1 + len(label.encode())
+        output_tokens += 1
     small, large = (current_price(session, tier) for tier in (settings.small, settings.large))
     return (
-        small.cost(input_tokens=input_tokens, output_tokens=max_new_tokens),
-        large.cost(input_tokens=input_tokens, output_tokens=max_new_tokens),
+        small.cost(input_tokens=input_tokens, output_tokens=output_tokens),
+        large.cost(input_tokens=input_tokens, output_tokens=output_tokens),
     )
 
 
@@ -79,7 +90,11 @@ def lazy_worst_case(session: Session, settings: Settings, *, query: Query) -> Wo
     """The query's worst-case costs, computed on the first call only."""
     return functools.cache(
         lambda: worst_case_costs(
-            session, settings, prompt=query.prompt, max_new_tokens=query.max_new_tokens
+            session,
+            settings,
+            prompt=query.prompt,
+            max_new_tokens=query.max_new_tokens,
+            choices=query.choices,
         )
     )
 

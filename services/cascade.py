@@ -22,6 +22,7 @@ from services import budgets, lifecycle, metrics, policy
 from services.accounting import Price, price_of
 from services.db import session_scope
 from services.dispatch import Dispatcher
+from services.llm import labels
 from services.llm.base import Generation, ModelError, ModelOverloaded, TransientModelError
 from services.llm.margin import MarginUnavailable, candidates_for, margin_and_answer
 from services.models import (
@@ -116,8 +117,10 @@ def answer_on_tier(query_id: uuid.UUID, tier: Tier, runtime: Runtime) -> TierRes
         with runtime.leases.held(query_id):
             generation = runtime.breaker(tier).call(
                 functools.partial(
-                    runtime.backend(tier).generate,
+                    labels.generate,
+                    runtime.backend(tier),
                     claim.prompt,
+                    choices=claim.choices,
                     max_new_tokens=claim.max_new_tokens,
                     top_n_tokens=candidates_for(
                         claim.choices, default=settings.top_n_tokens, most=settings.max_top_n_tokens
@@ -155,7 +158,10 @@ def answer_on_tier(query_id: uuid.UUID, tier: Tier, runtime: Runtime) -> TierRes
         if tier is Tier.SMALL:
             return _decide(session, query, generation, settings)
         _, answer = margin_and_answer(
-            generation.first_token_candidates, generation.text, query.choices
+            generation.first_token_candidates,
+            generation.text,
+            query.choices,
+            label_logprobs=generation.label_logprobs,
         )
         lifecycle.succeed(session, query, answer=answer, tier=Tier.LARGE)
         return TierResult(Outcome.ANSWERED)

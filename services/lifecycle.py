@@ -79,7 +79,11 @@ def admit(session: Session, query: Query, *, tenant: Tenant, settings: Settings)
     query.status = QUEUED
     if budgets.has_budget(tenant):
         small, large = budgets.worst_case_costs(
-            session, settings, prompt=query.prompt, max_new_tokens=query.max_new_tokens
+            session,
+            settings,
+            prompt=query.prompt,
+            max_new_tokens=query.max_new_tokens,
+            choices=query.choices,
         )
         reservation = budgets.reserve(
             session,

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from services.llm.tgi_wire import (
     DetailedGeneration,
+    GenerateParameters,
     GenerateRequest,
     ServerLimits,
     WireToken,
@@ -85,6 +86,8 @@ class ScriptedTGI:
         self._scripts: dict[str, Script] = {}
         self._lock = threading.Lock()
         self.calls: Counter[str] = Counter()
+        self.parameters: dict[str, list[GenerateParameters]] = {}  # per input, each call's
+        self._label_logprobs: dict[str, dict[str, float]] = {}
         self.tokenize_calls: Counter[str] = Counter()
         self.arrivals: dict[str, list[float]] = {}  # time.monotonic() of each /generate call
         self.arrived: dict[str, threading.Event] = {}
@@ -119,6 +122,13 @@ class ScriptedTGI:
                 answer, dist, list(failures or []), threading.Event() if hold else None
             )
             self.arrived[prompt] = threading.Event()
+
+    def script_labels(self, prompt: str, logprobs: dict[str, float]) -> None:
+        """The log-prob of each label as the prompt's continuation: what the prefill of an
+        input made of the prompt and a label reports for the label's words (the last word
+        carries it all)."""
+        with self._lock:
+            self._label_logprobs[prompt] = dict(logprobs)
 
     def release(self, prompt: str) -> None:
         script = self._scripts[prompt]
@@ -205,6 +215,8 @@ class ScriptedTGI:
         except ValidationError as exc:
             return JSONResponse(error_body(str(exc.errors()[0]["msg"])), status_code=422)
         prompt = request.inputs
+        with self._lock:
+            self.parameters.setdefault(prompt, []).append(request.parameters)
         error = validation_error(request, input_tokens=len(prompt.split()), limits=LIMITS)
         if error:
             return JSONResponse(error_body(error), status_code=422)
@@ -223,12 +235,31 @@ class ScriptedTGI:
             await anyio.sleep(self.delay_s)
         max_new = max_new_tokens(request, input_tokens=len(prompt.split()), limits=LIMITS)
         top_n = request.parameters.top_n_tokens or 0
-        generation = _generation(prompt, script, max_new=max_new, top_n=top_n)
+        generation = _generation(
+            script, prefill=self._prefill(prompt), max_new=max_new, top_n=top_n
+        )
         body = response_body(generation, request.parameters, prefill_logprobs=self.prefill_logprobs)
         counts = count_headers(
             input_tokens=len(_words(prompt)), generated_tokens=len(generation.tokens)
         )
         return JSONResponse(body, headers=counts if self.sends_prompt_tokens_header else None)
+
+    def _prefill(self, inputs: str) -> list[WireToken]:
+        """A word a token, each -1.0, but a scripted label after its prompt (see
+        ``script_labels``) whose words carry its log-prob."""
+        words = inputs.split()
+        logprobs: list[float | None] = [None] + [-1.0] * (len(words) - 1)
+        with self._lock:
+            scripted = list(self._label_logprobs.items())
+        for prompt, labels in scripted:
+            label = inputs[len(prompt) :].strip() if inputs.startswith(prompt) else None
+            if label in labels:
+                count = len(label.split())
+                logprobs[-count:] = [0.0] * (count - 1) + [labels[label]]
+        return [
+            WireToken(i, word, logprob)
+            for i, (word, logprob) in enumerate(zip(words, logprobs, strict=True))
+        ]
 
 
 def _words(prompt: str) -> list[str]:
@@ -250,7 +281,9 @@ def _step(chosen: WireToken, top_n: int) -> list[WireToken]:
     return [chosen, *runners_up][:top_n]
 
 
-def _generation(prompt: str, script: Script, *, max_new: int, top_n: int) -> DetailedGeneration:
+def _generation(
+    script: Script, *, prefill: list[WireToken], max_new: int, top_n: int
+) -> DetailedGeneration:
     """Words stand for tokens; the first token's candidates are the scripted distribution."""
     words = [f" {w}" if i else w for i, w in enumerate(script.answer.split())][:max_new]
     ranked = sorted(script.first_token, key=lambda t: t[1], reverse=True)[:top_n]
@@ -261,9 +294,7 @@ def _generation(prompt: str, script: Script, *, max_new: int, top_n: int) -> Det
         tokens[0] = first_step[0]
     return DetailedGeneration(
         text=" ".join(script.answer.split()[:max_new]),
-        prefill=[
-            WireToken(i, word, None if i == 0 else -1.0) for i, word in enumerate(prompt.split())
-        ],
+        prefill=prefill,
         tokens=tokens,
         top_tokens=[first_step] + [_step(token, top_n) for token in tokens[1:]],
         finish_reason="length" if len(words) >= max_new else "eos_token",

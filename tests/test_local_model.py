@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from services.llm import labels
 from services.llm.local_model import LocalBackend, LocalModel
-from services.llm.margin import first_token_margin
+from services.llm.margin import first_token_margin, margin_and_answer
 from services.llm.model_files import ModelUnavailable, prepare_local_model
 from tests.local_model_fixtures import load_bundled_model
 
@@ -65,6 +66,43 @@ def test_stops_at_end_of_sequence_or_length(model: LocalModel) -> None:
     full = model.generate(model.encode(EASY), max_new_tokens=64, top_n=2)
     assert full.finish_reason == "eos_token"
     assert full.tokens[-1].special
+
+
+def test_a_labels_score_is_its_log_prob_as_the_answer_and_every_scored_token_counts(
+    model: LocalModel,
+) -> None:
+    backend = LocalBackend(model, model="smol", top_n_tokens=5)
+    choices = ["Berlin", "Paris", "a banana split"]
+    scores = backend.score_labels(EASY, choices)
+    assert scores.logprobs is not None
+    prompt_ids = model.encode(EASY)
+    label_ids = [model.tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
+    # The same log-probs as the prefill of the prompt followed by the label.
+    for score, ids in zip(scores.logprobs, label_ids, strict=True):
+        prefill = model.generate(prompt_ids + ids, max_new_tokens=1, top_n=1).prefill
+        assert score == pytest.approx(sum(t.logprob or 0.0 for t in prefill[-len(ids) :]), abs=1e-3)
+    assert scores.logprobs[1] > scores.logprobs[0] > scores.logprobs[2]
+    assert scores.input_tokens == sum(len(prompt_ids) + len(ids) for ids in label_ids)
+    assert [backend.label_token_count(c) for c in choices] == [len(ids) for ids in label_ids]
+
+
+def test_an_answer_that_starts_with_prose_still_answers_the_likeliest_label(
+    model: LocalModel,
+) -> None:
+    backend = LocalBackend(model, model="smol", top_n_tokens=5)
+    choices = ["Rome", "Paris", "Berlin"]
+    generation = labels.generate(backend, EASY, choices=choices, max_new_tokens=64, top_n_tokens=5)
+    assert generation.first_token_candidates[0].text.strip() == "The"  # "The capital of ..."
+    assert generation.output_tokens <= labels.label_token_bound(backend, choices) < 64
+    assert generation.label_logprobs is not None
+    margin, answer = margin_and_answer(
+        generation.first_token_candidates,
+        generation.text,
+        choices,
+        label_logprobs=generation.label_logprobs,
+    )
+    assert answer == "Paris"
+    assert 0.0 < margin <= 1.0
 
 
 def test_a_named_model_that_is_not_a_model_is_refused(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 from huggingface_hub import InferenceClient
 from huggingface_hub.errors import ValidationError
 
+from services.llm.labels import continuation
 from services.llm.local_model import LocalBackend, LocalModel
 from services.llm.margin import first_token_margin
 from services.llm.model_server import create_model_server
@@ -189,3 +190,27 @@ def test_the_worker_client_gets_the_local_model_answer_over_http(
     margin = first_token_margin(over_http.first_token_candidates)
     assert 0.0 <= margin <= 1.0
     assert margin == pytest.approx(first_token_margin(in_process.first_token_candidates))
+
+
+def test_labels_are_counted_without_the_chat_template_that_leaves_them_unscored(
+    model: LocalModel,
+) -> None:
+    """The model-server wraps every input in the chat template: /tokenize counts it (and is
+    corrected for it), and a label sent after the prompt lies inside the user's turn, so its
+    prefill does not score it as the answer."""
+    labels = ["yes", "no", "it depends"]
+    server = ServerThread(
+        create_model_server(model, model_id="smol", prefill_logprobs=True)
+    ).start()
+    try:
+        with TGIBackend(
+            url=server.url, model="smol", timeout_s=60, top_n_tokens=5, attempts=1
+        ) as client:
+            counts = [client.label_token_count(label) for label in labels]
+            scores = client.score_labels(PROMPT, labels)
+    finally:
+        server.stop()
+    local = LocalBackend(model, model="smol", top_n_tokens=5)
+    assert counts == [local.label_token_count(label) for label in labels]
+    assert scores.logprobs is None
+    assert scores.input_tokens == len(model.encode(continuation(PROMPT, labels[0])))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import uuid
 from decimal import Decimal
@@ -115,6 +116,28 @@ def test_decide_over_choices_answers_the_winning_class() -> None:
     assert decision.answer == "positive"
     assert decision.margin == pytest.approx(0.5)
     assert decision.reason == "warmup"
+
+
+def test_decide_over_choices_answers_a_label_when_the_first_token_starts_none() -> None:
+    labels = ["Positive", "Negative"]
+    prose = generation((" The", 0.7), (" It", 0.2), text="The film is negative overall")
+    scored = dataclasses.replace(prose, label_logprobs=(math.log(0.2), math.log(0.05)))
+    with session_scope() as session:
+        tenant = new_tenant(session, target_escalation_rate=0.3)
+        decisions = [
+            policy.decide(
+                session,
+                query=new_query(session, tenant, task="sentiment", choices=labels),
+                tenant=tenant,
+                generation=small,
+                settings=get_settings(),
+            )
+            for small in (scored, prose)
+        ]
+    assert [(d.answer, d.margin) for d in decisions] == [
+        ("Positive", pytest.approx(0.8 - 0.2)),  # over the labels' normalised probabilities
+        ("Negative", 0.0),  # unscored: the label the text names, with no margin
+    ]
 
 
 def test_decide_without_candidates_raises_margin_unavailable() -> None:

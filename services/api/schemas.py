@@ -68,9 +68,10 @@ class QueryCreate(RequestBody):
         min_length=2,
         max_length=50,
         json_schema_extra={"uniqueItems": True},
-        description="Class labels: the margin is taken over their first tokens and the answer "
-        "is the winning label (the prompt should ask for one of them). They must differ in more "
-        "than case and spaces.",
+        description="Class labels: the answer is always one of them (the prompt should ask for "
+        "one). The margin is taken over their first tokens or, when no label starts the answer, "
+        "over the labels scored as the prompt's continuation. They must differ in more than case "
+        "and spaces.",
     )
     webhook_url: WebhookUrl | None = Field(
         default=None,

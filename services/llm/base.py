@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,6 +23,23 @@ class Generation:
     finish_reason: str
     # True when the server reported no prompt token count and ``input_tokens`` is this
     # project's estimate (services/llm/token_count.py); the ledger keeps the mark.
+    input_tokens_estimated: bool = False
+    # With choices whose first tokens were not among the candidates: each label's log-prob as
+    # the prompt's continuation, in the order of the choices (None: the labels were not scored).
+    label_logprobs: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class LabelScores:
+    """Each label's log-prob as the prompt's continuation, and what the scoring calls ran.
+
+    ``logprobs`` is None when the backend cannot score; the tokens of any call it made to
+    find that out are still counted, to be charged.
+    """
+
+    logprobs: tuple[float, ...] | None
+    input_tokens: int = 0
+    output_tokens: int = 0
     input_tokens_estimated: bool = False
 
 
@@ -52,4 +70,12 @@ class Backend(Protocol):
         self, prompt: str, *, max_new_tokens: int, top_n_tokens: int | None = None
     ) -> Generation:
         """Greedy answer and first-token candidates (``top_n_tokens`` overrides the default)."""
+        ...
+
+    def label_token_count(self, label: str) -> int | None:
+        """How many tokens the model makes of ``label``; None if the backend cannot count."""
+        ...
+
+    def score_labels(self, prompt: str, labels: Sequence[str]) -> LabelScores:
+        """Each label's log-prob as the continuation of ``prompt``, if the backend can tell."""
         ...

@@ -8,12 +8,14 @@ first forward pass.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from services.llm.base import Generation, TokenCandidate
+from services.llm.base import Generation, LabelScores, TokenCandidate
+from services.llm.labels import continuation
 from services.llm.tgi_wire import DetailedGeneration, FinishReason, WireToken
 
 
@@ -73,6 +75,23 @@ class LocalModel:
             finish_reason=finish_reason,
         )
 
+    def score_continuations(
+        self, input_ids: list[int], continuations: Sequence[list[int]]
+    ) -> list[float]:
+        """Each continuation's log-prob after ``input_ids``: the sum of its tokens' log-probs,
+        each given the prompt and the continuation's tokens before it (one forward pass per
+        continuation, keeping only the logits that score it)."""
+        scores = []
+        with self._lock, torch.inference_mode():
+            for tokens in continuations:
+                output = self.model(
+                    torch.tensor([input_ids + tokens]), logits_to_keep=len(tokens) + 1
+                )
+                logprobs = torch.log_softmax(output.logits[0, :-1].float(), dim=-1)
+                picked = logprobs.gather(1, torch.tensor(tokens).unsqueeze(1))
+                scores.append(float(picked.sum()))
+        return scores
+
     def _prefill(self, input_ids: list[int], logits: torch.Tensor) -> list[WireToken]:
         """Each prompt token with its log-prob given the tokens before it (none for the first)."""
         logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)
@@ -117,3 +136,24 @@ class LocalBackend:
             output_tokens=len(detailed.tokens),
             finish_reason=detailed.finish_reason,
         )
+
+    def label_token_count(self, label: str) -> int | None:
+        return len(self._label_tokens(label))
+
+    def score_labels(self, prompt: str, labels: Sequence[str]) -> LabelScores:
+        """Each label's log-prob as the model's answer to the prompt (after the chat template's
+        assistant turn opens, or after the raw prompt); what the model ran is counted as
+        input, as the prompt and the label once per label."""
+        input_ids = self.local_model.encode(prompt)
+        raw = not self.local_model.use_chat_template
+        # A raw prompt is continued as TGI's would be: a space between it and the label.
+        answers = [continuation(prompt, label)[len(prompt) :] if raw else label for label in labels]
+        label_ids = [self._label_tokens(answer) for answer in answers]
+        scores = self.local_model.score_continuations(input_ids, label_ids)
+        return LabelScores(
+            tuple(scores), input_tokens=sum(len(input_ids) + len(ids) for ids in label_ids)
+        )
+
+    def _label_tokens(self, label: str) -> list[int]:
+        ids = self.local_model.tokenizer(label, add_special_tokens=False)["input_ids"]
+        return [int(i) for i in ids]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
@@ -83,10 +84,31 @@ def choice_margin(
     probability is the sum over its candidates; the margin is p(best class) - p(second class).
     """
     mass = class_probabilities(candidates, choices)
+    if max(mass, default=0.0) == 0.0:
+        return 0.0, None  # no class among the candidates: as unsure as it gets
+    return _margin_over(mass, choices, kind=kind)
+
+
+def scored_margin(
+    label_logprobs: Sequence[float], choices: Sequence[str], *, kind: MarginKind = "probability"
+) -> tuple[float, str]:
+    """The margin over the labels' normalised probabilities, and the winning label.
+
+    ``label_logprobs`` are the log-probs of each whole label as the prompt's continuation;
+    normalised over the labels, p_i = exp(s_i) / sum_j exp(s_j), and the margin is taken over
+    these as over the first-token class masses (for ``kind="logit"`` it is s_1 - s_2).
+    """
+    top = max(label_logprobs)
+    weights = [math.exp(logprob - top) for logprob in label_logprobs]
+    total = sum(weights)
+    return _margin_over([weight / total for weight in weights], choices, kind=kind)
+
+
+def _margin_over(
+    mass: Sequence[float], choices: Sequence[str], *, kind: MarginKind
+) -> tuple[float, str]:
     ranked = sorted(range(len(choices)), key=lambda i: mass[i], reverse=True)
     best, second = mass[ranked[0]], mass[ranked[1]] if len(ranked) > 1 else 0.0
-    if best == 0.0:
-        return 0.0, None  # no class among the candidates: as unsure as it gets
     if kind == "logit":
         gap = math.log(best) - math.log(second) if second > 0 else MAX_LOGIT_MARGIN
         return min(gap, MAX_LOGIT_MARGIN), choices[ranked[0]]
@@ -120,15 +142,59 @@ def margin_and_answer(
     *,
     kind: MarginKind = "probability",
     skip_surface_variants: bool = False,
+    label_logprobs: Sequence[float] | None = None,
 ) -> tuple[float, str]:
-    """The decision's margin and the answer: with choices, over the classes, answering the
-    winning class (the generated text if no class was among the candidates); without, over
-    the whole vocabulary, answering the generated text."""
+    """The decision's margin and the answer: with choices, over the labels, answering one of
+    them (``label_margin``); without, over the whole vocabulary, answering the generated
+    text."""
     if choices:
-        margin, label = choice_margin(candidates, choices, kind=kind)
-        return margin, label if label is not None else text
+        return label_margin(candidates, text, choices, kind=kind, label_logprobs=label_logprobs)
     margin = first_token_margin(candidates, kind=kind, skip_surface_variants=skip_surface_variants)
     return margin, text
+
+
+def label_margin(
+    candidates: Sequence[TokenCandidate],
+    text: str,
+    choices: Sequence[str],
+    *,
+    kind: MarginKind = "probability",
+    label_logprobs: Sequence[float] | None = None,
+) -> tuple[float, str]:
+    """The margin over the labels and the winning label, always one of ``choices`` as spelled
+    there, from the first of these that applies:
+
+    1. a label's first token is among the candidates: the margin over the candidates' class
+       masses (``choice_margin``);
+    2. the labels were scored (``label_logprobs``): the margin over their normalised
+       probabilities (``scored_margin``);
+    3. neither, as with a backend that cannot score (OpenAI chat): the label that the
+       generated text starts with or else contains first, else the one named by the most
+       probable candidate that names one, else the first label. The margin is then 0.0, as
+       unsure as it gets: the model gave no label as its first token and no probabilities
+       over the labels, so the policy ranks the query below every measured one.
+    """
+    margin, label = choice_margin(candidates, choices, kind=kind)
+    if label is not None:
+        return margin, label
+    if label_logprobs is not None:
+        return scored_margin(label_logprobs, choices, kind=kind)
+    ranked = sorted(candidates, key=lambda c: c.logprob, reverse=True)
+    named = (label_in_text(source, choices) for source in [text, *(c.text for c in ranked)])
+    return 0.0, next((label for label in named if label is not None), choices[0])
+
+
+def label_in_text(text: str, choices: Sequence[str]) -> str | None:
+    """The label that occurs first in ``text`` as a whole word or phrase (case and runs of
+    spaces aside; the longer label where two start at the same place), or None."""
+    haystack = " ".join(text.split()).lower()
+    found = []
+    for index, choice in enumerate(choices):
+        name = " ".join(choice.split()).lower()
+        match = re.search(rf"(?<!\w){re.escape(name)}(?!\w)", haystack) if name else None
+        if match is not None:
+            found.append((match.start(), -len(name), index))
+    return choices[min(found)[2]] if found else None
 
 
 def candidates_for(choices: Sequence[str] | None, *, default: int, most: int) -> int:

@@ -8,13 +8,18 @@ Token counts come from ``usage`` (``prompt_tokens`` counts the chat template's t
 the server ran). A server that sends no usage is still charged: the prompt's tokens are
 estimated (and marked so in the ledger), the answer's are the log-probs' entries, one per
 generated token.
+
+Labels are not scored here (the chat route reports no log-probs of a given continuation), so a
+query with choices whose first token starts no label is answered as ``label_margin`` says when
+the labels are unscored.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
-from services.llm.base import Generation, ModelError, TokenCandidate
+from services.llm.base import Generation, LabelScores, ModelError, TokenCandidate
 from services.llm.http_backend import HttpBackend
 from services.llm.token_count import estimate_tokens
 
@@ -70,6 +75,12 @@ class OpenAIBackend(HttpBackend):
             "logprobs": top_n,
         }
         return parse_completion_response(self.post_json("completions", body), prompt=prompt)
+
+    def label_token_count(self, label: str) -> int | None:
+        return None  # no tokenizer route: a label is bounded by its bytes
+
+    def score_labels(self, prompt: str, labels: Sequence[str]) -> LabelScores:
+        return LabelScores(None)
 
 
 def parse_chat_response(payload: dict[str, Any], *, prompt: str) -> Generation:

@@ -23,19 +23,38 @@ docs/deploy.md, "Token counts"):
 
 With none of these the prompt is estimated (services/llm/token_count.py) and the call is
 marked as estimated in the ledger.
+
+Scoring labels (a query with choices whose first token started none of them) reads each
+label's log-probs from the prefill of prompt + label, so it needs a server run with
+``--enable-prefill-logprobs``; without it the labels go unscored (see ``score_labels``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
 
-from services.llm.base import Generation, ModelError, TokenCandidate, TransientModelError
+from services.llm.base import (
+    Generation,
+    LabelScores,
+    ModelError,
+    TokenCandidate,
+    TransientModelError,
+)
 from services.llm.http_backend import HttpBackend
+from services.llm.labels import continuation
 from services.llm.tgi_wire import PROMPT_TOKENS_HEADER
 from services.llm.token_count import estimate_tokens
+
+# After a server answered a scoring call without a prefill, it is asked again only this much
+# later (it may have been restarted with prefill log-probs on).
+PREFILL_RECHECK_S = 600.0
+# Labels whose token counts a backend keeps (they repeat across a task's queries).
+LABEL_COUNTS_KEPT = 4096
 
 
 class TGIBackend(HttpBackend):
@@ -60,6 +79,9 @@ class TGIBackend(HttpBackend):
         )
         self.top_n_tokens = top_n_tokens
         self._has_tokenize_route = True
+        self._label_counts: dict[str, int] = {}
+        self._tokenize_overhead: int | None = None
+        self._no_prefill_until = 0.0
 
     def generate(
         self, prompt: str, *, max_new_tokens: int, top_n_tokens: int | None = None
@@ -84,6 +106,58 @@ class TGIBackend(HttpBackend):
             return _with_input_tokens(generation, tokenized, estimated=False)
         return _with_input_tokens(generation, estimate_tokens(prompt), estimated=True)
 
+    def label_token_count(self, label: str) -> int | None:
+        """``/tokenize``'s count of the label, less what the server adds to any text (a BOS
+        token, the chat template of ``twotier model-server``), measured once on "a"."""
+        known = self._label_counts.get(label)
+        if known is not None:
+            return known
+        if self._tokenize_overhead is None:
+            reference = self._tokenize("a")
+            self._tokenize_overhead = None if reference is None else reference - 1
+        count = self._tokenize(label)
+        if count is None or self._tokenize_overhead is None:
+            return None
+        if len(self._label_counts) >= LABEL_COUNTS_KEPT:
+            self._label_counts.clear()
+        self._label_counts[label] = counted = max(count - self._tokenize_overhead, 1)
+        return counted
+
+    def score_labels(self, prompt: str, labels: Sequence[str]) -> LabelScores:
+        """Each label's log-prob from the prefill of prompt + label (one call per label,
+        ``decoder_input_details`` and one new token; every call's tokens are counted).
+
+        Unscored (``logprobs`` None) when the server sends no prefill (TGI 3.x unless run with
+        ``--enable-prefill-logprobs``; then it is not asked again for PREFILL_RECHECK_S), when
+        a label's tokens are not at the prefill's end (a server that wraps the input in a chat
+        template), or when the server refuses the longer input.
+        """
+        if time.monotonic() < self._no_prefill_until:
+            return LabelScores(None)
+        scores: list[float] = []
+        spent = LabelScores(None)
+        for label in labels:
+            text = continuation(prompt, label)
+            body = {
+                "inputs": text,
+                "parameters": {"max_new_tokens": 1, "details": True, "decoder_input_details": True},
+            }
+            try:
+                answer = self.post("generate", body)
+            except TransientModelError:
+                raise
+            except ModelError:
+                return spent
+            spent = _spent_on(spent, answer.headers, parse_generate_response(answer.body), text)
+            prefill = answer.body["details"].get("prefill") or []
+            if not prefill:
+                self._no_prefill_until = time.monotonic() + PREFILL_RECHECK_S
+            logprob = label_logprob(prefill, label)
+            if logprob is None:
+                return spent
+            scores.append(logprob)
+        return dataclasses.replace(spent, logprobs=tuple(scores))
+
     def _tokenize(self, prompt: str) -> int | None:
         """The prompt's token count from ``POST /tokenize``; None if the server has no route."""
         if not self._has_tokenize_route:
@@ -106,6 +180,35 @@ def prompt_tokens_reported(headers: httpx.Headers, generation: Generation) -> in
     if header is not None and header.strip().isdigit():
         return int(header)
     return generation.input_tokens or None
+
+
+def label_logprob(prefill: Sequence[dict[str, Any]], label: str) -> float | None:
+    """The sum of the log-probs of the prefill's last tokens that spell ``label`` (white
+    space aside); None if its end does not spell the label."""
+    wanted = "".join(label.split())
+    spelled, total = "", 0.0
+    for token in reversed(prefill):
+        logprob = token.get("logprob")
+        if logprob is None:  # the input's first token: nothing before it to condition on
+            return None
+        spelled = "".join(str(token.get("text", "")).split()) + spelled
+        total += float(logprob)
+        if len(spelled) >= len(wanted):
+            return total if spelled == wanted else None
+    return None
+
+
+def _spent_on(
+    spent: LabelScores, headers: httpx.Headers, generation: Generation, text: str
+) -> LabelScores:
+    """``spent`` with one more scoring call's tokens (its input estimated if not reported)."""
+    reported = prompt_tokens_reported(headers, generation)
+    return dataclasses.replace(
+        spent,
+        input_tokens=spent.input_tokens + (reported or estimate_tokens(text)),
+        output_tokens=spent.output_tokens + generation.output_tokens,
+        input_tokens_estimated=spent.input_tokens_estimated or reported is None,
+    )
 
 
 def _with_input_tokens(generation: Generation, count: int, *, estimated: bool) -> Generation:

@@ -61,6 +61,7 @@ def decide(
         query.choices,
         kind=settings.margin_kind,
         skip_surface_variants=settings.margin_skip_surface_variants,
+        label_logprobs=generation.label_logprobs,
     )
     if worst_case is None:
         worst_case = budgets.lazy_worst_case(session, settings, query=query)
