@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -23,6 +24,17 @@ class Generation:
     # True when the server reported no prompt token count and ``input_tokens`` is this
     # project's estimate (services/llm/token_count.py); the ledger keeps the mark.
     input_tokens_estimated: bool = False
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """Whom a model call is for and whether its caller still wants it. A backend that
+    schedules its calls itself (the local model) takes turns by ``fairness_key`` and stops a
+    call once ``cancelled`` is set; one that sends calls to a server leaves that to the server.
+    """
+
+    fairness_key: str = ""
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
 
 class ModelError(Exception):
@@ -49,7 +61,12 @@ class Backend(Protocol):
     model: str
 
     def generate(
-        self, prompt: str, *, max_new_tokens: int, top_n_tokens: int | None = None
+        self,
+        prompt: str,
+        *,
+        max_new_tokens: int,
+        top_n_tokens: int | None = None,
+        context: CallContext | None = None,
     ) -> Generation:
         """Greedy answer and first-token candidates (``top_n_tokens`` overrides the default)."""
         ...

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from services.llm.base import Generation, TokenCandidate
+from services.llm.base import CallContext, Generation, TokenCandidate
 from services.llm.decode_scheduler import DEFAULT_MAX_BATCH_SIZE, DecodeRequest, DecodeScheduler
 from services.llm.tgi_wire import DetailedGeneration, WireToken
 
@@ -114,11 +114,21 @@ class LocalBackend:
         self.top_n_tokens = top_n_tokens
 
     def generate(
-        self, prompt: str, *, max_new_tokens: int, top_n_tokens: int | None = None
+        self,
+        prompt: str,
+        *,
+        max_new_tokens: int,
+        top_n_tokens: int | None = None,
+        context: CallContext | None = None,
     ) -> Generation:
         input_ids = self.local_model.encode(prompt)
+        context = context or CallContext()
         detailed = self.local_model.generate(
-            input_ids, max_new_tokens=max_new_tokens, top_n=top_n_tokens or self.top_n_tokens
+            input_ids,
+            max_new_tokens=max_new_tokens,
+            top_n=top_n_tokens or self.top_n_tokens,
+            fairness_key=context.fairness_key,
+            cancelled=context.cancelled,
         )
         first = detailed.top_tokens[0] if detailed.top_tokens else []
         return Generation(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from services.llm.base import Generation, ModelError, TokenCandidate
+from services.llm.base import CallContext, Generation, ModelError, TokenCandidate
 from services.llm.http_backend import HttpBackend
 from services.llm.token_count import estimate_tokens
 
@@ -49,7 +49,12 @@ class OpenAIBackend(HttpBackend):
         self.top_n_tokens = top_n_tokens
 
     def generate(
-        self, prompt: str, *, max_new_tokens: int, top_n_tokens: int | None = None
+        self,
+        prompt: str,
+        *,
+        max_new_tokens: int,
+        top_n_tokens: int | None = None,
+        context: CallContext | None = None,  # the server schedules its calls itself
     ) -> Generation:
         top_n = top_n_tokens or self.top_n_tokens
         if self.api == "chat":

@@ -32,7 +32,13 @@ from typing import Any
 
 import httpx
 
-from services.llm.base import Generation, ModelError, TokenCandidate, TransientModelError
+from services.llm.base import (
+    CallContext,
+    Generation,
+    ModelError,
+    TokenCandidate,
+    TransientModelError,
+)
 from services.llm.http_backend import HttpBackend
 from services.llm.tgi_wire import PROMPT_TOKENS_HEADER
 from services.llm.token_count import estimate_tokens
@@ -62,7 +68,12 @@ class TGIBackend(HttpBackend):
         self._has_tokenize_route = True
 
     def generate(
-        self, prompt: str, *, max_new_tokens: int, top_n_tokens: int | None = None
+        self,
+        prompt: str,
+        *,
+        max_new_tokens: int,
+        top_n_tokens: int | None = None,
+        context: CallContext | None = None,  # the server schedules its calls itself
     ) -> Generation:
         body = {
             "inputs": prompt,
