@@ -1,20 +1,26 @@
-"""Load time and per-query latency of the local model (the embedded default's small tier).
+"""Load time, per-query latency and generated tokens/s of the local model (the embedded
+default's small tier), with 1 and with 8 queries in flight at once.
 
     python bench/local_model.py [--data ../shared/bench/datasets/sst2_validation.jsonl]
-        [--queries 50] [--max-new-tokens 16] [--out bench/results/local_model.json]
+        [--queries 48] [--max-new-tokens 32] [--concurrency 1 8]
+        [--out bench/results/local_model.json]
 
-Prints the figures and writes them as JSON. The first run also fetches and converts the GGUF;
-run it twice to see a warm start.
+Each level runs the same prompts from that many threads, as the embedded queue's threads do;
+the model decodes the queries in flight together. Prints the figures and writes them as JSON.
+The first run also fetches and converts the GGUF; run it twice to see a warm start.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import torch
 from rich.console import Console
 
 from services.llm.local_model import LocalBackend, LocalModel
@@ -28,8 +34,9 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/bench/datasets/sst2
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="JSONL with a text field")
-    parser.add_argument("--queries", type=int, default=50)
-    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--queries", type=int, default=48)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--out", type=Path, default=Path("bench/results/local_model.json"))
     args = parser.parse_args()
 
@@ -44,32 +51,55 @@ def main() -> None:
     prompts = [_prompt(json.loads(line)) for line in args.data.read_text().splitlines()]
     prompts = prompts[: args.queries]
     backend.generate(prompts[0], max_new_tokens=1)  # first call pays one-off allocations
-    latencies, tokens, margins = [], 0, []
-    for prompt in prompts:
-        call_started = time.perf_counter()
-        generation = backend.generate(prompt, max_new_tokens=args.max_new_tokens)
-        latencies.append(time.perf_counter() - call_started)
-        tokens += generation.output_tokens
-        margins.append(first_token_margin(generation.first_token_candidates))
-
-    latencies.sort()
-    results = {
+    results: dict[str, object] = {
         "model": source,
         "prepare_s": round(prepared - started, 2),
         "load_s": round(loaded - prepared, 2),
         "queries": len(prompts),
         "max_new_tokens": args.max_new_tokens,
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
+    for concurrency in args.concurrency:
+        results[f"concurrent_{concurrency}"] = _run_level(
+            backend, prompts, concurrency=concurrency, max_new_tokens=args.max_new_tokens
+        )
+    levels = [results[f"concurrent_{c}"] for c in args.concurrency]
+    rates = [level["tokens_per_s"] for level in levels if isinstance(level, dict)]
+    results["speedup_tokens_per_s"] = round(rates[-1] / rates[0], 2)
+    console.print_json(json.dumps(results))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _run_level(
+    backend: LocalBackend, prompts: list[str], *, concurrency: int, max_new_tokens: int
+) -> dict[str, float]:
+    """Every prompt once, ``concurrency`` at a time."""
+
+    def timed(prompt: str) -> tuple[float, int, float]:
+        call_started = time.perf_counter()
+        generation = backend.generate(prompt, max_new_tokens=max_new_tokens)
+        margin = first_token_margin(generation.first_token_candidates)
+        return time.perf_counter() - call_started, generation.output_tokens, margin
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        calls = list(pool.map(timed, prompts))
+    wall_s = time.perf_counter() - started
+    latencies = sorted(latency for latency, _, _ in calls)
+    tokens = sum(count for _, count, _ in calls)
+    return {
+        "wall_s": round(wall_s, 2),
+        "generated_tokens": tokens,
+        "tokens_per_s": round(tokens / wall_s, 1),
+        "queries_per_s": round(len(calls) / wall_s, 2),
         "latency_p50_ms": round(1000 * statistics.median(latencies), 1),
         "latency_p99_ms": round(
             1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1
         ),
-        "tokens_per_s": round(tokens / sum(latencies), 1),
-        "margin_mean": round(statistics.fmean(margins), 4),
+        "margin_mean": round(statistics.fmean(margin for _, _, margin in calls), 4),
     }
-    for name, value in results.items():
-        console.print(f"{name:>16}: {value}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
 
 
 def _prompt(record: dict[str, object]) -> str:

@@ -18,12 +18,18 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services import budgets, lifecycle, metrics, policy
+from services import budgets, cancellation, lifecycle, metrics, policy
 from services.accounting import Price, price_of
 from services.db import session_scope
 from services.dispatch import Dispatcher
 from services.llm import labels
-from services.llm.base import Generation, ModelError, ModelOverloaded, TransientModelError
+from services.llm.base import (
+    CallContext,
+    Generation,
+    ModelError,
+    ModelOverloaded,
+    TransientModelError,
+)
 from services.llm.margin import MarginUnavailable, candidates_for, margin_and_answer
 from services.models import (
     TERMINAL_STATUSES,
@@ -37,6 +43,7 @@ from services.runtime import Runtime
 from services.settings import Settings, TierSettings
 from services.tier_claims import (
     CLAIMABLE,
+    Claim,
     Outcome,
     TierResult,
     claim_for_tier,
@@ -105,11 +112,23 @@ def deliver(
 
 
 def answer_on_tier(query_id: uuid.UUID, tier: Tier, runtime: Runtime) -> TierResult:
-    """Run ``tier`` for the query. Raises TransientModelError when the caller should retry."""
+    """Run ``tier`` for the query. Raises TransientModelError when the caller should retry.
+
+    The call takes turns with other tenants' by the query's tenant, and a cancel of the query
+    that commits after the watch begins (so, any after the claim) stops a call that can stop.
+    """
+    with cancellation.signals.watching(query_id) as cancelled:
+        claim = claim_for_tier(query_id, tier, runtime.settings)
+        if isinstance(claim, TierResult):
+            return claim
+        context = CallContext(fairness_key=str(claim.tenant_id), cancelled=cancelled)
+        return _call_and_record(query_id, tier, runtime, claim, context)
+
+
+def _call_and_record(
+    query_id: uuid.UUID, tier: Tier, runtime: Runtime, claim: Claim, context: CallContext
+) -> TierResult:
     settings = runtime.settings
-    claim = claim_for_tier(query_id, tier, settings)
-    if isinstance(claim, TierResult):
-        return claim
     started = time.perf_counter()
     tier_settings = runtime.tier_settings(tier)
     model = tier_settings.model
@@ -125,6 +144,7 @@ def answer_on_tier(query_id: uuid.UUID, tier: Tier, runtime: Runtime) -> TierRes
                     top_n_tokens=candidates_for(
                         claim.choices, default=settings.top_n_tokens, most=settings.max_top_n_tokens
                     ),
+                    context=context,
                 )
             )
     except ModelOverloaded:

@@ -31,7 +31,7 @@ from decimal import Decimal
 import structlog
 from sqlalchemy.orm import Session
 
-from services import budgets, completion, metrics, policy
+from services import budgets, cancellation, completion, metrics, policy
 from services.accounting import Price, record_model_call
 from services.budgets import WorstCase
 from services.db import after_commit
@@ -193,7 +193,8 @@ def fail(session: Session, query: Query, *, code: str, message: str) -> None:
 
 def cancel(session: Session, query: Query) -> None:
     """Cancelled by its tenant. A call that may be running keeps its reservation, and the
-    query its lease, so that the call settles when it ends."""
+    query its lease, so that the call settles when it ends; a call running in this process
+    is told to stop once the cancel commits."""
     _check(query, CANCELLED)
     lease = query.lease_expires_at
     if query.status == RUNNING:
@@ -203,6 +204,7 @@ def cancel(session: Session, query: Query) -> None:
     metrics.count_query(session, CANCELLED, metrics.waiting_tier(query))
     _finish(session, query, CANCELLED)
     query.lease_expires_at = lease
+    after_commit(session, functools.partial(cancellation.signals.cancel, query.id))
 
 
 def release_after_cancel(session: Session, query: Query) -> None:

@@ -34,6 +34,7 @@ class TierResult:
 
 @dataclass(frozen=True)
 class Claim:
+    tenant_id: uuid.UUID
     prompt: str
     max_new_tokens: int
     choices: list[str] | None
@@ -68,7 +69,10 @@ def claim_for_tier(query_id: uuid.UUID, tier: Tier, settings: Settings) -> Claim
             )
         lifecycle.claim(session, query, tier, lease_s=settings.task_lease_s)
         return Claim(
-            prompt=query.prompt, max_new_tokens=query.max_new_tokens, choices=query.choices
+            tenant_id=query.tenant_id,
+            prompt=query.prompt,
+            max_new_tokens=query.max_new_tokens,
+            choices=query.choices,
         )
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from services.db import PoolSize
 from services.settings import Settings, get_settings
-from services.settings.tiers import DEFAULT_SERVER_CONCURRENCY
+from services.settings.tiers import DEFAULT_LOCAL_BATCH_SIZE, DEFAULT_SERVER_CONCURRENCY
 from workers.pools import (
     THREADS_PER_CONNECTION,
     ThreadPool,
@@ -70,7 +70,8 @@ def test_unset_concurrency_is_the_backends_default() -> None:
         DEFAULT_SERVER_CONCURRENCY
     )
     local = settings_with(small=None, large=None, backend="local")
-    assert threads_of_queues(local, ["small", "large"]) == 1
+    # A local tier's threads fill its batch: the generations it decodes together.
+    assert threads_of_queues(local, ["small", "large"]) == DEFAULT_LOCAL_BATCH_SIZE
 
 
 @given(

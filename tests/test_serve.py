@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -282,3 +283,27 @@ def test_distributed_commands_refuse_to_start_without_a_broker(
     )
     assert result.returncode != 0
     assert "TWOTIER_BROKER_URL is not set" in result.stderr
+
+
+def test_cancelling_a_query_stops_its_running_generation(
+    serve: ServeProcess, unique: Callable[[str], str]
+) -> None:
+    prompt = unique("Write a long story about a dragon who learns to fly.")
+    response = httpx.post(
+        f"{serve.url}/v1/queries",
+        json={"prompt": prompt, "max_new_tokens": 400},
+        headers=serve.headers,
+        timeout=30,
+    )
+    query_id = response.json()["id"]
+    wait_for(lambda: serve.get(query_id)["status"] == "running", timeout=60, what="the call")
+    cancelled = httpx.delete(f"{serve.url}/v1/queries/{query_id}", headers=serve.headers)
+    assert cancelled.status_code == 200, cancelled.text
+    # The call is charged when it ends: a stopped generation soon, for the tokens it made; one
+    # left running, only after 400 tokens (minutes on a CPU).
+    small_cost = wait_for(
+        lambda: Decimal(serve.get(query_id)["cost"]["small"]), timeout=60, what="the charge"
+    )
+    price_per_token = Decimal("0.1") / 1_000_000  # the small tier's default, in and out
+    assert small_cost < (len(prompt) + 100) * price_per_token  # well under 400 output tokens
+    assert serve.get(query_id)["status"] == "cancelled"

@@ -1,10 +1,11 @@
 """The in-process queue of the embedded default (``twotier serve``).
 
 It stands where Celery and Redis stand in the distributed mode and runs the same delivery code:
-one worker thread per tier and one for webhooks, delayed redelivery for retries, and the
-recovery sweep. The queue itself is memory only; the database is the durable record, so at
-start-up every unfinished query and pending webhook delivery is queued again and nothing
-accepted before a shutdown is lost.
+worker threads per tier (as many as a local model decodes at once, so that concurrent queries
+share its steps; one for a tier served over HTTP) and one for webhooks, delayed redelivery for
+retries, and the recovery sweep. The queue itself is memory only; the database is the durable
+record, so at start-up every unfinished query and pending webhook delivery is queued again and
+nothing accepted before a shutdown is lost.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ class InProcessQueue:
         for delivery_id in pending_webhooks:
             self.enqueue_webhook(delivery_id)
         for tier in Tier:
-            self._spawn(f"twotier-{tier.value}", self._work, tier)
+            for number in range(self._threads_for(tier)):
+                self._spawn(f"twotier-{tier.value}-{number}", self._work, tier)
         self._spawn("twotier-webhooks", self._deliver_webhooks)
         self._spawn("twotier-sweep", self._sweep)
         return len(unfinished)
@@ -69,12 +71,19 @@ class InProcessQueue:
     def stop(self, timeout_s: float = 120.0) -> None:
         """Let each tier finish its delivery, then stop. Queued ids stay in the database."""
         self._stopping.set()
-        for tier_queue in self._queues.values():
-            tier_queue.put(_STOP)
+        for tier, tier_queue in self._queues.items():
+            for _ in range(self._threads_for(tier)):
+                tier_queue.put(_STOP)
         self._webhooks.put(_STOP)
         for thread in self._threads:
             thread.join(timeout=timeout_s)
         self._threads.clear()
+
+    def _threads_for(self, tier: Tier) -> int:
+        """A local tier's batch fills only with as many calls in flight; an HTTP tier keeps
+        the one call at a time that `twotier serve` checks its server's limits for."""
+        tier_settings = self.runtime.tier_settings(tier)
+        return tier_settings.calls_in_flight if tier_settings.backend == "local" else 1
 
     def _spawn(self, name: str, target: Callable[..., None], *args: object) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)

@@ -22,6 +22,7 @@ from services.cli.ports import (
 )
 from services.llm.local_extra import require_local_extra
 from services.settings import get_settings
+from services.settings.tiers import DEFAULT_LOCAL_BATCH_SIZE
 
 
 def _require_broker() -> None:
@@ -81,6 +82,13 @@ def serve(host: str, port: int) -> None:
     help="Requests in flight beyond which it answers 429, as TGI does.",
 )
 @click.option(
+    "--max-batch-size",
+    default=DEFAULT_LOCAL_BATCH_SIZE,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Generations decoded together, one step for all; more wait, round-robin by client.",
+)
+@click.option(
     "--enable-prefill-logprobs",
     is_flag=True,
     help="Return the prompt's log-probs (details.prefill), as TGI 3.x's flag of that name.",
@@ -93,6 +101,7 @@ def model_server(
     model_id: str | None,
     max_top_n_tokens: int,
     max_concurrent_requests: int,
+    max_batch_size: int,
     enable_prefill_logprobs: bool,
     raw_prompts: bool,
 ) -> None:
@@ -109,7 +118,7 @@ def model_server(
     console = Console(stderr=True)
     source = prepare_local_model(model_spec, cache_dir=get_settings().cache_dir, console=console)
     with console.status(f"Loading {source} ..."):
-        model = LocalModel(source, chat_template=not raw_prompts)
+        model = LocalModel(source, chat_template=not raw_prompts, max_batch_size=max_batch_size)
     from services.settings import BUNDLED_MODEL_NAME  # noqa: PLC0415
 
     app = create_model_server(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -43,6 +44,17 @@ class LabelScores:
     input_tokens_estimated: bool = False
 
 
+@dataclass(frozen=True)
+class CallContext:
+    """Whom a model call is for and whether its caller still wants it. A backend that
+    schedules its calls itself (the local model) takes turns by ``fairness_key`` and stops a
+    call once ``cancelled`` is set; one that sends calls to a server leaves that to the server.
+    """
+
+    fairness_key: str = ""
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
 class ModelError(Exception):
     """The model server refused or broke the request; trying again will not help."""
 
@@ -67,7 +79,12 @@ class Backend(Protocol):
     model: str
 
     def generate(
-        self, prompt: str, *, max_new_tokens: int, top_n_tokens: int | None = None
+        self,
+        prompt: str,
+        *,
+        max_new_tokens: int,
+        top_n_tokens: int | None = None,
+        context: CallContext | None = None,
     ) -> Generation:
         """Greedy answer and first-token candidates (``top_n_tokens`` overrides the default)."""
         ...

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from services.llm.base import Backend, Generation
+from services.llm.base import Backend, CallContext, Generation
 from services.llm.margin import choice_margin
 
 # A label tokenized on its own may split differently after the prompt (a leading space joined
@@ -28,16 +28,17 @@ def generate(
     choices: Sequence[str] | None,
     max_new_tokens: int,
     top_n_tokens: int,
+    context: CallContext | None = None,
 ) -> Generation:
     """The tier's call: a plain generation without choices; with them, one no longer than the
     longest label (nor than ``max_new_tokens``), and the labels' scores if it started none."""
-    if not choices:
-        return backend.generate(prompt, max_new_tokens=max_new_tokens, top_n_tokens=top_n_tokens)
+    if choices:
+        max_new_tokens = min(max_new_tokens, label_token_bound(backend, choices))
     generation = backend.generate(
-        prompt,
-        max_new_tokens=min(max_new_tokens, label_token_bound(backend, choices)),
-        top_n_tokens=top_n_tokens,
+        prompt, max_new_tokens=max_new_tokens, top_n_tokens=top_n_tokens, context=context
     )
+    if not choices:
+        return generation
     _, label = choice_margin(generation.first_token_candidates, choices)
     if label is not None:
         return generation

@@ -2,7 +2,8 @@
 
 Decoding is greedy, one token at a time with the KV cache, so that every step's real logits
 give the top-n log-probs TGI would report; the prompt's own log-probs come from the same
-first forward pass.
+first forward pass. Concurrent generations are decoded together, a step for all of them at
+once (services/llm/decode_scheduler.py).
 """
 
 from __future__ import annotations
@@ -14,13 +15,20 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from services.llm.base import Generation, LabelScores, TokenCandidate
+from services.llm.base import CallContext, Generation, LabelScores, TokenCandidate
+from services.llm.decode_scheduler import DEFAULT_MAX_BATCH_SIZE, DecodeRequest, DecodeScheduler
 from services.llm.labels import continuation
-from services.llm.tgi_wire import DetailedGeneration, FinishReason, WireToken
+from services.llm.tgi_wire import DetailedGeneration, WireToken
 
 
 class LocalModel:
-    def __init__(self, source: str, *, chat_template: bool = True) -> None:
+    def __init__(
+        self,
+        source: str,
+        *,
+        chat_template: bool = True,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    ) -> None:
         self.source = source
         self.tokenizer: Any = AutoTokenizer.from_pretrained(source)
         model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
@@ -30,7 +38,10 @@ class LocalModel:
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         self.special_ids = set(self.tokenizer.all_special_ids)
         self.max_total_tokens = int(getattr(self.model.config, "max_position_embeddings", 2048))
-        self._lock = threading.Lock()  # one generation at a time; torch uses every core
+        # One thread owns the model and decodes the running requests together.
+        self.decoder = DecodeScheduler(
+            self.model, eos_ids=self.eos_ids, max_batch_size=max_batch_size
+        )
 
     def encode(self, prompt: str) -> list[int]:
         """Token ids of the prompt, wrapped in the model's chat template when it has one."""
@@ -44,35 +55,38 @@ class LocalModel:
         return [int(i) for i in self.tokenizer(prompt)["input_ids"]]
 
     def generate(
-        self, input_ids: list[int], *, max_new_tokens: int, top_n: int
+        self,
+        input_ids: list[int],
+        *,
+        max_new_tokens: int,
+        top_n: int,
+        fairness_key: str = "",
+        cancelled: threading.Event | None = None,
     ) -> DetailedGeneration:
-        with self._lock, torch.inference_mode():
-            ids = torch.tensor([input_ids])
-            output = self.model(ids, use_cache=True)
-            prefill = self._prefill(input_ids, output.logits[0])
-            next_logits, past = output.logits[0, -1], output.cache
-            tokens: list[WireToken] = []
-            top_tokens: list[list[WireToken]] = []
-            finish_reason: FinishReason = "length"
-            for _ in range(max_new_tokens):
-                logprobs = torch.log_softmax(next_logits.float(), dim=-1)
-                best = torch.topk(logprobs, max(top_n, 1))
-                token_id = int(best.indices[0])
-                tokens.append(self._token(token_id, float(best.values[0])))
-                candidates = zip(best.values[:top_n], best.indices[:top_n], strict=True)
-                top_tokens.append([self._token(int(i), float(v)) for v, i in candidates])
-                if token_id in self.eos_ids:
-                    finish_reason = "eos_token"
-                    break
-                output = self.model(torch.tensor([[token_id]]), cache=past, use_cache=True)
-                next_logits, past = output.logits[0, -1], output.cache
-        text = self.tokenizer.decode([t.id for t in tokens], skip_special_tokens=True)
+        """Decode greedily (in the running batch), with each step's top ``top_n`` tokens.
+
+        ``fairness_key`` (a tenant) decides whose turn it is when more wait than the batch
+        holds; setting ``cancelled`` ends the generation after at most one more step, with
+        what it has produced so far and ``finish_reason="cancelled"``.
+        """
+        request = DecodeRequest(
+            input_ids=list(input_ids),
+            max_new_tokens=max_new_tokens,
+            top_n=top_n,
+            fairness_key=fairness_key,
+            cancelled=cancelled or threading.Event(),
+        )
+        self.decoder.submit(request)
+        request.done.wait()
+        if request.error is not None:
+            raise request.error
+        tokens = [self._token(token_id, logprob) for token_id, logprob in request.tokens]
         return DetailedGeneration(
-            text=text,
-            prefill=prefill,
+            text=self.tokenizer.decode([t.id for t in tokens], skip_special_tokens=True),
+            prefill=self._prefill(input_ids, request.prefill_logprobs),
             tokens=tokens,
-            top_tokens=top_tokens,
-            finish_reason=finish_reason,
+            top_tokens=[[self._token(*c) for c in step] for step in request.top_tokens],
+            finish_reason=request.finish_reason,
         )
 
     def score_continuations(
@@ -80,9 +94,10 @@ class LocalModel:
     ) -> list[float]:
         """Each continuation's log-prob after ``input_ids``: the sum of its tokens' log-probs,
         each given the prompt and the continuation's tokens before it (one forward pass per
-        continuation, keeping only the logits that score it)."""
+        continuation, keeping only the logits that score it). It runs beside the decoding
+        thread: forward passes only read the weights."""
         scores = []
-        with self._lock, torch.inference_mode():
+        with torch.inference_mode():
             for tokens in continuations:
                 output = self.model(
                     torch.tensor([input_ids + tokens]), logits_to_keep=len(tokens) + 1
@@ -92,14 +107,13 @@ class LocalModel:
                 scores.append(float(picked.sum()))
         return scores
 
-    def _prefill(self, input_ids: list[int], logits: torch.Tensor) -> list[WireToken]:
+    def _prefill(self, input_ids: list[int], logprobs: list[float]) -> list[WireToken]:
         """Each prompt token with its log-prob given the tokens before it (none for the first)."""
-        logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)
-        targets = torch.tensor(input_ids[1:]).unsqueeze(1)
-        scores = logprobs.gather(1, targets).squeeze(1).tolist() if len(input_ids) > 1 else []
+        if not input_ids:
+            return []
         return [self._token(input_ids[0], None)] + [
             self._token(token_id, score)
-            for token_id, score in zip(input_ids[1:], scores, strict=True)
+            for token_id, score in zip(input_ids[1:], logprobs, strict=True)
         ]
 
     def _token(self, token_id: int, logprob: float | None) -> WireToken:
@@ -120,11 +134,21 @@ class LocalBackend:
         self.top_n_tokens = top_n_tokens
 
     def generate(
-        self, prompt: str, *, max_new_tokens: int, top_n_tokens: int | None = None
+        self,
+        prompt: str,
+        *,
+        max_new_tokens: int,
+        top_n_tokens: int | None = None,
+        context: CallContext | None = None,
     ) -> Generation:
         input_ids = self.local_model.encode(prompt)
+        context = context or CallContext()
         detailed = self.local_model.generate(
-            input_ids, max_new_tokens=max_new_tokens, top_n=top_n_tokens or self.top_n_tokens
+            input_ids,
+            max_new_tokens=max_new_tokens,
+            top_n=top_n_tokens or self.top_n_tokens,
+            fairness_key=context.fairness_key,
+            cancelled=context.cancelled,
         )
         first = detailed.top_tokens[0] if detailed.top_tokens else []
         return Generation(

@@ -7,12 +7,17 @@ a laptop. It behaves as TGI 3.x does by default: ``details.prefill`` is empty un
 with prefill log-probs on (``--enable-prefill-logprobs``), the prompt's token count comes in the
 ``x-prompt-tokens`` header, and beyond ``max_concurrent_requests`` calls in flight it answers
 429 "Model is overloaded". The prompt's tokens are those the model ran: with the chat template
-applied (unless ``--raw-prompts``), which is what ``/tokenize`` counts too.
+applied (unless ``--raw-prompts``), which is what ``/tokenize`` counts too. Requests in flight
+are decoded together (continuous batching, as TGI does; ``tgi_batch_current_size`` is the
+batch's size; an ``x-fairness-key`` header makes requests take turns by key), and a client that
+disconnects cancels its generation.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
 from typing import Any
 
@@ -31,6 +36,7 @@ from pydantic import ValidationError
 
 from services.llm.local_model import LocalModel
 from services.llm.tgi_wire import (
+    DetailedGeneration,
     GenerateRequest,
     ServerLimits,
     count_headers,
@@ -42,6 +48,9 @@ from services.llm.tgi_wire import (
 )
 
 VERSION = "twotier-model-server"
+# Requests that name a key here (a tenant) take turns by it when more wait than the batch
+# holds; those without one wait first come, first served.
+FAIRNESS_HEADER = "x-fairness-key"
 
 
 class ServerMetrics:
@@ -53,6 +62,9 @@ class ServerMetrics:
             "tgi_request_failure", "Requests refused", ["err"], registry=self.registry
         )
         self.queue_size = Gauge("tgi_queue_size", "Requests waiting", registry=self.registry)
+        self.batch_size = Gauge(
+            "tgi_batch_current_size", "Sequences in the running batch", registry=self.registry
+        )
         self.duration = Histogram(
             "tgi_request_duration", "Seconds per request", registry=self.registry
         )
@@ -106,23 +118,18 @@ def create_model_server(
         except ValidationError as exc:
             return refuse(f"Failed to deserialize the JSON body: {exc.errors()[0]['msg']}")
         input_ids = model.encode(generate_request.inputs) if generate_request.inputs else []
-        error = validation_error(generate_request, input_tokens=len(input_ids), limits=limits)
+        error = validation_error(
+            generate_request, input_tokens=len(input_ids), limits=limits
+        ) or _unsupported(generate_request)
         if error:
             return refuse(error)
         params = generate_request.parameters
-        if params.do_sample:
-            return refuse("Input validation error: this server decodes greedily; `do_sample` "
-                          "is not supported")  # fmt: skip
-        if params.stop:
-            return refuse(
-                f"Input validation error: `stop` supports up to 0 stop sequences. "
-                f"Given: {len(params.stop)}"
-            )
         started = time.perf_counter()
         metrics.queue_size.inc()
         try:
-            generation = await run_in_threadpool(
-                model.generate,
+            generation = await _generate_while_connected(
+                request,
+                model,
                 input_ids,
                 max_new_tokens=max_new_tokens(
                     generate_request, input_tokens=len(input_ids), limits=limits
@@ -131,6 +138,9 @@ def create_model_server(
             )
         finally:
             metrics.queue_size.dec()
+        if generation is None:  # nobody reads this answer
+            metrics.failures.labels(err="cancelled").inc()
+            return JSONResponse(error_body("Client disconnected", "cancelled"), status_code=499)
         metrics.duration.observe(time.perf_counter() - started)
         metrics.generated_tokens.observe(len(generation.tokens))
         metrics.successes.inc()
@@ -180,6 +190,48 @@ def create_model_server(
 
     @app.get("/metrics")
     def prometheus_metrics() -> Response:
+        metrics.batch_size.set(model.decoder.stats.current_batch)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _unsupported(generate_request: GenerateRequest) -> str | None:
+    """What this server cannot do of what TGI can, as TGI's validation error would say it."""
+    params = generate_request.parameters
+    if params.do_sample:
+        return "Input validation error: this server decodes greedily; `do_sample` is not supported"
+    if params.stop:
+        return (
+            f"Input validation error: `stop` supports up to 0 stop sequences. "
+            f"Given: {len(params.stop)}"
+        )
+    return None
+
+
+async def _generate_while_connected(
+    request: Request, model: LocalModel, input_ids: list[int], *, max_new_tokens: int, top_n: int
+) -> DetailedGeneration | None:
+    """The generation, or None if the client went away first (which stops it)."""
+    cancelled = threading.Event()
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, cancelled))
+    try:
+        generation = await run_in_threadpool(
+            model.generate,
+            input_ids,
+            max_new_tokens=max_new_tokens,
+            top_n=top_n,
+            fairness_key=request.headers.get(FAIRNESS_HEADER, ""),
+            cancelled=cancelled,
+        )
+    finally:
+        watcher.cancel()
+    return None if cancelled.is_set() else generation
+
+
+async def _cancel_on_disconnect(request: Request, cancelled: threading.Event) -> None:
+    """Set ``cancelled`` when the client goes away. The body has been read, so the next
+    message the server sends the app is the disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    cancelled.set()

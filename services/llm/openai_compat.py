@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from services.llm.base import Generation, LabelScores, ModelError, TokenCandidate
+from services.llm.base import CallContext, Generation, LabelScores, ModelError, TokenCandidate
 from services.llm.http_backend import HttpBackend
 from services.llm.token_count import estimate_tokens
 
@@ -54,7 +54,12 @@ class OpenAIBackend(HttpBackend):
         self.top_n_tokens = top_n_tokens
 
     def generate(
-        self, prompt: str, *, max_new_tokens: int, top_n_tokens: int | None = None
+        self,
+        prompt: str,
+        *,
+        max_new_tokens: int,
+        top_n_tokens: int | None = None,
+        context: CallContext | None = None,  # the server schedules its calls itself
     ) -> Generation:
         top_n = top_n_tokens or self.top_n_tokens
         if self.api == "chat":

@@ -26,7 +26,11 @@ def build_backend(tier: Tier, settings: Settings) -> Backend:
         from services.llm.local_model import LocalBackend  # noqa: PLC0415 - torch loads here only
 
         return LocalBackend(
-            local_model(tier_settings.local_model, settings.cache_dir),
+            local_model(
+                tier_settings.local_model,
+                settings.cache_dir,
+                max_batch_size=tier_settings.local_max_batch_size,
+            ),
             model=tier_settings.model,
             top_n_tokens=settings.top_n_tokens,
         )
@@ -60,12 +64,13 @@ def build_backend(tier: Tier, settings: Settings) -> Backend:
 
 
 @built_once
-def local_model(spec: str | None, cache_dir: Path) -> LocalModel:
-    """The local model named by ``spec`` (None: the bundled one), loaded once per process."""
+def local_model(spec: str | None, cache_dir: Path, *, max_batch_size: int) -> LocalModel:
+    """The local model named by ``spec`` (None: the bundled one), loaded once per process
+    (both tiers share it when they name the same model)."""
     from services.llm.local_model import LocalModel  # noqa: PLC0415
     from services.llm.model_files import prepare_local_model  # noqa: PLC0415
 
     console = Console(stderr=True)
     source = prepare_local_model(spec, cache_dir=cache_dir, console=console)
     with console.status(f"Loading {source} ..."):
-        return LocalModel(source)
+        return LocalModel(source, max_batch_size=max_batch_size)

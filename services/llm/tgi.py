@@ -39,6 +39,7 @@ from typing import Any
 import httpx
 
 from services.llm.base import (
+    CallContext,
     Generation,
     LabelScores,
     ModelError,
@@ -84,7 +85,12 @@ class TGIBackend(HttpBackend):
         self._no_prefill_until = 0.0
 
     def generate(
-        self, prompt: str, *, max_new_tokens: int, top_n_tokens: int | None = None
+        self,
+        prompt: str,
+        *,
+        max_new_tokens: int,
+        top_n_tokens: int | None = None,
+        context: CallContext | None = None,  # the server schedules its calls itself
     ) -> Generation:
         body = {
             "inputs": prompt,

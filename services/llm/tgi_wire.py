@@ -11,7 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-FinishReason = Literal["length", "eos_token", "stop_sequence"]
+# TGI's reasons, and "cancelled": the local model's own, for a generation its caller gave up
+# (the caller no longer waits for it, so it reaches no client of the model server).
+FinishReason = Literal["length", "eos_token", "stop_sequence", "cancelled"]
 
 
 @dataclass(frozen=True)

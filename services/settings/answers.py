@@ -41,7 +41,12 @@ class AnswerSettings(BaseModel):
     )
     default_target_escalation_rate: float = Field(default=0.3, ge=0, le=1)
 
-    default_max_new_tokens: int = Field(default=64, ge=1)
+    # Room for a one- or two-sentence answer ("The capital of France is Paris." is 8 tokens with
+    # its end): the margin needs only the first token, and on the local model each token is a
+    # decoding step that every query of the batch waits for.
+    default_max_new_tokens: int = Field(
+        default=32, ge=1, description="Tokens generated when a query names no max_new_tokens."
+    )
     max_new_tokens_limit: int = Field(default=4096, ge=1)
     max_prompt_chars: int = Field(default=100_000, ge=1)
     max_request_bytes: int | None = Field(

@@ -12,6 +12,9 @@ BackendKind = Literal["local", "tgi", "openai"]
 BUNDLED_MODEL_NAME = "SmolLM2-135M-Instruct-Q4_1"
 # TGI's default --max-concurrent-requests: the calls one model server takes at once.
 DEFAULT_SERVER_CONCURRENCY = 128
+# Generations the local model decodes in one step: on a CPU a step for eight costs little
+# more than a step for one (bench/local_model.py), and a ninth waits for a place.
+DEFAULT_LOCAL_BATCH_SIZE = 8
 
 
 class TierSettings(BaseModel):
@@ -35,6 +38,12 @@ class TierSettings(BaseModel):
         description="For `local`: a Hugging Face model folder or a .gguf file; "
         "unset means the bundled SmolLM2-135M-Instruct Q4_1.",
     )
+    local_max_batch_size: int = Field(
+        default=DEFAULT_LOCAL_BATCH_SIZE,
+        ge=1,
+        description="For `local`: the generations decoded together, one step for all; more "
+        "wait their turn, taken round-robin across tenants.",
+    )
     api_key: SecretStr | None = Field(default=None, description="Bearer key for `openai`.")
     openai_api: Literal["chat", "completions"] = "chat"
     price_input_per_mtok: float = Field(ge=0, description="Price of 1M input tokens.")
@@ -46,7 +55,7 @@ class TierSettings(BaseModel):
         description="Model calls one worker process keeps in flight to this tier's server: "
         "the threads `twotier worker` runs for the tier's queue and the HTTP client's "
         "connection limit; unset means 128 for `tgi` and `openai` (TGI's default "
-        "max_concurrent_requests) and 1 for `local` (one generation at a time).",
+        "max_concurrent_requests) and `local_max_batch_size` for `local`.",
     )
 
     @property
@@ -54,7 +63,7 @@ class TierSettings(BaseModel):
         """``max_concurrent_calls``, or the default of the tier's backend."""
         if self.max_concurrent_calls is not None:
             return self.max_concurrent_calls
-        return 1 if self.backend == "local" else DEFAULT_SERVER_CONCURRENCY
+        return self.local_max_batch_size if self.backend == "local" else DEFAULT_SERVER_CONCURRENCY
 
 
 class SmallTierSettings(TierSettings):
