@@ -195,7 +195,7 @@ def test_a_terminal_gets_a_bar_per_task_and_for_the_run(tmp_path: Path) -> None:
     options = EvalOptions(warmup=5, baselines=False, cache_dir=tmp_path / "cache")
     with ProgressBars(console) as bars:
         evaluate([tmp_path], options, progress=bars)
-    assert "[1/1] demo 1/1 small -> large: simulating the policies" in drawn.getvalue()
+    assert "[1/1] demo 1/1: small -> large: simulating the policies" in drawn.getvalue()
     assert "\x1b[1A" in drawn.getvalue()  # drawn over in place, not line after line
     assert [(bar.description, bar.completed, bar.total) for bar in bars.bars.tasks] == [
         ("all pairs", 1, 1),

@@ -5,9 +5,9 @@ the whole run with the current pair and stage), one line per stage anywhere else
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -17,6 +17,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.text import Text
 
 from services.evaluation.data import PairData
 
@@ -82,17 +83,28 @@ class ProgressLines:
         self.tally.done_per_task[pair.task] += 1
 
 
+class _BarsAndStage(Progress):
+    """The bars, then a line with the pair and stage in progress (cut, never wrapped, where
+    the terminal is narrow: the bars keep their width)."""
+
+    doing = ""
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        if self.doing:
+            yield Text(self.doing, no_wrap=True, overflow="ellipsis")
+
+
 class ProgressBars:
     """A bar per task and one for the run, redrawn in place; use it as a context manager."""
 
     def __init__(self, console: Console) -> None:
         self.tally = _Tally()
-        self.bars = Progress(
+        self.bars = _BarsAndStage(
             TextColumn("{task.description}"),
-            BarColumn(bar_width=20),
+            BarColumn(bar_width=30),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            TextColumn("{task.fields[doing]}"),
             console=console,
         )
         self._run: TaskID | None = None
@@ -107,16 +119,14 @@ class ProgressBars:
 
     def started(self, pairs: Sequence[PairData]) -> None:
         self.tally.count(pairs)
-        self._run = self.bars.add_task("all pairs", total=self.tally.pairs, doing="")
+        self._run = self.bars.add_task("all pairs", total=self.tally.pairs)
         for task, n in self.tally.pairs_per_task.items():
-            self._tasks[task] = self.bars.add_task(escape(task), total=n, doing="", start=False)
+            self._tasks[task] = self.bars.add_task(escape(task), total=n, start=False)
 
     def stage(self, pair: PairData, stage: str, done: int, total: int) -> None:
-        bar = self._tasks[pair.task]
-        self.bars.start_task(bar)  # starts its clock on the task's first stage only
-        doing = escape(f"{self.tally.where(pair)} {_doing(pair, stage, done, total)}")
-        assert self._run is not None, "started() comes first"
-        self.bars.update(self._run, doing=doing)
+        self.bars.start_task(self._tasks[pair.task])  # its clock starts at its first stage
+        self.bars.doing = f"{self.tally.where(pair)}: {_doing(pair, stage, done, total)}"
+        self.bars.refresh()
 
     def finished(self, pair: PairData) -> None:
         self.tally.done_per_task[pair.task] += 1
@@ -127,7 +137,7 @@ class ProgressBars:
         assert self._run is not None, "started() comes first"
         self.bars.advance(self._run)
         if self.tally.done == self.tally.pairs:
-            self.bars.update(self._run, doing="")
+            self.bars.doing = ""
 
 
 def progress_for(console: Console) -> ProgressLines | ProgressBars:
