@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -157,11 +158,11 @@ def task_figures(results: dict[str, Any]) -> dict[str, Figure]:
                 f"{pair['small']} -> {pair['large']}\n{why} in {pair['source']}", fontsize=9
             )
         drawn = "its pair" if len(pairs) == 1 else f"{len(widest)} of its {len(pairs)} pairs"
-        figure.suptitle(
+        title = (
             f"{task}: accuracy-cost curves of {drawn} (every pair is in results.json); "
-            f"signal: {widest[0]['signal']}",
-            fontsize=10,
+            f"signal: {widest[0]['signal']}"
         )
+        figure.suptitle("\n".join(textwrap.wrap(title, 80 * len(widest))), fontsize=10)
         figure.tight_layout()
         figures[task] = figure
     return figures
