@@ -4,6 +4,7 @@ baselines and `twotier eval` on a small fixture (no network)."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import shutil
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from services.cli import main as twotier
-from services.cli.eval_progress import ProgressBars
+from services.cli.eval_progress import ProgressBars, ProgressLines
 from services.evaluation import scores
 from services.evaluation.baselines import Embedder, baseline_scores
 from services.evaluation.data import read_records
@@ -185,6 +186,20 @@ def test_twotier_eval_says_what_it_is_doing_on_stderr(tmp_path: Path, eval_home:
     assert [line.rpartition(": ")[2] for line in again.stderr.splitlines()[1:]] == [
         "training the routers",
         "simulating the policies",
+    ]
+
+
+def test_a_logs_progress_lines_are_never_wrapped(tmp_path: Path) -> None:
+    [pair] = read_records(write_fixture(tmp_path))
+    pair = dataclasses.replace(pair, small="qwen2.5-32b-coder-instruct", large="gpt-4o-2024-08-06")
+    written = io.StringIO()
+    lines = ProgressLines(Console(file=written, width=40))
+    lines.started([pair])
+    lines.stage(pair, "embedding queries", 0, 1816)
+    lines.stage(pair, "embedding queries", 256, 1816)  # the same stage: no new line
+    assert written.getvalue().splitlines()[1:] == [
+        "[1/1] demo 1/1: qwen2.5-32b-coder-instruct -> gpt-4o-2024-08-06: embedding queries "
+        "(1816 texts)"
     ]
 
 

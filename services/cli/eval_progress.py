@@ -70,14 +70,15 @@ class ProgressLines:
     def started(self, pairs: Sequence[PairData]) -> None:
         self.tally.count(pairs)
         tasks = ", ".join(f"{task} ({n})" for task, n in self.tally.pairs_per_task.items())
-        self.console.print(escape(f"Evaluating {self.tally.pairs} pairs: {tasks}"))
+        self.console.print(escape(f"Evaluating {self.tally.pairs} pairs: {tasks}"), soft_wrap=True)
 
     def stage(self, pair: PairData, stage: str, done: int, total: int) -> None:
         if self._last == (pair.name, stage):
             return
         self._last = (pair.name, stage)
         items = f" ({total} texts)" if total else ""
-        self.console.print(escape(f"{self.tally.where(pair)}: {_doing(pair, stage, 0, 0)}{items}"))
+        line = f"{self.tally.where(pair)}: {_doing(pair, stage, 0, 0)}{items}"
+        self.console.print(escape(line), soft_wrap=True)  # a log's line stays whole
 
     def finished(self, pair: PairData) -> None:
         self.tally.done_per_task[pair.task] += 1

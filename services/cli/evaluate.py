@@ -103,7 +103,8 @@ def evaluate_live(data: Path, kind: str, labels: str | None, task: str | None, o
     settings = get_settings()
     runtime = Runtime(settings)
     label_names = [label.strip() for label in labels.split(",")] if labels else None
-    examples = read_examples(data, kind=kind, labels=label_names, shots=shots)  # type: ignore[arg-type]
+    examples = list(read_examples(data, kind=kind, labels=label_names, shots=shots))  # type: ignore[arg-type]
+    planned = len(examples) if limit is None else min(limit, len(examples))
     console = Console(stderr=True)
     with closing(runtime), console.status("Recording ...") as status:
         tiers = LiveTiers(
@@ -117,11 +118,11 @@ def evaluate_live(data: Path, kind: str, labels: str | None, task: str | None, o
             else max(settings.max_top_n_tokens, 10),
         )
         written = record_live(
-            examples,
+            iter(examples),
             task=task or data.stem,
             tiers=tiers,
             out=out,
             limit=limit,
-            progress=lambda done: status.update(f"Recorded {done} queries ..."),
+            progress=lambda done: status.update(f"Recorded {done}/{planned} queries ..."),
         )
     console.print(f"Wrote {written} records to {out}; evaluate them with `twotier eval {out}`.")
