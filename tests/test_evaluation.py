@@ -4,20 +4,30 @@ baselines and `twotier eval` on a small fixture (no network)."""
 from __future__ import annotations
 
 import csv
+import dataclasses
+import io
 import json
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
 
 from services.cli import main as twotier
+from services.cli.eval_progress import ProgressBars, ProgressLines
 from services.evaluation import scores
 from services.evaluation.baselines import Embedder, baseline_scores
 from services.evaluation.data import read_records
+from services.evaluation.run import EvalOptions, evaluate
 from services.evaluation.simulate import BudgetGrid, CostScheme, Stream
+from services.settings import get_settings
 
-SHARED_CHAINS = Path(__file__).resolve().parents[2] / "shared" / "bench" / "chains"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_CHAINS = ROOT.parent / "shared" / "bench" / "chains"
 
 
 def small_stream(*, warmup: int) -> Stream:
@@ -123,7 +133,19 @@ def test_trained_baselines_learn_offline_from_the_training_rows(tmp_path: Path) 
         assert scores[name][right].mean() > scores[name][~right].mean() + 0.2, name
 
 
-def test_twotier_eval_writes_results_and_plots(tmp_path: Path) -> None:
+@pytest.fixture
+def eval_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """TWOTIER_HOME and an empty TWOTIER_CACHE_DIR of their own, so that the routers' stages
+    (the embedding model loaded, every text embedded) run as on a first run."""
+    monkeypatch.setenv("TWOTIER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TWOTIER_CACHE_DIR", str(tmp_path / "cache"))
+    get_settings.cache_clear()
+    yield tmp_path / "home"
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
+def test_twotier_eval_writes_results_and_plots(tmp_path: Path, eval_home: Path) -> None:
     write_fixture(tmp_path)
     out = tmp_path / "out"
     result = CliRunner().invoke(
@@ -141,4 +163,83 @@ def test_twotier_eval_writes_results_and_plots(tmp_path: Path) -> None:
     assert "token-priced, B in [c_s, c_l]" in pair["grids"]
     assert (out / "curves_demo.png").stat().st_size > 0
     assert (out / "curves_average.png").stat().st_size > 0
-    assert "margin" in result.output
+    assert "margin" in result.stdout
+    assert f"wrote results.json and 2 plots to {out}" in result.stdout
+
+
+def test_twotier_eval_says_what_it_is_doing_on_stderr(tmp_path: Path, eval_home: Path) -> None:
+    write_fixture(tmp_path)
+    result = CliRunner().invoke(twotier, ["eval", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    where = "[1/1] demo 1/1: small -> large"
+    assert result.stderr.splitlines() == [
+        "Evaluating 1 pairs: demo (1)",
+        f"{where}: loading the embedding model",
+        f"{where}: embedding queries (160 texts)",
+        f"{where}: embedding small answers (160 texts)",
+        f"{where}: training the routers",
+        f"{where}: simulating the policies",
+    ]
+    again = CliRunner().invoke(twotier, ["eval", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert again.exit_code == 0, again.output
+    # The embeddings are cached: a second run skips their stages.
+    assert [line.rpartition(": ")[2] for line in again.stderr.splitlines()[1:]] == [
+        "training the routers",
+        "simulating the policies",
+    ]
+
+
+def test_a_logs_progress_lines_are_never_wrapped(tmp_path: Path) -> None:
+    [pair] = read_records(write_fixture(tmp_path))
+    pair = dataclasses.replace(pair, small="qwen2.5-32b-coder-instruct", large="gpt-4o-2024-08-06")
+    written = io.StringIO()
+    lines = ProgressLines(Console(file=written, width=40))
+    lines.started([pair])
+    lines.stage(pair, "embedding queries", 0, 1816)
+    lines.stage(pair, "embedding queries", 256, 1816)  # the same stage: no new line
+    assert written.getvalue().splitlines()[1:] == [
+        "[1/1] demo 1/1: qwen2.5-32b-coder-instruct -> gpt-4o-2024-08-06: embedding queries "
+        "(1816 texts)"
+    ]
+
+
+def test_a_terminal_gets_a_bar_per_task_and_for_the_run(tmp_path: Path) -> None:
+    write_fixture(tmp_path)
+    drawn = io.StringIO()
+    console = Console(file=drawn, force_terminal=True, width=100, color_system=None)
+    options = EvalOptions(warmup=5, baselines=False, cache_dir=tmp_path / "cache")
+    with ProgressBars(console) as bars:
+        evaluate([tmp_path], options, progress=bars)
+    assert "[1/1] demo 1/1: small -> large: simulating the policies" in drawn.getvalue()
+    assert "\x1b[1A" in drawn.getvalue()  # drawn over in place, not line after line
+    assert [(bar.description, bar.completed, bar.total) for bar in bars.bars.tasks] == [
+        ("all pairs", 1, 1),
+        ("demo", 1, 1),
+    ]
+
+
+def test_results_go_to_twotier_home_by_default_not_to_the_working_folder(
+    tmp_path: Path, eval_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "records").mkdir()
+    write_fixture(tmp_path / "records")
+    working = tmp_path / "working"
+    working.mkdir()
+    monkeypatch.chdir(working)
+    result = CliRunner().invoke(twotier, ["eval", str(tmp_path / "records"), "--no-baselines"])
+    assert result.exit_code == 0, result.output
+    assert list(working.iterdir()) == []
+    assert (eval_home / "eval-results" / "results.json").is_file()
+    assert f"to {eval_home / 'eval-results'}" in result.stdout
+
+
+def test_results_written_into_a_checkout_are_ignored_by_git() -> None:
+    """The README runs `twotier eval ... --out eval-results` from the checkout."""
+    git = shutil.which("git")
+    if git is None or not (ROOT / ".git").exists():
+        pytest.skip("no git checkout here")
+    ignored = subprocess.run(
+        [git, "check-ignore", "--quiet", "eval-results/results.json"], cwd=ROOT, check=False
+    )
+    assert ignored.returncode == 0
+    assert not get_settings().home.resolve().is_relative_to(ROOT)

@@ -6,20 +6,25 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from matplotlib.figure import Figure
+from rich.cells import cell_len
 from rich.console import Console
 
 from services.evaluation.report import (
     _number,
     _policies,
     _widest_pair_per_source,
+    average_figure,
     plot_curves,
     print_table,
+    task_figures,
     write_json,
 )
 from services.evaluation.run import REFERENCE_GRID
@@ -111,38 +116,81 @@ def row(text: str, first_cell: str) -> list[str]:
     return cells
 
 
-def test_the_table_lists_the_first_pairs_policies_in_the_papers_order(
+def test_the_tables_list_the_first_pairs_policies_in_the_papers_order(
     results: dict[str, Any],
 ) -> None:
     text = table_text(results)
-    header = row(text, "task")
-    assert header[:4] == ["task", "pair", "acc S", "acc L"]
-    assert header[4:7] == ["margin", "random", "oracle"]
-    assert header[7] == "frugalgpt"  # a baseline of the first pair
-    assert "entropy" not in header  # an extra signal gets no column
-    assert header[8:] == ["margin APGR", "L share 50%/80%", "saved @95% L", "margin beats"]
+    auc_header, margin_header = rows(text, "task")
+    assert auc_header[0] == margin_header[0] == "task / pair (small -> large)"
+    assert auc_header[1:4] == ["margin", "random", "oracle"]
+    assert auc_header[4:] == ["frugalgpt"]  # a baseline of the first pair; no extra signal
+    assert margin_header[1:] == ["acc S", "acc L", "APGR", "L 50%", "L 80%", "saved @95%",
+                                 "beats"]  # fmt: skip
     assert "W=50" in text
     assert "seeds [0, 1]" in text
 
 
-def test_a_pairs_row_has_its_scores_and_the_rivals_the_margin_beats(
+def test_each_task_heads_its_pairs_rows_in_both_tables(results: dict[str, Any]) -> None:
+    text = table_text(results)
+    assert rows(text, "qa") == [["qa", "", "", "", ""], ["qa", "", "", "", "", "", "", ""]]
+    first_cells = [line.split("│")[1].strip() for line in text.splitlines() if line[0] == "│"]
+    in_a_table = ["qa", "s1 -> l1", "s0 -> l2", "t0 -> t1", "math", "u0 -> u1"]
+    assert first_cells == [*in_a_table, "average over tasks", *in_a_table]
+
+
+def test_a_pairs_rows_have_its_scores_and_the_rivals_the_margin_beats(
     results: dict[str, Any],
 ) -> None:
     text = table_text(results)
-    lines = rows(text, "qa")
-    assert len(lines) == 3
-    first, second = lines[0], lines[1]
+    aucs, margin = rows(text, "s1 -> l1")
+    assert aucs == ["s1 -> l1", "0.700", "0.500", "0.900", "0.800"]
     # margin 0.700 beats random 0.500 but not frugalgpt 0.800: 1 of 2 (the oracle is no rival)
-    assert first == ["qa", "s1 -> l1", "0.500", "0.600", "0.700", "0.500", "0.900", "0.800",
-                     "0.46", "0.25/-", "40%", "1/2"]  # fmt: skip
-    assert second[7] == "-"  # no frugalgpt score for this pair
-    assert second[-1] == "1/1"
+    assert margin == ["s1 -> l1", "0.500", "0.600", "0.46", "0.25", "-", "40%", "1/2"]
+    aucs, margin = rows(text, "s0 -> l2")
+    assert aucs[4] == "-"  # no frugalgpt score for this pair
+    assert margin[-1] == "1/1"
+
+
+def long_named(results: dict[str, Any]) -> dict[str, Any]:
+    """The results with the longest model names of the recorded chains and of a live run, and
+    all six policies of a run with baselines."""
+    for number, pair in enumerate(results["pairs"]):
+        pair["small"] = ("qwen2.5-32b-coder", "HuggingFaceTB/SmolLM2-135M-Instruct")[number % 2]
+        pair["large"] = ("qwen2.5-72b", "reference labels (always right)")[number % 2]
+        pair["task"] = "commonsenseqa_validation" if number == 3 else pair["task"]
+        for name in ("frugalgpt", "routing", "hybridllm"):
+            pair["grids"][REFERENCE_GRID]["policies"][name] = policy(0.612)
+    for name in ("routing", "hybridllm"):
+        results["average_over_tasks"][REFERENCE_GRID][name] = 0.612
+    return results
+
+
+def test_the_tables_fit_100_columns_and_wrap_only_the_pairs_names(
+    results: dict[str, Any],
+) -> None:
+    console = Console(record=True, width=100, color_system=None)
+    print_table(long_named(results), console)
+    text = console.export_text()
+    assert max(cell_len(line) for line in text.splitlines()) <= 100
+    auc_header, margin_header = rows(text, "task")
+    assert auc_header[1:] == ["margin", "random", "oracle", "frugalgpt", "routing", "hybridllm"]
+    assert margin_header[-1] == "beats"
+    # The chains' longest pair, twice in each table: on one line, as a tty of 100 columns shows it.
+    aucs, _, margin, _ = rows(text, "qwen2.5-32b-coder -> qwen2.5-72b")
+    assert aucs[1:] == ["0.700", "0.500", "0.900", "0.612", "0.612", "0.612"]
+    assert margin[1:] == ["0.500", "0.600", "0.46", "0.25", "-", "40%", "4/4"]
+    # A longer name wraps within its cell, whole: its rest is on the next lines.
+    aucs, _, margin, _ = rows(text, "HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert aucs[1:4] == ["0.700", "0.500", "0.900"]
+    assert margin[1:3] == ["0.400", "0.900"]
+    assert len(rows(text, "-> reference labels (always right)")) == 4
+    assert rows(text, "commonsenseqa_validation")  # a task's name is not cut
 
 
 def test_the_average_row_and_the_signals_are_printed(results: dict[str, Any]) -> None:
     text = table_text(results)
-    assert row(text, "average")[:8] == ["average", "over tasks", "", "", "0.700", "0.500",
-                                        "0.900", "0.800"]  # fmt: skip
+    assert row(text, "average over tasks") == ["average over tasks", "0.700", "0.500", "0.900",
+                                               "0.800"]  # fmt: skip
     assert "Signal `entropy`: entropy signal" in text
     assert "Signal `frugalgpt`: frugalgpt signal" in text
     assert "Signal `margin`" not in text
@@ -218,3 +266,50 @@ def test_a_policy_only_some_pairs_of_a_task_carry_is_plotted_without_failing(
     # frugalgpt is scored for the first qa pair only, as when only one chain file carries it.
     written = plot_curves(results, tmp_path / "figures")
     assert [path.name for path in written][-1] == "curves_average.png"
+
+
+@pytest.fixture
+def figures(results: dict[str, Any]) -> Iterator[dict[str, Figure]]:
+    import matplotlib.pyplot as plt
+
+    drawn = {**task_figures(results), "average": average_figure(results)}
+    yield drawn
+    for figure in drawn.values():
+        plt.close(figure)
+
+
+def test_every_line_of_every_figure_is_named_in_its_panels_legend(
+    figures: dict[str, Figure],
+) -> None:
+    assert list(figures) == ["math", "qa", "average"]
+    for name, figure in figures.items():
+        for axis in figure.axes:
+            labels = [line.get_label() for line in axis.get_lines()]
+            assert labels, name
+            assert not [label for label in labels if label.startswith("_")], name  # unlabelled
+            legend = axis.get_legend()
+            assert legend is not None, name
+            assert [text.get_text() for text in legend.get_texts()] == labels, name
+
+
+def test_the_dotted_lines_are_each_model_alone(figures: dict[str, Figure]) -> None:
+    first_panel = figures["qa"].axes[0]  # chain a's widest pair: s0 -> l2
+    dotted = [line.get_label() for line in first_panel.get_lines() if line.get_linestyle() == ":"]
+    assert dotted == ["small model alone (0.400)", "large model alone (0.900)"]
+    solid = [line.get_label() for line in first_panel.get_lines() if line.get_linestyle() == "-"]
+    assert solid == ["margin", "random", "oracle"]  # frugalgpt scored another pair of chain a
+
+
+def test_a_tasks_titles_say_which_of_its_pairs_are_drawn_and_why(
+    figures: dict[str, Figure],
+) -> None:
+    qa = figures["qa"]
+    suptitle = qa.get_suptitle().replace("\n", " ")  # wrapped to the figure's width
+    assert "qa: accuracy-cost curves of 2 of its 3 pairs (every pair is in results.json)" in (
+        suptitle
+    )
+    assert [axis.get_title() for axis in qa.axes] == [
+        "s0 -> l2\nwidest S-L gap of 2 pairs in chain-a.jsonl",
+        "t0 -> t1\nthe only pair in chain-b.jsonl",
+    ]
+    assert figures["math"].get_suptitle().startswith("math: accuracy-cost curves of its pair")

@@ -4,6 +4,7 @@ recorded outputs, and the recording of live ones."""
 from __future__ import annotations
 
 import sys
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -11,15 +12,16 @@ import click
 
 from services.settings import get_settings
 
+TABLE_WIDTH = 100  # columns of the table where stdout is no terminal (a file, a pipe)
+
 
 @click.command("eval")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--out",
-    type=click.Path(path_type=Path),
-    default=Path("eval-results"),
-    show_default=True,
-    help="Folder for results.json and the PNG curves.",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for results.json and the PNG curves [default: TWOTIER_HOME/eval-results].",
 )
 @click.option("--seeds", default="0,1,2", show_default=True, help="Stream orders to average.")
 @click.option(
@@ -29,11 +31,16 @@ from services.settings import get_settings
     help="W (default: TWOTIER_WARMUP_QUERIES).",
 )
 @click.option("--no-baselines", is_flag=True, help="Skip the trained routers (faster).")
-def evaluate(paths: tuple[Path, ...], out: Path, seeds: str, warmup: int | None,
+def evaluate(paths: tuple[Path, ...], out: Path | None, seeds: str, warmup: int | None,
              no_baselines: bool) -> None:  # fmt: skip
-    """Accuracy-cost curves, AUC and router metrics of every policy on recorded outputs."""
+    """Accuracy-cost curves, AUC and router metrics of every policy on recorded outputs.
+
+    The first run embeds every query for the trained routers (minutes); later runs read the
+    embeddings from TWOTIER_CACHE_DIR. Progress goes to stderr, the table to stdout.
+    """
     from rich.console import Console  # noqa: PLC0415
 
+    from services.cli.eval_progress import progress_for  # noqa: PLC0415
     from services.evaluation.report import plot_curves, print_table, write_json  # noqa: PLC0415
     from services.evaluation.run import EvalOptions  # noqa: PLC0415
     from services.evaluation.run import evaluate as run_evaluation  # noqa: PLC0415
@@ -45,13 +52,19 @@ def evaluate(paths: tuple[Path, ...], out: Path, seeds: str, warmup: int | None,
         baselines=not no_baselines,
         cache_dir=settings.cache_dir,
     )
-    console = Console(width=None if sys.stdout.isatty() else 220)
-    with console.status("Evaluating ...") as status:
-        results = run_evaluation(list(paths), options, progress=status.update)
+    out = (out or settings.home / "eval-results").resolve()
+    started = time.monotonic()
+    with progress_for(Console(stderr=True)) as progress:
+        results = run_evaluation(list(paths), options, progress=progress)
+    console = Console(width=None if sys.stdout.isatty() else TABLE_WIDTH)
     print_table(results, console)
     write_json(results, out / "results.json")
     plots = plot_curves(results, out)
-    console.print(f"Wrote {out / 'results.json'} and {len(plots)} plots in {out}/")
+    console.print(
+        f"Evaluated {len(results['pairs'])} pairs in {time.monotonic() - started:.0f} s; "
+        f"wrote results.json and {len(plots)} plots to {out}",
+        soft_wrap=True,  # the path stays whole, to be copied
+    )
 
 
 @click.command("eval-live")
@@ -90,7 +103,8 @@ def evaluate_live(data: Path, kind: str, labels: str | None, task: str | None, o
     settings = get_settings()
     runtime = Runtime(settings)
     label_names = [label.strip() for label in labels.split(",")] if labels else None
-    examples = read_examples(data, kind=kind, labels=label_names, shots=shots)  # type: ignore[arg-type]
+    examples = list(read_examples(data, kind=kind, labels=label_names, shots=shots))  # type: ignore[arg-type]
+    planned = len(examples) if limit is None else min(limit, len(examples))
     console = Console(stderr=True)
     with closing(runtime), console.status("Recording ...") as status:
         tiers = LiveTiers(
@@ -104,11 +118,11 @@ def evaluate_live(data: Path, kind: str, labels: str | None, task: str | None, o
             else max(settings.max_top_n_tokens, 10),
         )
         written = record_live(
-            examples,
+            iter(examples),
             task=task or data.stem,
             tiers=tiers,
             out=out,
             limit=limit,
-            progress=lambda done: status.update(f"Recorded {done} queries ..."),
+            progress=lambda done: status.update(f"Recorded {done}/{planned} queries ..."),
         )
     console.print(f"Wrote {written} records to {out}; evaluate them with `twotier eval {out}`.")

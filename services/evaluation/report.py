@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.console import Console
@@ -13,6 +15,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from services.evaluation.run import BASELINES, REFERENCE_GRID
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 POLICY_ORDER = ("margin", "random", "oracle", *BASELINES)
 
@@ -23,39 +28,10 @@ def write_json(results: dict[str, Any], path: Path) -> None:
 
 
 def print_table(results: dict[str, Any], console: Console) -> None:
-    policies = [
-        p for p in POLICY_ORDER if p in results["pairs"][0]["grids"][REFERENCE_GRID]["policies"]
-    ]
-    settings = results["settings"]
-    table = Table(
-        title=escape(
-            f"Normalised AUC ({REFERENCE_GRID}; mean over seeds {settings['seeds']}, "
-            f"W={settings['warmup']})"
-        )
-    )
-    extra = ("margin APGR", "L share 50%/80%", "saved @95% L", "margin beats")
-    for column in ("task", "pair", "acc S", "acc L", *policies, *extra):
-        table.add_column(column, justify="left" if column in {"task", "pair"} else "right")
-    for pair in results["pairs"]:
-        grid = pair["grids"][REFERENCE_GRID]["policies"]
-        margin = grid["margin"]
-        rivals = [p for p in policies if p not in {"margin", "oracle"} and p in grid]
-        beaten = [p for p in rivals if margin["auc"] > grid[p]["auc"]]
-        table.add_row(
-            pair["task"],
-            f"{pair['small']} -> {pair['large']}",
-            f"{pair['accuracy_small']:.3f}",
-            f"{pair['accuracy_large']:.3f}",
-            *(f"{grid[p]['auc']:.3f}" if p in grid else "-" for p in policies),
-            _number(margin["apgr"]),
-            f"{_number(margin['large_share_for_50pct_gap'])}/"
-            f"{_number(margin['large_share_for_80pct_gap'])}",
-            _number(margin["cost_saved_at_95pct_of_large"], percent=True),
-            f"{len(beaten)}/{len(rivals)}",
-        )
-    averages = results["average_over_tasks"][REFERENCE_GRID]
-    table.add_row("average", "over tasks", "", "", *(f"{averages[p]:.3f}" for p in policies),
-                  "", "", "", "", style="bold")  # fmt: skip
+    """The signals, the AUC of every policy per pair, then margin sampling's own scores.
+
+    Two tables, each under 100 columns: the pair's names wrap within their cell where the
+    console is narrower than a table."""
     alternatives = {
         name: description
         for pair in results["pairs"]
@@ -63,71 +39,186 @@ def print_table(results: dict[str, Any], console: Console) -> None:
         if name != "margin"
     }
     for name, description in sorted(alternatives.items()):
-        console.print(f"Signal `{name}`: {description}")
-    console.print(table)
+        console.print(escape(f"Signal `{name}`: {description}"))
+    settings = results["settings"]
+    console.print(
+        escape(
+            f"Normalised AUC ({REFERENCE_GRID}; mean over seeds {settings['seeds']}, "
+            f"W={settings['warmup']}):"
+        )
+    )
+    console.print(auc_table(results))
+    console.print(
+        "Margin sampling on the same grid: its APGR; the share of queries on L that recovers "
+        "50% and 80% of the S-L accuracy gap; the cost saved at 95% of L's accuracy; the "
+        "other non-oracle policies it beats on AUC:"
+    )
+    console.print(margin_table(results))
     signals = sorted({(pair["task"], pair["signal"]) for pair in results["pairs"]})
-    console.print("Signal used by `margin`: " + "; ".join(f"{t}: {s}" for t, s in signals))
+    console.print(escape("Signal used by `margin`: " + "; ".join(f"{t}: {s}" for t, s in signals)))
+
+
+def auc_table(results: dict[str, Any]) -> Table:
+    """Per pair, the normalised AUC of the policies the first pair carries, in the paper's
+    order; the last row averages over tasks."""
+    policies = _table_policies(results)
+    table = _pair_table(policies)
+    for task, pairs in _pairs_by_task(results).items():
+        _add_task_row(table, task)
+        for pair in pairs:
+            grid = pair["grids"][REFERENCE_GRID]["policies"]
+            table.add_row(
+                _pair_name(pair),
+                *(f"{grid[p]['auc']:.3f}" if p in grid else "-" for p in policies),
+            )
+        table.add_section()
+    averages = results["average_over_tasks"][REFERENCE_GRID]
+    table.add_row("average over tasks", *(f"{averages[p]:.3f}" for p in policies), style="bold")
+    return table
+
+
+def margin_table(results: dict[str, Any]) -> Table:
+    """Per pair, each model's accuracy alone and margin sampling's scores: APGR, the share
+    of queries on L that recovers 50 % and 80 % of the S -> L accuracy gap, the cost it saves
+    at 95 % of L's accuracy, and how many of the other non-oracle policies it beats on AUC."""
+    policies = _table_policies(results)
+    table = _pair_table(("acc S", "acc L", "APGR", "L 50%", "L 80%", "saved @95%", "beats"))
+    for task, pairs in _pairs_by_task(results).items():
+        _add_task_row(table, task)
+        for pair in pairs:
+            grid = pair["grids"][REFERENCE_GRID]["policies"]
+            margin = grid["margin"]
+            rivals = [p for p in policies if p not in {"margin", "oracle"} and p in grid]
+            beaten = [p for p in rivals if margin["auc"] > grid[p]["auc"]]
+            table.add_row(
+                _pair_name(pair),
+                f"{pair['accuracy_small']:.3f}",
+                f"{pair['accuracy_large']:.3f}",
+                _number(margin["apgr"]),
+                _number(margin["large_share_for_50pct_gap"]),
+                _number(margin["large_share_for_80pct_gap"]),
+                _number(margin["cost_saved_at_95pct_of_large"], percent=True),
+                f"{len(beaten)}/{len(rivals)}",
+            )
+        table.add_section()
+    return table
+
+
+def _table_policies(results: dict[str, Any]) -> list[str]:
+    first = results["pairs"][0]["grids"][REFERENCE_GRID]["policies"]
+    return [p for p in POLICY_ORDER if p in first]
+
+
+def _pair_table(number_columns: Sequence[str]) -> Table:
+    """The pairs on the left under their task's row, the numbers right and never cut: a
+    pair's name wraps (at its arrow first) where the console is narrower than the table."""
+    table = Table()
+    table.add_column("task / pair (small -> large)", min_width=16, overflow="fold")
+    for column in number_columns:
+        table.add_column(column, justify="right", no_wrap=True)
+    return table
+
+
+def _add_task_row(table: Table, task: str) -> None:
+    table.add_row(escape(task), *([""] * (len(table.columns) - 1)), style="bold")
+
+
+def _pair_name(pair: dict[str, Any]) -> str:
+    return escape(f"{pair['small']} -> {pair['large']}")
 
 
 def plot_curves(results: dict[str, Any], out_dir: Path) -> list[Path]:
-    """One PNG per task (each chain's smallest -> largest pair) and one for the task average."""
-    import matplotlib  # noqa: PLC0415 - optional extra
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
+    """One PNG per task (each chain's widest-gap pair) and one for the task average."""
+    plt = _pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
-    by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for pair in results["pairs"]:
-        by_task[pair["task"]].append(pair)
+    figures = {f"curves_{task}.png": figure for task, figure in task_figures(results).items()}
+    figures["curves_average.png"] = average_figure(results)
     written = []
-    for task, pairs in sorted(by_task.items()):
-        widest = _widest_pair_per_source(pairs)
-        figure, axes = plt.subplots(1, len(widest), figsize=(6 * len(widest), 4.5), squeeze=False)
-        for axis, pair in zip(axes[0], widest, strict=True):
-            grid = pair["grids"][REFERENCE_GRID]
-            for policy in _policies(results):
-                if policy in grid["policies"]:
-                    axis.plot(grid["budgets"], grid["policies"][policy]["accuracy"], label=policy)
-            axis.axhline(pair["accuracy_small"], color="grey", linestyle=":", linewidth=1)
-            axis.axhline(pair["accuracy_large"], color="black", linestyle=":", linewidth=1)
-            axis.set_title(f"{pair['small']} -> {pair['large']}", fontsize=10)
-            axis.set_xlabel("average budget per query (c_s = 1, c_l = 20)")
-            axis.set_ylabel("accuracy")
-        axes[0][0].legend(fontsize=8)
-        figure.suptitle(f"{task}: accuracy-cost curves (signal: {widest[0]['signal']})")
-        figure.tight_layout()
-        path = out_dir / f"curves_{task}.png"
-        figure.savefig(path, dpi=110)
+    for name, figure in figures.items():
+        figure.savefig(out_dir / name, dpi=110)
         plt.close(figure)
-        written.append(path)
-    written.append(_plot_average(results, by_task, out_dir, plt))
+        written.append(out_dir / name)
     return written
 
 
-def _plot_average(
-    results: dict[str, Any], by_task: dict[str, list[dict[str, Any]]], out_dir: Path, plt: Any
-) -> Path:
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+def task_figures(results: dict[str, Any]) -> dict[str, Figure]:
+    """Per task, a panel per chain file with the pair of that chain whose accuracy gap between
+    S and L is widest: the pair where the choice of policy matters most. Every pair's curves are
+    in results.json; the titles say which pairs are drawn and how many there are."""
+    plt = _pyplot()
+    figures = {}
+    for task, pairs in sorted(_pairs_by_task(results).items()):
+        widest = _widest_pair_per_source(pairs)
+        figure, axes = plt.subplots(1, len(widest), figsize=(6 * len(widest), 4.5), squeeze=False)
+        for axis, pair in zip(axes[0], widest, strict=True):
+            chain_pairs = sum(p["source"] == pair["source"] for p in pairs)
+            why = "the only pair" if chain_pairs == 1 else f"widest S-L gap of {chain_pairs} pairs"
+            _draw_pair(axis, pair, _policies(results))
+            axis.set_title(
+                f"{pair['small']} -> {pair['large']}\n{why} in {pair['source']}", fontsize=9
+            )
+        drawn = "its pair" if len(pairs) == 1 else f"{len(widest)} of its {len(pairs)} pairs"
+        title = (
+            f"{task}: accuracy-cost curves of {drawn} (every pair is in results.json); "
+            f"signal: {widest[0]['signal']}"
+        )
+        figure.suptitle("\n".join(textwrap.wrap(title, 80 * len(widest))), fontsize=10)
+        figure.tight_layout()
+        figures[task] = figure
+    return figures
+
+
+def _draw_pair(axis: Any, pair: dict[str, Any], policies: list[str]) -> None:
+    grid = pair["grids"][REFERENCE_GRID]
+    for policy in policies:
+        if policy in grid["policies"]:
+            axis.plot(grid["budgets"], grid["policies"][policy]["accuracy"], label=policy)
+    for tier, color in (("small", "grey"), ("large", "black")):
+        accuracy = pair[f"accuracy_{tier}"]
+        axis.axhline(accuracy, color=color, linestyle=":", linewidth=1,
+                     label=f"{tier} model alone ({accuracy:.3f})")  # fmt: skip
+    axis.set_xlabel("average budget per query (c_s = 1, c_l = 20)")
+    axis.set_ylabel("accuracy")
+    axis.legend(fontsize=7)
+
+
+def average_figure(results: dict[str, Any]) -> Figure:
+    """Each policy's curve averaged over each task's pairs, then over the tasks."""
+    figure: Figure
+    figure, axis = _pyplot().subplots(figsize=(7, 4.5))
     budgets = results["pairs"][0]["grids"][REFERENCE_GRID]["budgets"]
     for policy in _policies(results):
         scored = (  # per task, the pairs that score this policy (as the table does)
             [p["grids"][REFERENCE_GRID]["policies"][policy]["accuracy"] for p in pairs
              if policy in p["grids"][REFERENCE_GRID]["policies"]]
-            for pairs in by_task.values()
+            for pairs in _pairs_by_task(results).values()
         )  # fmt: skip
         task_means = [np.mean(curves, axis=0) for curves in scored if curves]
         if task_means:
             axis.plot(budgets, np.mean(task_means, axis=0), label=policy)
     axis.set_xlabel("average budget per query (c_s = 1, c_l = 20)")
     axis.set_ylabel("accuracy (mean over tasks and pairs)")
-    axis.set_title("All tasks and pairs of the recorded chains")
+    axis.set_title(f"All {len(results['pairs'])} pairs: the mean over each task's pairs, "
+                   "then over tasks", fontsize=10)  # fmt: skip
     axis.legend(fontsize=8)
     figure.tight_layout()
-    path = out_dir / "curves_average.png"
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return figure
+
+
+def _pyplot() -> Any:
+    import matplotlib  # noqa: PLC0415 - optional extra
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    return plt
+
+
+def _pairs_by_task(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for pair in results["pairs"]:
+        by_task[pair["task"]].append(pair)
+    return by_task
 
 
 def _policies(results: dict[str, Any]) -> list[str]:

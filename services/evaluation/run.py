@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,13 @@ import numpy as np
 from services.evaluation import scores
 from services.evaluation.baselines import EMBEDDING_MODEL, Embedder, baseline_scores
 from services.evaluation.data import PairData, read_records
+from services.evaluation.progress import (
+    SIMULATING,
+    EvalProgress,
+    NoProgress,
+    StageReport,
+    ignore_stage,
+)
 from services.evaluation.simulate import BudgetGrid, CostScheme, Curves, Stream
 from services.policy.offline import (
     OFFLINE_POLICIES,
@@ -37,16 +43,21 @@ class EvalOptions:
 
 
 def evaluate(
-    paths: list[Path], options: EvalOptions, progress: Callable[[str], None] = lambda _: None
+    paths: list[Path], options: EvalOptions, progress: EvalProgress | None = None
 ) -> dict[str, Any]:
+    progress = progress or NoProgress()
     pairs = [pair for path in paths for pair in read_records(path)]
     if not pairs:
         raise ValueError(f"no per-query records found in {', '.join(map(str, paths))}")
     embedder = Embedder(options.cache_dir)
+    progress.started(pairs)
     results = []
-    for number, pair in enumerate(pairs, 1):
-        progress(f"[{number}/{len(pairs)}] {pair.name}")
-        results.append(evaluate_pair(pair, options, embedder if options.baselines else None))
+    for pair in pairs:
+        report = _reporter(progress, pair)
+        results.append(
+            evaluate_pair(pair, options, embedder if options.baselines else None, report)
+        )
+        progress.finished(pair)
     return {
         "settings": {
             "seeds": list(options.seeds),
@@ -63,8 +74,18 @@ def evaluate(
     }
 
 
+def _reporter(progress: EvalProgress, pair: PairData) -> StageReport:
+    def report(stage: str, done: int = 0, total: int = 0) -> None:
+        progress.stage(pair, stage, done, total)
+
+    return report
+
+
 def evaluate_pair(
-    pair: PairData, options: EvalOptions, embedder: Embedder | None
+    pair: PairData,
+    options: EvalOptions,
+    embedder: Embedder | None,
+    report: StageReport = ignore_stage,
 ) -> dict[str, Any]:
     scored = pair.scored
     small_correct, large_correct = pair.small_correct[scored], pair.large_correct[scored]
@@ -94,16 +115,17 @@ def evaluate_pair(
         seeds=list(options.seeds),
         warmup=options.warmup,
     )
+    # The routers' stages run first, so that the simulation is reported as one stage.
+    trained = baseline_scores(pair, embedder, report) if embedder is not None else {}
+    report(SIMULATING, 0, 0)
     runs: dict[str, tuple[Curves, Mode]] = {
         name: _run(stream, OFFLINE_POLICIES[THRESHOLD], values[scored])
         for name, values in pair.signals.items()
     }
     for name in policies_scored_by(None):
         runs[name] = _run(stream, OFFLINE_POLICIES[name], None)
-    if embedder is not None:
-        scores = baseline_scores(pair, embedder)
-        for name in BASELINES:
-            runs[name] = _run(stream, OFFLINE_POLICIES[name], scores[name])
+    for name in BASELINES if trained else ():
+        runs[name] = _run(stream, OFFLINE_POLICIES[name], trained[name])
     accuracy_small, accuracy_large = float(small_correct.mean()), float(large_correct.mean())
     return {
         "task": pair.task,
