@@ -9,8 +9,8 @@ from services.llm.model_files import prepare_local_model
 from services.settings import get_settings
 
 
-def load_bundled_model() -> LocalModel:
+def load_bundled_model(*, chat_template: bool = True) -> LocalModel:
     source = prepare_local_model(
         None, cache_dir=get_settings().cache_dir, console=Console(stderr=True)
     )
-    return LocalModel(source)
+    return LocalModel(source, chat_template=chat_template)

@@ -117,3 +117,22 @@ def test_the_fair_queue_takes_keys_in_turn_and_each_key_in_order() -> None:
     assert taken == ["a1", "b1", "c1", "a2", "b2", "a3"]
     assert waiting.pop() is None
     assert len(waiting) == 0
+
+
+def test_a_prompt_after_the_chat_templates_opening_runs_only_its_own_tokens(
+    model: LocalModel,
+) -> None:
+    """Every templated prompt starts with the same tokens: they run once, and a prefill that
+    reuses them gives the log-probs and tokens a full prefill gives."""
+    input_ids = model.encode(SHORT)
+    reused_before = model.decoder.stats.prefix_reused
+    reused = model.generate(input_ids, max_new_tokens=8, top_n=2)
+    assert model.decoder.stats.prefix_reused == reused_before + 1
+
+    full = load_bundled_model(chat_template=False)  # no template, so no shared prefix
+    alone = full.generate(input_ids, max_new_tokens=8, top_n=2)
+    assert full.decoder.stats.prefix_reused == 0
+    assert [t.id for t in reused.tokens] == [t.id for t in alone.tokens]
+    assert [t.id for t in reused.prefill] == input_ids
+    for with_prefix, without in zip(reused.prefill[1:], alone.prefill[1:], strict=True):
+        assert with_prefix.logprob == pytest.approx(without.logprob, abs=1e-4)

@@ -10,10 +10,15 @@ log-probs. A sequence leaves when it ends (end of sequence, its token limit) or 
 ``cancelled`` event is set: that is looked at before every step, so a cancelled generation
 runs at most one more step. A step on a CPU costs about as much for eight sequences as for
 one, which is where the throughput comes from.
+
+Every prompt wrapped in the model's chat template starts with the same tokens (the system turn,
+the user turn's opening): their keys and values are computed once (``PromptPrefix``) and each
+prefill runs only the rest of its prompt, with the same log-probs as a full prefill.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from collections import deque
@@ -74,13 +79,41 @@ class DecodeStats:
     current_batch: int = 0
     largest_batch: int = 0
     admitted: deque[str] = field(default_factory=lambda: deque(maxlen=1000))  # fairness keys
+    prefix_reused: int = 0  # prefills that ran only what followed the shared prefix
+
+
+@dataclass(frozen=True)
+class PromptPrefix:
+    """The tokens every prompt starts with, run once: their cache, each one's log-prob given
+    those before it, and the logits that follow them."""
+
+    ids: list[int]
+    cache: Any
+    logprobs: list[float]
+    next_logits: torch.Tensor
+
+    @classmethod
+    def run(cls, model: Any, ids: list[int]) -> PromptPrefix:
+        output = model(torch.tensor([ids]), use_cache=True)
+        logits = output.logits[0]
+        return cls(ids, output.cache, _prompt_logprobs(ids, logits), logits[-1])
+
+    def starts(self, input_ids: list[int]) -> bool:
+        """Whether ``input_ids`` is this prefix and at least one token more."""
+        return len(input_ids) > len(self.ids) and input_ids[: len(self.ids)] == self.ids
 
 
 class DecodeScheduler:
-    def __init__(self, model: Any, *, eos_ids: set[int], max_batch_size: int) -> None:
+    def __init__(
+        self, model: Any, *, eos_ids: set[int], max_batch_size: int, prefix_ids: list[int]
+    ) -> None:
         self._model = model
         self._eos_ids = eos_ids
-        self.max_batch_size = max_batch_size if can_batch(model) else 1
+        batchable = can_batch(model)
+        self.max_batch_size = max_batch_size if batchable else 1
+        # Two tokens at least (one gives no log-prob to reuse); plain caches only (copied).
+        self._prefix_ids = prefix_ids if batchable and len(prefix_ids) >= 2 else []
+        self._prefix: PromptPrefix | None = None
         self.stats = DecodeStats()
         self._condition = threading.Condition()
         self._waiting: FairQueue[DecodeRequest] = FairQueue()
@@ -143,9 +176,7 @@ class DecodeScheduler:
             request.done.set()
             return
         try:
-            output = self._model(torch.tensor([request.input_ids]), use_cache=True)
-            logits = output.logits[0]
-            request.prefill_logprobs = _prompt_logprobs(request.input_ids, logits)
+            cache, logits = self._prefill(request)
             ended = request.max_new_tokens <= 0 or self._choose([request], logits[-1:])[0]
         except Exception as exc:  # this prompt cannot run; the others go on
             log.exception("prefill_failed", input_tokens=len(request.input_ids))
@@ -154,7 +185,28 @@ class DecodeScheduler:
         if ended:
             request.done.set()
         else:
-            batch.join(request, output.cache, length=len(request.input_ids))
+            batch.join(request, cache, length=len(request.input_ids))
+
+    def _prefill(self, request: DecodeRequest) -> tuple[Any, torch.Tensor]:
+        """Run the prompt (after the shared prefix, when it starts with it), set its log-probs;
+        its cache, and the logits of its last position."""
+        ids = request.input_ids
+        if self._prefix_ids and self._prefix is None:
+            self._prefix = PromptPrefix.run(self._model, self._prefix_ids)
+        prefix = self._prefix
+        if prefix is None or not prefix.starts(ids):
+            output = self._model(torch.tensor([ids]), use_cache=True)
+            request.prefill_logprobs = _prompt_logprobs(ids, output.logits[0])
+            return output.cache, output.logits[0]
+        rest = ids[len(prefix.ids) :]
+        self.stats.prefix_reused += 1
+        output = self._model(
+            torch.tensor([rest]), cache=copy.deepcopy(prefix.cache), use_cache=True
+        )
+        # The logits before each of the rest's tokens: the prefix's last, then the rest's own.
+        logits = torch.cat([prefix.next_logits.unsqueeze(0), output.logits[0]])
+        request.prefill_logprobs = prefix.logprobs + _scores(logits[:-1], rest)
+        return output.cache, logits
 
     def _step(self, batch: DecodeBatch[DecodeRequest]) -> None:
         self.stats.steps += 1
@@ -199,7 +251,11 @@ def _prompt_logprobs(input_ids: list[int], logits: torch.Tensor) -> list[float]:
     """Each prompt token's log-prob given the tokens before it (the first has none)."""
     if len(input_ids) < 2:
         return []
-    logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)
-    targets = torch.tensor(input_ids[1:]).unsqueeze(1)
-    scores: list[float] = logprobs.gather(1, targets).squeeze(1).tolist()
-    return scores
+    return _scores(logits[:-1], input_ids[1:])
+
+
+def _scores(logits: torch.Tensor, targets: list[int]) -> list[float]:
+    """The log-prob of each target under its row of ``logits``."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    picked: list[float] = logprobs.gather(1, torch.tensor(targets).unsqueeze(1)).squeeze(1).tolist()
+    return picked

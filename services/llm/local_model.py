@@ -40,8 +40,21 @@ class LocalModel:
         self.max_total_tokens = int(getattr(self.model.config, "max_position_embeddings", 2048))
         # One thread owns the model and decodes the running requests together.
         self.decoder = DecodeScheduler(
-            self.model, eos_ids=self.eos_ids, max_batch_size=max_batch_size
+            self.model,
+            eos_ids=self.eos_ids,
+            max_batch_size=max_batch_size,
+            prefix_ids=self._template_prefix(),
         )
+
+    def _template_prefix(self) -> list[int]:
+        """The tokens the chat template puts before every prompt (none without a template)."""
+        if not self.use_chat_template:
+            return []
+        first, second = self.encode("a"), self.encode("b")
+        shared = 0
+        while shared < min(len(first), len(second)) and first[shared] == second[shared]:
+            shared += 1
+        return first[:shared]
 
     def encode(self, prompt: str) -> list[int]:
         """Token ids of the prompt, wrapped in the model's chat template when it has one."""
