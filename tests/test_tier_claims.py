@@ -56,7 +56,9 @@ def test_a_queued_query_is_claimed_for_the_small_tier(tenant_id: uuid.UUID) -> N
     query_id = make_query(tenant_id, prompt="What is 2+2?", choices=["3", "4"])
     before = utcnow()
     claim = claim_for_tier(query_id, Tier.SMALL, claim_settings())
-    assert claim == Claim(prompt="What is 2+2?", max_new_tokens=16, choices=["3", "4"])
+    assert claim == Claim(
+        prompt="What is 2+2?", max_new_tokens=16, choices=["3", "4"], tenant_id=tenant_id
+    )
     query = stored(query_id)
     assert query.status == QueryStatus.RUNNING
     assert query.delivery_attempts == 1
