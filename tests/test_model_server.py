@@ -11,6 +11,7 @@ import pytest
 from huggingface_hub import InferenceClient
 from huggingface_hub.errors import ValidationError
 
+from services.llm.base import CallContext
 from services.llm.labels import continuation
 from services.llm.local_model import LocalBackend, LocalModel
 from services.llm.margin import first_token_margin
@@ -214,3 +215,14 @@ def test_labels_are_counted_without_the_chat_template_that_leaves_them_unscored(
     assert counts == [local.label_token_count(label) for label in labels]
     assert scores.logprobs is None
     assert scores.input_tokens == len(model.encode(continuation(PROMPT, labels[0])))
+
+
+def test_the_worker_client_takes_turns_by_tenant_at_the_model_server(
+    model_server: ServerThread, model: LocalModel
+) -> None:
+    """A distributed worker's call names its tenant; the model-server takes turns by it."""
+    with TGIBackend(
+        url=model_server.url, model="smollm2-q4", timeout_s=60, top_n_tokens=5, attempts=1
+    ) as client:
+        client.generate(PROMPT, max_new_tokens=2, context=CallContext(fairness_key="tenant-7"))
+    assert model.decoder.stats.admitted[-1] == "tenant-7"

@@ -76,7 +76,9 @@ class HttpBackend:
     def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return self.post(path, body).body
 
-    def post(self, path: str, body: dict[str, Any]) -> ServerAnswer:
+    def post(
+        self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> ServerAnswer:
         """POST with retries of failures, waiting out overload for up to the patience."""
         overload = Retrying(
             retry=retry_if_exception_type(ModelOverloaded),
@@ -84,20 +86,24 @@ class HttpBackend:
             wait=wait_out_overload,
             reraise=True,
         )
-        return overload(self._post_with_retries, path, body)
+        return overload(self._post_with_retries, path, body, headers)
 
-    def _post_with_retries(self, path: str, body: dict[str, Any]) -> ServerAnswer:
+    def _post_with_retries(
+        self, path: str, body: dict[str, Any], headers: dict[str, str] | None
+    ) -> ServerAnswer:
         failures = Retrying(
             retry=retry_if_exception(_is_failure),
             stop=stop_after_attempt(self.attempts),
             wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
             reraise=True,
         )
-        return failures(self._post_once, path, body)
+        return failures(self._post_once, path, body, headers)
 
-    def _post_once(self, path: str, body: dict[str, Any]) -> ServerAnswer:
+    def _post_once(
+        self, path: str, body: dict[str, Any], headers: dict[str, str] | None
+    ) -> ServerAnswer:
         try:
-            response = self._client.post(path, json=body)
+            response = self._client.post(path, json=body, headers=headers)
         except httpx.TransportError as exc:
             raise TransientModelError(f"{self.model}: {type(exc).__name__}: {exc}") from exc
         if response.status_code == 200:

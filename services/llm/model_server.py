@@ -36,6 +36,7 @@ from pydantic import ValidationError
 
 from services.llm.local_model import LocalModel
 from services.llm.tgi_wire import (
+    FAIRNESS_HEADER,
     DetailedGeneration,
     GenerateRequest,
     ServerLimits,
@@ -50,7 +51,6 @@ from services.llm.tgi_wire import (
 VERSION = "twotier-model-server"
 # Requests that name a key here (a tenant) take turns by it when more wait than the batch
 # holds; those without one wait first come, first served.
-FAIRNESS_HEADER = "x-fairness-key"
 
 
 class ServerMetrics:

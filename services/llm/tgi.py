@@ -48,7 +48,7 @@ from services.llm.base import (
 )
 from services.llm.http_backend import HttpBackend
 from services.llm.labels import continuation
-from services.llm.tgi_wire import PROMPT_TOKENS_HEADER
+from services.llm.tgi_wire import FAIRNESS_HEADER, PROMPT_TOKENS_HEADER
 from services.llm.token_count import estimate_tokens
 
 # After a server answered a scoring call without a prefill, it is asked again only this much
@@ -90,8 +90,10 @@ class TGIBackend(HttpBackend):
         *,
         max_new_tokens: int,
         top_n_tokens: int | None = None,
-        context: CallContext | None = None,  # the server schedules its calls itself
+        context: CallContext | None = None,
     ) -> Generation:
+        """The server schedules the call itself; the context's fairness key goes along for a
+        server that takes turns by it (``twotier model-server``)."""
         body = {
             "inputs": prompt,
             "parameters": {
@@ -102,7 +104,8 @@ class TGIBackend(HttpBackend):
                 "top_n_tokens": top_n_tokens or self.top_n_tokens,
             },
         }
-        answer = self.post("generate", body)
+        key = context.fairness_key if context else ""
+        answer = self.post("generate", body, {FAIRNESS_HEADER: key} if key else None)
         generation = parse_generate_response(answer.body)
         reported = prompt_tokens_reported(answer.headers, generation)
         if reported is not None:

@@ -159,6 +159,9 @@ def tokenize_body(ids: list[int], pieces: list[str]) -> list[dict[str, Any]]:
 
 
 PROMPT_TOKENS_HEADER = "x-prompt-tokens"
+# Whom a call is for: `twotier model-server` takes turns between its values when more calls
+# wait than its batch holds (TGI itself ignores it).
+FAIRNESS_HEADER = "x-fairness-key"
 
 
 def count_headers(*, input_tokens: int, generated_tokens: int) -> dict[str, str]:
