@@ -21,7 +21,7 @@ from services.models import BudgetPeriod, ModelCall, Query, Tenant, utcnow
 from services.settings import Settings
 from services.tenants import set_budget
 from tests.celery_workers import CeleryBeat, CeleryWorker
-from tests.conftest import TenantApi
+from tests.conftest import TenantApi, forget_earlier_work
 from tests.scripted_tgi import ScriptedTGI
 from tests.waiting import wait_for
 
@@ -37,6 +37,13 @@ DEFAULT_RECOVERY = {
     )
 }
 TARGET_S = 60
+
+
+@pytest.fixture(autouse=True)
+def no_earlier_backlog() -> None:
+    """Each test counts and times its own queries: none that earlier modules left unfinished
+    (the sweep would send those again, into this test's queue and worker)."""
+    forget_earlier_work()
 
 
 @pytest.fixture

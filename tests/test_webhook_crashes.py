@@ -15,7 +15,7 @@ from sqlalchemy import select
 from services.db import session_scope
 from services.models import DeliveryStatus, WebhookDelivery
 from tests.celery_workers import CeleryBeat, CeleryWorker
-from tests.conftest import TenantApi
+from tests.conftest import TenantApi, forget_earlier_work
 from tests.scripted_tgi import ScriptedTGI
 from tests.test_webhooks import add_endpoint
 from tests.waiting import wait_for
@@ -25,6 +25,7 @@ from tests.webhook_receiver import WebhookReceiver
 @pytest.fixture(scope="module")
 def query_worker(log_dir: Path) -> Iterator[CeleryWorker]:
     """Answers queries but sends no webhooks: those wait for the worker a test starts."""
+    forget_earlier_work()
     process = CeleryWorker(
         f"queries-{uuid.uuid4().hex[:6]}", log_dir=log_dir, queues="small,large,maintenance"
     ).start()
