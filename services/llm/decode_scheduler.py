@@ -205,7 +205,7 @@ class DecodeScheduler:
         )
         # The logits before each of the rest's tokens: the prefix's last, then the rest's own.
         logits = torch.cat([prefix.next_logits.unsqueeze(0), output.logits[0]])
-        request.prefill_logprobs = prefix.logprobs + _scores(logits[:-1], rest)
+        request.prefill_logprobs = prefix.logprobs + token_logprobs(logits[:-1], rest)
         return output.cache, logits
 
     def _step(self, batch: DecodeBatch[DecodeRequest]) -> None:
@@ -251,10 +251,10 @@ def _prompt_logprobs(input_ids: list[int], logits: torch.Tensor) -> list[float]:
     """Each prompt token's log-prob given the tokens before it (the first has none)."""
     if len(input_ids) < 2:
         return []
-    return _scores(logits[:-1], input_ids[1:])
+    return token_logprobs(logits[:-1], input_ids[1:])
 
 
-def _scores(logits: torch.Tensor, targets: list[int]) -> list[float]:
+def token_logprobs(logits: torch.Tensor, targets: list[int]) -> list[float]:
     """The log-prob of each target under its row of ``logits``."""
     logprobs = torch.log_softmax(logits.float(), dim=-1)
     picked: list[float] = logprobs.gather(1, torch.tensor(targets).unsqueeze(1)).squeeze(1).tolist()

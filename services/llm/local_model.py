@@ -16,7 +16,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from services.llm.base import CallContext, Generation, LabelScores, TokenCandidate
-from services.llm.decode_scheduler import DEFAULT_MAX_BATCH_SIZE, DecodeRequest, DecodeScheduler
+from services.llm.decode_scheduler import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DecodeRequest,
+    DecodeScheduler,
+    token_logprobs,
+)
 from services.llm.labels import continuation
 from services.llm.tgi_wire import DetailedGeneration, WireToken
 
@@ -115,9 +120,7 @@ class LocalModel:
                 output = self.model(
                     torch.tensor([input_ids + tokens]), logits_to_keep=len(tokens) + 1
                 )
-                logprobs = torch.log_softmax(output.logits[0, :-1].float(), dim=-1)
-                picked = logprobs.gather(1, torch.tensor(tokens).unsqueeze(1))
-                scores.append(float(picked.sum()))
+                scores.append(sum(token_logprobs(output.logits[0, :-1], tokens)))
         return scores
 
     def _prefill(self, input_ids: list[int], logprobs: list[float]) -> list[WireToken]:
