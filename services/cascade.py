@@ -251,6 +251,7 @@ def _decide(
     query.threshold = decision.threshold
     query.threshold_version = decision.threshold_version
     query.threshold_rank_error = decision.rank_error
+    query.threshold_window = decision.window
     query.target_escalation_rate = decision.target_escalation_rate
     query.decision = decision.reason
     escalate = decision.escalate and lifecycle.escalate(
@@ -268,6 +269,14 @@ def _decide(
         threshold=decision.threshold,
         threshold_version=decision.threshold_version,
         target_escalation_rate=decision.target_escalation_rate,
+    )
+    metrics.observe_drift(
+        tenant_id=str(query.tenant_id),
+        model_pair=pair,
+        task=query.task_label,
+        reading=decision.drift,
+        drifting=decision.drift_state == "drift",
+        detected=decision.drift_detected,
     )
     if escalate:
         return TierResult(Outcome.ESCALATE)  # the caller enqueues the large tier

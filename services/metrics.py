@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 
 from services.db import after_commit, session_scope
 from services.models import Query, QueryStatus, Tier
+from services.threshold_window import DriftReading
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +74,37 @@ TARGET_ESCALATION_RATE = Gauge(
     "query).",
     ["tenant", "model_pair", "task"],
     multiprocess_mode="mostrecent",
+)
+REALISED_ESCALATION_RATE = Gauge(
+    "twotier_threshold_realised_escalation_rate",
+    "Share of the scope's last N decisions (TWOTIER_THRESHOLD_WINDOW) that escalated; set once "
+    "N decisions follow the warm-up.",
+    ["tenant", "model_pair", "task"],
+    multiprocess_mode="mostrecent",
+)
+WINDOW_TARGET_RATE = Gauge(
+    "twotier_threshold_window_target_rate",
+    "The mean target escalation rate of the same N decisions.",
+    ["tenant", "model_pair", "task"],
+    multiprocess_mode="mostrecent",
+)
+MARGIN_PSI = Gauge(
+    "twotier_threshold_margin_psi",
+    "Population stability index of the scope's last N margins against its long-run sketch "
+    "(0.1: some shift, 0.25: a major one).",
+    ["tenant", "model_pair", "task"],
+    multiprocess_mode="mostrecent",
+)
+DRIFTING = Gauge(
+    "twotier_threshold_drifting",
+    "1 while the scope is in drift (TWOTIER_THRESHOLD_DRIFT_*), else 0.",
+    ["tenant", "model_pair", "task"],
+    multiprocess_mode="mostrecent",
+)
+DRIFT_DETECTED = Counter(
+    "twotier_threshold_drift_detected",
+    "Times a scope moved into drift (each also sends a threshold.drift_detected webhook).",
+    ["tenant", "model_pair", "task"],
 )
 MARGIN_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 MARGIN = Histogram(
@@ -139,6 +171,25 @@ def observe_decision(
         THRESHOLD.labels(**scope).set(threshold)
     THRESHOLD_VERSION.labels(**scope).set(threshold_version)
     TARGET_ESCALATION_RATE.labels(**scope).set(target_escalation_rate)
+
+
+def observe_drift(
+    *,
+    tenant_id: str,
+    model_pair: str,
+    task: str | None,
+    reading: DriftReading | None,
+    drifting: bool,
+    detected: bool,
+) -> None:
+    scope = {"tenant": tenant_id, "model_pair": model_pair, "task": task or ""}
+    DRIFTING.labels(**scope).set(int(drifting))
+    if reading is not None:
+        REALISED_ESCALATION_RATE.labels(**scope).set(reading.realised_escalation_rate)
+        WINDOW_TARGET_RATE.labels(**scope).set(reading.target_escalation_rate)
+        MARGIN_PSI.labels(**scope).set(reading.psi)
+    if detected:
+        DRIFT_DETECTED.labels(**scope).inc()
 
 
 def observe_margin(margin: float, *, model_pair: str, kind: str) -> None:

@@ -78,6 +78,7 @@ def placeholders(serve: ServeProcess, receiver: WebhookReceiver) -> dict[str, st
         "<id>": query["id"],
         "<tenant id>": demo["id"],
         "<endpoint id>": endpoint["id"],
+        "<scope>": str(query["threshold_scope"]),
         WEBHOOK_RECEIVER: receiver.url,
     }
 

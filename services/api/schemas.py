@@ -132,6 +132,15 @@ class QueryView(BaseModel):
         description="Bound on how far the threshold's rank in the history may be from the "
         "target rate (a share of the history; 0: the exact quantile)."
     )
+    threshold_window: int | None = Field(
+        default=None,
+        description="The threshold was read from the scope's last this-many margins "
+        "(TWOTIER_THRESHOLD_HISTORY=window); null: from all of them.",
+    )
+    threshold_scope: int | None = Field(
+        default=None,
+        description="The threshold scope the margin joined: `GET /v1/thresholds/{scope}/history`.",
+    )
     target_escalation_rate: float | None
     decision: str | None = Field(
         description="`warmup`, `below_threshold` (escalated), `at_or_above_threshold`, "
@@ -161,6 +170,8 @@ class QueryView(BaseModel):
             threshold=query.threshold,
             threshold_version=query.threshold_version,
             threshold_rank_error=query.threshold_rank_error,
+            threshold_window=query.threshold_window,
+            threshold_scope=query.scope_id,
             target_escalation_rate=query.target_escalation_rate,
             decision=query.decision,
             cost=QueryCost(total=small + large, small=small, large=large),

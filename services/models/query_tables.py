@@ -62,6 +62,16 @@ class ThresholdScope(Base):
     task_label: Mapped[str] = mapped_column(String(100))
     margin_count: Mapped[int] = mapped_column(Integer, default=0)
     sketch: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The last N margins with their decisions (services.threshold_window.RecentDecisions), and
+    # what the latest decision read: the audit API and the drift alert show these.
+    recent: Mapped[bytes | None] = mapped_column(LargeBinary)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    target_escalation_rate: Mapped[float | None] = mapped_column(Float)
+    realised_escalation_rate: Mapped[float | None] = mapped_column(Float)
+    margin_psi: Mapped[float | None] = mapped_column(Float)
+    drift_state: Mapped[str] = mapped_column(String(8), default="ok")
+    drift_changed_at: Mapped[datetime | None] = mapped_column()
+    updated_at: Mapped[datetime | None] = mapped_column()
 
 
 class MarginRecord(Base):
@@ -113,6 +123,7 @@ class Query(Base):
     threshold: Mapped[float | None] = mapped_column(Float)
     threshold_version: Mapped[int | None] = mapped_column(Integer)
     threshold_rank_error: Mapped[float | None] = mapped_column(Float)
+    threshold_window: Mapped[int | None] = mapped_column(Integer)  # None: all of H
     target_escalation_rate: Mapped[float | None] = mapped_column(Float)
     decision: Mapped[str | None] = mapped_column(String(32))
     error_code: Mapped[str | None] = mapped_column(String(64))

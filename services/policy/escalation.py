@@ -22,6 +22,8 @@ from services.models import Query, Tenant
 from services.policy.rates import target_escalation_rate
 from services.settings import Settings
 from services.threshold import Reason
+from services.threshold_window import DriftLimits, DriftReading, DriftState
+from services.webhooks import events
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,10 @@ class PolicyDecision:
     threshold: float | None  # None during the warm-up
     threshold_version: int
     rank_error: float | None
+    window: int | None  # the last N margins the threshold was read from; None: all of H
+    drift: DriftReading | None  # the scope's recent traffic against its long run
+    drift_state: DriftState
+    drift_detected: bool  # this decision moved the scope into "drift"
     scope_id: int
     model_pair: str
     reason: Reason
@@ -77,7 +83,10 @@ def decide(
         target_escalation_rate=rate,
         warmup=settings.warmup_queries,
         sketch_k=settings.threshold_sketch_k,
+        rule=history_rule(settings),
     )
+    if decision.drift_detected and decision.drift is not None:
+        _alert_drift(session, query, settings, decision, decision.drift)
     return PolicyDecision(
         margin=margin,
         answer=answer,
@@ -85,10 +94,54 @@ def decide(
         threshold=decision.threshold,
         threshold_version=decision.threshold_version,
         rank_error=decision.rank_error,
+        window=decision.window,
+        drift=decision.drift,
+        drift_state=decision.drift_state,
+        drift_detected=decision.drift_detected,
         scope_id=decision.scope_id,
         model_pair=pair,
         reason=decision.reason,
         escalate=decision.escalate,
+    )
+
+
+def _alert_drift(
+    session: Session,
+    query: Query,
+    settings: Settings,
+    decision: threshold.Decision,
+    reading: DriftReading,
+) -> None:
+    """Tell the tenant's webhooks that the scope's recent traffic left its long run."""
+    events.record_event(
+        session,
+        tenant_id=query.tenant_id,
+        event_type=events.EventType.THRESHOLD_DRIFT_DETECTED,
+        data=lambda: {
+            "scope_id": decision.scope_id,
+            "model_pair": settings.model_pair,
+            "task": query.task_label,
+            "history": settings.threshold_history,
+            "window": settings.threshold_window,
+            "threshold": decision.threshold,
+            "threshold_version": decision.threshold_version,
+            "target_escalation_rate": reading.target_escalation_rate,
+            "realised_escalation_rate": reading.realised_escalation_rate,
+            "margin_psi": reading.psi,
+            "query_id": str(query.id),
+        },
+    )
+
+
+def history_rule(settings: Settings) -> threshold.HistoryRule:
+    """The margins a threshold is read from and the drift limits, from the settings."""
+    return threshold.HistoryRule(
+        history=settings.threshold_history,
+        window=settings.threshold_window,
+        drift=DriftLimits(
+            rate_tolerance=settings.threshold_drift_rate_tolerance,
+            psi=settings.threshold_drift_psi,
+        ),
     )
 
 

@@ -39,6 +39,32 @@ class AnswerSettings(BaseModel):
         description="k of a new scope's KLL sketch: exact up to k margins, then a normalised "
         "rank error of about 2.3 / k^0.97 (0.7 % at 400).",
     )
+    threshold_history: Literal["all", "window"] = Field(
+        default="all",
+        description="The margins the threshold is the p-quantile of: every margin of the scope "
+        "(the paper) or the last TWOTIER_THRESHOLD_WINDOW (follows a shift in traffic).",
+    )
+    threshold_window: int = Field(
+        default=1000,
+        ge=10,
+        le=20_000,
+        description="N: the recent decisions of a scope kept to measure drift (and to read "
+        "the threshold from, under TWOTIER_THRESHOLD_HISTORY=window). 12 bytes each, in the "
+        "scope's row.",
+    )
+    threshold_drift_rate_tolerance: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="Drift: the realised escalation rate of the last N decisions is further "
+        "than this from their target.",
+    )
+    threshold_drift_psi: float = Field(
+        default=0.25,
+        gt=0,
+        description="Drift: the population stability index of the last N margins against the "
+        "scope's long run is above this (0.1: some shift, 0.25: a major one).",
+    )
     default_target_escalation_rate: float = Field(default=0.3, ge=0, le=1)
 
     # Room for a one- or two-sentence answer ("The capital of France is Paris." is 8 tokens with

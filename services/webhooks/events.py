@@ -37,6 +37,7 @@ class EventType(enum.StrEnum):
     QUERY_CANCELLED = "query.cancelled"
     BUDGET_SOFT_LIMIT_CROSSED = "budget.soft_limit_crossed"
     BUDGET_EXHAUSTED = "budget.exhausted"
+    THRESHOLD_DRIFT_DETECTED = "threshold.drift_detected"
 
 
 # Fields left out of the payload for endpoints that ask for thin payloads.
