@@ -12,7 +12,13 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services import metrics
-from services.api import admin_routes, query_routes, usage_routes, webhook_routes
+from services.api import (
+    admin_routes,
+    openai_routes,
+    query_routes,
+    usage_routes,
+    webhook_routes,
+)
 from services.api.access_log import AccessLog
 from services.api.body_encoding import JsonBody, Utf8Body
 from services.api.body_limit import RequestBodyLimit
@@ -59,6 +65,7 @@ def create_app(dispatcher: Dispatcher, *, lifespan: Lifespan | None = None) -> F
     app.include_router(admin_routes.router)
     app.include_router(usage_routes.router)
     app.include_router(webhook_routes.router)
+    app.include_router(openai_routes.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
