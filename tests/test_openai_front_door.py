@@ -337,3 +337,31 @@ def test_an_idempotency_key_answers_with_the_same_query(
     )
     assert first.id == again.id
     assert small_tgi.calls[prompt] == 1
+
+
+def test_a_conversation_is_one_prompt_naming_its_speakers_and_twotier_fields_ride_along(
+    make_tenant: Callable[..., TenantApi],
+    sdk: Callable[[str], openai.OpenAI],
+    small_tgi: ScriptedTGI,
+    unique: Callable[[str], str],
+) -> None:
+    tenant = make_tenant()
+    question = unique("And in French?")
+    prompt = f"System: Be brief.\n\nUser: Say hello.\n\nAssistant: Hello.\n\nUser: {question}"
+    small_tgi.script(prompt, answer="Bonjour", margin=0.9)
+    raw = sdk(tenant.api_key).chat.completions.with_raw_response.create(
+        model="twotier",
+        messages=[
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Say hello."},
+            {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": [{"type": "text", "text": question}]},
+        ],
+        metadata={"ticket": "81"},
+        extra_body={"twotier": {"task": "greetings"}},
+    )
+    assert raw.parse().choices[0].message.content == "Bonjour"
+    with session_scope() as session:
+        stored = session.get_one(Query, uuid.UUID(raw.headers["x-twotier-query-id"]))
+        assert (stored.prompt, stored.task_label) == (prompt, "greetings")
+        assert stored.request_metadata == {"ticket": "81"}
