@@ -95,3 +95,44 @@ class ServiceOverloaded(TwotierError):
     def __init__(self, message: str, *, retry_after_s: int) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class InvalidParameter(InvalidRequest):
+    """One parameter of a request in OpenAI's format is invalid, or one the cascade cannot
+    honour; ``param`` names it as OpenAI does (``messages[0].content``)."""
+
+    def __init__(self, message: str, *, param: str | None, code: str) -> None:
+        super().__init__(message, details={"param": param})
+        self.param = param
+        self.code = code
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class QueryFailed(TwotierError):
+    """A synchronous call's query failed; ``code`` is the query's own error code."""
+
+    def __init__(self, message: str, *, code: str, query_id: str) -> None:
+        super().__init__(message, details={"query_id": query_id})
+        self.code = code
+
+
+class QueryCancelled(TwotierError):
+    """A synchronous call's query was cancelled (``DELETE /v1/queries/{id}``) while it waited."""
+
+    code = "query_cancelled"
+
+    def __init__(self, message: str, *, query_id: str) -> None:
+        super().__init__(message, details={"query_id": query_id})
+
+
+class AnswerNotReady(TwotierError):
+    """A synchronous call waited its limit and the query has not finished; it goes on, and
+    its answer can be polled."""
+
+    code = "query_not_finished"
+
+    def __init__(self, message: str, *, query_id: str) -> None:
+        super().__init__(message, details={"query_id": query_id})

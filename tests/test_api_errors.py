@@ -37,6 +37,13 @@ DOMAIN_ERRORS: dict[str, errors.TwotierError] = {
     "webhook_url_unresolvable": errors.WebhookUrlUnresolvable("no such host"),
     "webhook_not_replayable": errors.WebhookNotReplayable("pending"),
     "overloaded": errors.ServiceOverloaded("busy", retry_after_s=3),
+    "unsupported_value": errors.InvalidParameter(
+        "n must be 1", param="n", code="unsupported_value"
+    ),
+    "model_not_found": errors.ModelNotFound("no such model", details={"param": "model"}),
+    "model_error": errors.QueryFailed("it failed", code="model_error", query_id="q-1"),
+    "query_cancelled": errors.QueryCancelled("cancelled", query_id="q-1"),
+    "query_not_finished": errors.AnswerNotReady("still running", query_id="q-1"),
 }
 EXPECTED_STATUS = {
     "invalid_request": 422,
@@ -54,7 +61,19 @@ EXPECTED_STATUS = {
     "webhook_url_unresolvable": 422,
     "webhook_not_replayable": 409,
     "overloaded": 503,
+    "unsupported_value": 400,
+    "model_not_found": 404,
+    "model_error": 502,
+    "query_cancelled": 409,
+    "query_not_finished": 504,
 }
+# On the OpenAI-compatible routes (docs/openai.md): OpenAI's statuses and codes where they differ.
+OPENAI_STATUS = {
+    **{code: 400 if status == 422 else status for code, status in EXPECTED_STATUS.items()},
+    "budget_exceeded": 429,
+}
+OPENAI_CODES = {"budget_exceeded": "insufficient_quota", "rate_limited": "rate_limit_exceeded"}
+RETRIED_BY_THE_SDK = {"rate_limited", "overloaded"}
 
 
 class UnmappedError(errors.TwotierError):
@@ -73,6 +92,14 @@ def small_app() -> FastAPI:
     @app.get("/domain/{code}")
     def domain(code: str) -> None:
         raise DOMAIN_ERRORS[code]
+
+    @app.get("/v1/models/{code}")
+    def on_an_openai_route(code: str) -> None:
+        raise DOMAIN_ERRORS[code]
+
+    @app.post("/v1/completions")
+    def create_completion(item: Item) -> Item:
+        return item
 
     @app.get("/unmapped")
     def unmapped() -> None:
@@ -141,6 +168,33 @@ def test_each_domain_error_maps_to_its_status_and_stable_code(
     error = error_of(response)
     assert error["code"] == code
     assert error["message"] == DOMAIN_ERRORS[code].message
+
+
+@pytest.mark.parametrize("code", sorted(DOMAIN_ERRORS))
+def test_on_the_openai_routes_each_domain_error_has_openais_shape(
+    client: TestClient, code: str
+) -> None:
+    response = client.get(f"/v1/models/{code}")
+    assert response.status_code == OPENAI_STATUS[code]
+    error = response.json()["error"]
+    assert {"message", "type", "param", "code"} <= set(error)
+    assert (error["code"], error["message"]) == (
+        OPENAI_CODES.get(code, code),
+        DOMAIN_ERRORS[code].message,
+    )
+    assert (response.headers.get("x-should-retry") != "false") == (code in RETRIED_BY_THE_SDK)
+    if code in {"unsupported_value", "model_not_found"}:
+        assert error["param"] in {"n", "model"}
+
+
+def test_on_the_openai_routes_a_validation_error_is_400_naming_the_parameter(
+    client: TestClient,
+) -> None:
+    response = client.post("/v1/completions", json={"count": 0, "name": "x"})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert (error["param"], error["code"]) == ("count", "invalid_value")
 
 
 def test_a_domain_errors_details_reach_the_client(client: TestClient) -> None:

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from services import metrics
 from services.api import (
     admin_routes,
+    openai_routes,
     query_routes,
     threshold_routes,
     usage_routes,
@@ -66,6 +67,7 @@ def create_app(dispatcher: Dispatcher, *, lifespan: Lifespan | None = None) -> F
     app.include_router(usage_routes.router)
     app.include_router(webhook_routes.router)
     app.include_router(threshold_routes.router)
+    app.include_router(openai_routes.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

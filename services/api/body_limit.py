@@ -59,6 +59,7 @@ class RequestBodyLimit:
             str(refused.detail),
             details=refused.details,
             headers={"Connection": "close"},
+            path=scope.get("path", ""),
         )
         await response(scope, receive, send)
 

@@ -15,7 +15,9 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from services import errors
+from services.api.openai_routes import speaks_openai
 from services.api.schemas import ErrorBody
+from services.openai_wire.errors import invalid_parameter, openai_error
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +37,11 @@ HTTP_STATUS = {
     errors.WebhookUrlUnresolvable: 422,
     errors.WebhookNotReplayable: 409,
     errors.ServiceOverloaded: 503,
+    errors.InvalidParameter: 400,
+    errors.ModelNotFound: 404,
+    errors.QueryFailed: 502,
+    errors.QueryCancelled: 409,
+    errors.AnswerNotReady: 504,
 }
 
 HTTP_CODES = {
@@ -81,7 +88,18 @@ def error_response(
     message: str,
     details: Any = None,
     headers: Mapping[str, str] | None = None,
+    *,
+    path: str = "",
 ) -> JSONResponse:
+    """The error in the API's one shape, or in OpenAI's on the OpenAI-compatible routes
+    (``path``: the request's)."""
+    if speaks_openai(path):
+        shaped = openai_error(status, code, message, details)
+        return JSONResponse(
+            status_code=shaped.status,
+            content=shaped.body,
+            headers={**(headers or {}), **shaped.headers},
+        )
     body = {"error": {"code": code, "message": message, "details": details}}
     return JSONResponse(status_code=status, content=body, headers=headers)
 
@@ -103,15 +121,17 @@ def allowed_methods(request: Request) -> list[str]:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(errors.TwotierError)
-    async def _domain_error(_: Request, exc: errors.TwotierError) -> JSONResponse:
+    async def _domain_error(request: Request, exc: errors.TwotierError) -> JSONResponse:
         status = HTTP_STATUS.get(type(exc), 400)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         if isinstance(exc, errors.RateLimited | errors.ServiceOverloaded):
             headers = {"Retry-After": str(exc.retry_after_s)}
-        return error_response(status, exc.code, exc.message, exc.details, headers)
+        path = request.url.path
+        return error_response(status, exc.code, exc.message, exc.details, headers, path=path)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        path = request.url.path
         unparsable = [e for e in exc.errors() if e["type"] == "json_invalid"]
         if unparsable:
             error = unparsable[0]
@@ -119,7 +139,10 @@ def install_error_handlers(app: FastAPI) -> None:
             message = (
                 f"the request body is not valid JSON: {reason} at character {error['loc'][-1]}"
             )
-            return error_response(400, "bad_request", message)
+            return error_response(400, "bad_request", message, path=path)
+        if speaks_openai(path):
+            invalid = invalid_parameter(exc.errors())
+            return error_response(400, invalid.code, invalid.message, invalid.details, path=path)
         details = [
             {"location": list(e["loc"]), "message": e["msg"], "type": e["type"]}
             for e in exc.errors()
@@ -136,29 +159,35 @@ def install_error_handlers(app: FastAPI) -> None:
             allowed = allowed_methods(request)
             headers = {**(headers or {}), "Allow": ", ".join(allowed)}
             details = {"allowed_methods": allowed}
-        return error_response(exc.status_code, code, str(exc.detail), details, headers)
+        return error_response(
+            exc.status_code, code, str(exc.detail), details, headers, path=request.url.path
+        )
 
     @app.exception_handler(OperationalError)
-    async def _database_down(_: Request, exc: OperationalError) -> JSONResponse:
+    async def _database_down(request: Request, exc: OperationalError) -> JSONResponse:
         log.error("database_unavailable", error=str(exc.orig))
         return error_response(
             503,
             "database_unavailable",
             "the database is unreachable; retry shortly",
             headers={"Retry-After": "5"},
+            path=request.url.path,
         )
 
     @app.exception_handler(PoolTimeout)
-    async def _no_connection(_: Request, exc: PoolTimeout) -> JSONResponse:
+    async def _no_connection(request: Request, exc: PoolTimeout) -> JSONResponse:
         log.warning("database_pool_exhausted", error=str(exc))
         return error_response(
             503,
             "overloaded",
             "no database connection was free; retry shortly",
             headers={"Retry-After": "1"},
+            path=request.url.path,
         )
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled_error")
-        return error_response(500, "internal_error", "an unexpected error occurred")
+        return error_response(
+            500, "internal_error", "an unexpected error occurred", path=request.url.path
+        )

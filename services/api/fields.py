@@ -23,6 +23,8 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from services.storable import storable_text
+
 
 def json_number(value: Any) -> Any:
     """Refuse what is not a JSON number before pydantic's lax integer parsing sees it."""
@@ -43,19 +45,6 @@ def naming_text(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be blank")
     return storable_text(text)
-
-
-def storable_text(text: str) -> str:
-    """Refuse what PostgreSQL cannot store: its text type holds no NUL character, and UTF-8
-    no unpaired surrogate (JSON allows both, as ``\\u0000`` and ``\\ud800``)."""
-    if "\x00" in text:
-        raise ValueError("must not contain the NUL character (\\u0000)")
-    if not text.isascii():
-        try:
-            text.encode()
-        except UnicodeEncodeError as exc:
-            raise ValueError("must be valid Unicode: it holds an unpaired surrogate") from exc
-    return text
 
 
 METADATA_MAX_DEPTH = 32

@@ -6,22 +6,20 @@ import time
 import uuid
 from typing import Annotated, Any
 
-import structlog
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from sqlalchemy.orm import Session
 
-from services import lifecycle, metrics, queries
+from services import queries
 from services.accounting import costs_by_query
 from services.api.access_log import arrived_at
 from services.api.deps import SettingsDep, TenantDep
 from services.api.error_responses import ERROR_RESPONSES
 from services.api.long_poll import read_until_finished
 from services.api.schemas import ErrorBody, QueryCreate, QueryList, QueryView
-from services.errors import BudgetExceeded
-from services.models import TERMINAL_STATUSES, QueryStatus, Tenant, Tier
+from services.api.submission import submit
+from services.models import TERMINAL_STATUSES, QueryStatus, Tenant
 from services.models import Query as QueryRow
 
-log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/v1/queries", tags=["queries"], responses=ERROR_RESPONSES)
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
@@ -89,34 +87,9 @@ async def submit_query(
         choices=body.choices,
         webhook_url=body.webhook_url,
     )
-
-    def submit(session: Session, tenant: Tenant) -> tuple[QueryView, bool]:
-        try:
-            submitted = queries.submit_query(
-                session,
-                tenant=tenant,
-                request=new_query,
-                idempotency_key=idempotency_key,
-                settings=settings,
-            )
-        except BudgetExceeded as refused:
-            metrics.count_budget_rejection(str(tenant.id))
-            session.rollback()  # nothing of the query is kept; the alert is
-            lifecycle.refused(session, tenant=tenant, refusal=refused)
-            session.commit()
-            raise
-        session.commit()
-        query = submitted.query
-        if submitted.created:
-            try:
-                caller.database.dispatcher.enqueue(Tier.SMALL, query.id)
-            except Exception:
-                log.exception("enqueue_failed", query_id=str(query.id))
-            # The query as it was stored: no model call was charged before it existed.
-            return QueryView.of(query, {}), query.status in TERMINAL_STATUSES
-        return _view(session, query), query.status in TERMINAL_STATUSES
-
-    view, finished = await caller.run(submit)
+    view, finished = await submit(
+        caller, new_query=new_query, idempotency_key=idempotency_key, settings=settings
+    )
     response.headers["Location"] = f"/v1/queries/{view.id}"
     if wait <= 0 or finished:
         return view

@@ -24,6 +24,7 @@ from services.api.fields import (
     WebhookUrl,
     json_integer,
 )
+from services.llm.labels import check_distinct_labels
 from services.models import Query, QueryStatus
 
 
@@ -83,9 +84,7 @@ class QueryCreate(RequestBody):
     @classmethod
     def _distinct_choices(cls, choices: list[str] | None) -> list[str] | None:
         if choices is not None:
-            spellings = ["".join(choice.split()).lower() for choice in choices]
-            if len(set(spellings)) != len(spellings):
-                raise ValueError("choices must differ in more than case and spaces")
+            check_distinct_labels(choices)
         return choices
 
 

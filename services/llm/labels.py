@@ -21,6 +21,13 @@ from services.llm.margin import choice_margin
 LABEL_TOKEN_SLACK = 1
 
 
+def check_distinct_labels(choices: Sequence[str]) -> None:
+    """Labels that differ only in case and spaces cannot be told apart in an answer."""
+    spellings = ["".join(choice.split()).lower() for choice in choices]
+    if len(set(spellings)) != len(spellings):
+        raise ValueError("choices must differ in more than case and spaces")
+
+
 def generate(
     backend: Backend,
     prompt: str,

@@ -104,3 +104,15 @@ class DeploymentSettings(BaseModel):
         description="A request that waited this long for a thread is answered 503 "
         "`overloaded` with Retry-After instead of waiting on.",
     )
+    openai_model_aliases: list[str] = Field(
+        default=[],
+        description="More names the OpenAI-compatible routes answer to as `model` (JSON list, "
+        'e.g. ["gpt-4o-mini"]), besides `twotier`; all of them name the one cascade.',
+    )
+    openai_wait_s: float = Field(
+        default=120.0,
+        gt=0,
+        le=3600,
+        description="How long `POST /v1/chat/completions` and `/v1/completions` wait for the "
+        "query to finish; then they answer 504 `query_not_finished` with the query's id to poll.",
+    )
