@@ -304,6 +304,7 @@ def test_twotier_eval_protocol_paper_names_the_protocol(tmp_path: Path, eval_hom
     assert results["mean_normalised_gain"]["c_l/c_s=10, B in [c_s, c_l]"]["pairs"] == 1
     assert "Protocol `paper`" in result.stdout
     assert "(paper protocol)" in result.stdout
+    assert "mean over 1 pairs" in result.stdout
     assert (out / "curves_average.png").stat().st_size > 0
 
 

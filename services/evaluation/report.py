@@ -129,17 +129,17 @@ def print_paper_tables(results: dict[str, Any], console: Console) -> None:
                 *(f"{grid['policies'][p]['auc']:.3f}" for p in ("margin", "random", "oracle")),
                 f"{pair['accuracy_small']:.3f}",
                 f"{pair['accuracy_large']:.3f}",
-                _number(grid["normalised_gain"]),
+                _number(grid["normalised_gain"], digits=3),
             )
             gains.add_row(
                 _pair_name(pair),
-                *(_number(pair["grids"][g]["normalised_gain"]) for g in grid_names),
+                *(_number(pair["grids"][g]["normalised_gain"], digits=3) for g in grid_names),
             )
         table.add_section()
         gains.add_section()
     means = [results["mean_normalised_gain"][g] for g in grid_names]
-    gains.add_row(f"mean over {means[0]['pairs']} pairs", *(_number(m["mean"]) for m in means),
-                  style="bold")  # fmt: skip
+    mean_gains = (_number(mean["mean"], digits=3) for mean in means)
+    gains.add_row(f"mean over {means[0]['pairs']} pairs", *mean_gains, style="bold")
     console.print(table)
     console.print("Normalised gain (AUC_margin - AUC_random) / (AUC_oracle - AUC_random):")
     console.print(gains)
@@ -290,7 +290,7 @@ def _widest_pair_per_source(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]
     return [best[source] for source in sorted(best)]
 
 
-def _number(value: float | None, *, percent: bool = False) -> str:
+def _number(value: float | None, *, percent: bool = False, digits: int = 2) -> str:
     if value is None:
         return "-"
-    return f"{100 * value:.0f}%" if percent else f"{value:.2f}"
+    return f"{100 * value:.0f}%" if percent else f"{value:.{digits}f}"
