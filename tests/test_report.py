@@ -72,7 +72,8 @@ def pair(
 @pytest.fixture
 def results() -> dict[str, Any]:
     return {
-        "settings": {"seeds": [0, 1], "warmup": 50},
+        "protocol": "service",
+        "settings": {"seeds": [0, 1], "warmup": 50, "reference_grid": REFERENCE_GRID},
         "pairs": [
             pair("qa", "chain-a.jsonl", "s1", "l1", (0.5, 0.6), frugalgpt=policy(0.8)),
             pair("qa", "chain-a.jsonl", "s0", "l2", (0.4, 0.9)),  # the widest of chain a

@@ -23,7 +23,15 @@ TABLE_WIDTH = 100  # columns of the table where stdout is no terminal (a file, a
     default=None,
     help="Folder for results.json and the PNG curves [default: TWOTIER_HOME/eval-results].",
 )
-@click.option("--seeds", default="0,1,2", show_default=True, help="Stream orders to average.")
+@click.option(
+    "--protocol",
+    type=click.Choice(["service", "paper"]),
+    default="service",
+    show_default=True,
+    help="service: the service's own rule on the test rows; paper: the original code's "
+    "evaluation, step for step (its own seeds, W, cost ratios; no trained routers).",
+)
+@click.option("--seeds", default=None, help="Stream orders to average [default: 0,1,2].")
 @click.option(
     "--warmup",
     type=click.IntRange(min=0),
@@ -31,13 +39,15 @@ TABLE_WIDTH = 100  # columns of the table where stdout is no terminal (a file, a
     help="W (default: TWOTIER_WARMUP_QUERIES).",
 )
 @click.option("--no-baselines", is_flag=True, help="Skip the trained routers (faster).")
-def evaluate(paths: tuple[Path, ...], out: Path | None, seeds: str, warmup: int | None,
-             no_baselines: bool) -> None:  # fmt: skip
+def evaluate(paths: tuple[Path, ...], out: Path | None, protocol: str, seeds: str | None,
+             warmup: int | None, no_baselines: bool) -> None:  # fmt: skip
     """Accuracy-cost curves, AUC and router metrics of every policy on recorded outputs.
 
     The first run embeds every query for the trained routers (minutes); later runs read the
     embeddings from TWOTIER_CACHE_DIR. Progress goes to stderr, the table to stdout.
     """
+    if protocol == "paper" and (seeds is not None or warmup is not None):
+        raise click.UsageError("the paper protocol fixes its seeds (0, 1, 2) and W (|H| > 20)")
     from rich.console import Console  # noqa: PLC0415
 
     from services.cli.eval_progress import progress_for  # noqa: PLC0415
@@ -47,9 +57,10 @@ def evaluate(paths: tuple[Path, ...], out: Path | None, seeds: str, warmup: int 
 
     settings = get_settings()
     options = EvalOptions(
-        seeds=tuple(int(seed) for seed in seeds.split(",")),
+        protocol="paper" if protocol == "paper" else "service",
+        seeds=tuple(int(seed) for seed in (seeds or "0,1,2").split(",")),
         warmup=settings.warmup_queries if warmup is None else warmup,
-        baselines=not no_baselines,
+        baselines=not no_baselines and protocol == "service",
         cache_dir=settings.cache_dir,
     )
     out = (out or settings.home / "eval-results").resolve()
@@ -61,7 +72,8 @@ def evaluate(paths: tuple[Path, ...], out: Path | None, seeds: str, warmup: int 
     write_json(results, out / "results.json")
     plots = plot_curves(results, out)
     console.print(
-        f"Evaluated {len(results['pairs'])} pairs in {time.monotonic() - started:.0f} s; "
+        f"Evaluated {len(results['pairs'])} pairs ({protocol} protocol) in "
+        f"{time.monotonic() - started:.0f} s; "
         f"wrote results.json and {len(plots)} plots to {out}",
         soft_wrap=True,  # the path stays whole, to be copied
     )

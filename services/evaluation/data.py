@@ -47,6 +47,10 @@ class PairData:
     is_train: BoolArray  # rows the trained baselines learn from; never scored
     query_texts: list[str] = field(repr=False)
     small_answers: list[str] = field(repr=False)
+    # The small model's confidence as the chain file writes it (6 significant digits, -inf as
+    # 0): the signal of the original code's protocol. None where the records have no such column.
+    p_conf: FloatArray | None = field(default=None, repr=False)
+    splits: tuple[str, ...] = field(default=(), repr=False)  # each row's split, as recorded
 
     @property
     def name(self) -> str:
@@ -113,7 +117,8 @@ def _pairs_of_chain(file: Path) -> list[PairData]:
         return []
     models = [column.removesuffix(".correct") for column in rows[0] if column.endswith(".correct")]
     task = rows[0]["task"]
-    is_train = _training_rows([row["split"] for row in rows])
+    splits = tuple(row["split"] for row in rows)
+    is_train = _training_rows(list(splits))
     queries = [row["user_prompt"] for row in rows]
     pairs = []
     for i, small in enumerate(models):
@@ -133,6 +138,8 @@ def _pairs_of_chain(file: Path) -> list[PairData]:
                     is_train=is_train,
                     query_texts=queries,
                     small_answers=[row[f"{small}.answer"] for row in rows],
+                    p_conf=_p_conf(rows, small),
+                    splits=splits,
                 )
             )
     return pairs
@@ -145,6 +152,15 @@ def _training_rows(splits: list[str]) -> BoolArray:
         is_train[:] = False
         is_train[: min(1000, len(splits) // 3)] = True
     return is_train
+
+
+def _p_conf(rows: list[dict[str, str]], model: str) -> FloatArray | None:
+    column = f"{model}.p_conf"
+    if column not in rows[0]:
+        return None
+    values = _floats(rows, column)
+    values[values == -math.inf] = 0.0  # exp(-inf)
+    return values
 
 
 def _floats(rows: list[dict[str, str]], column: str) -> FloatArray:

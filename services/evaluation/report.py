@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from services.evaluation.run import BASELINES, REFERENCE_GRID
+from services.evaluation.run import BASELINES
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -32,6 +32,9 @@ def print_table(results: dict[str, Any], console: Console) -> None:
 
     Two tables, each under 100 columns: the pair's names wrap within their cell where the
     console is narrower than a table."""
+    if results["protocol"] == "paper":
+        print_paper_tables(results, console)
+        return
     alternatives = {
         name: description
         for pair in results["pairs"]
@@ -43,7 +46,8 @@ def print_table(results: dict[str, Any], console: Console) -> None:
     settings = results["settings"]
     console.print(
         escape(
-            f"Normalised AUC ({REFERENCE_GRID}; mean over seeds {settings['seeds']}, "
+            "Protocol `service` (the service's own rule and guards, train rows left out). "
+            f"Normalised AUC ({_reference(results)}; mean over seeds {settings['seeds']}, "
             f"W={settings['warmup']}):"
         )
     )
@@ -66,13 +70,13 @@ def auc_table(results: dict[str, Any]) -> Table:
     for task, pairs in _pairs_by_task(results).items():
         _add_task_row(table, task)
         for pair in pairs:
-            grid = pair["grids"][REFERENCE_GRID]["policies"]
+            grid = pair["grids"][_reference(results)]["policies"]
             table.add_row(
                 _pair_name(pair),
                 *(f"{grid[p]['auc']:.3f}" if p in grid else "-" for p in policies),
             )
         table.add_section()
-    averages = results["average_over_tasks"][REFERENCE_GRID]
+    averages = results["average_over_tasks"][_reference(results)]
     table.add_row("average over tasks", *(f"{averages[p]:.3f}" for p in policies), style="bold")
     return table
 
@@ -86,7 +90,7 @@ def margin_table(results: dict[str, Any]) -> Table:
     for task, pairs in _pairs_by_task(results).items():
         _add_task_row(table, task)
         for pair in pairs:
-            grid = pair["grids"][REFERENCE_GRID]["policies"]
+            grid = pair["grids"][_reference(results)]["policies"]
             margin = grid["margin"]
             rivals = [p for p in policies if p not in {"margin", "oracle"} and p in grid]
             beaten = [p for p in rivals if margin["auc"] > grid[p]["auc"]]
@@ -104,8 +108,51 @@ def margin_table(results: dict[str, Any]) -> Table:
     return table
 
 
+def print_paper_tables(results: dict[str, Any], console: Console) -> None:
+    """Under the original code's protocol: per pair, the AUCs on the reference grid and the
+    normalised gain of margin sampling at each c_l, with the mean over pairs."""
+    settings, reference = results["settings"], _reference(results)
+    console.print(escape(
+        f"Protocol `paper` ({settings['source']}). Normalised AUC ({reference}; mean over "
+        f"seeds {settings['seeds']}); signal: {settings['signal']}:"
+    ))  # fmt: skip
+    table = _pair_table(("margin", "random", "oracle", "acc S", "acc L", "gain"))
+    gains = _pair_table([f"c_l/c_s={k}" for k in settings["cost_ratios"]])
+    grid_names = list(results["pairs"][0]["grids"])
+    for task, pairs in _pairs_by_task(results).items():
+        _add_task_row(table, task)
+        _add_task_row(gains, task)
+        for pair in pairs:
+            grid = pair["grids"][reference]
+            table.add_row(
+                _pair_name(pair),
+                *(f"{grid['policies'][p]['auc']:.3f}" for p in ("margin", "random", "oracle")),
+                f"{pair['accuracy_small']:.3f}",
+                f"{pair['accuracy_large']:.3f}",
+                _number(grid["normalised_gain"], digits=3),
+            )
+            gains.add_row(
+                _pair_name(pair),
+                *(_number(pair["grids"][g]["normalised_gain"], digits=3) for g in grid_names),
+            )
+        table.add_section()
+        gains.add_section()
+    means = [results["mean_normalised_gain"][g] for g in grid_names]
+    mean_gains = (_number(mean["mean"], digits=3) for mean in means)
+    gains.add_row(f"mean over {means[0]['pairs']} pairs", *mean_gains, style="bold")
+    console.print(table)
+    console.print("Normalised gain (AUC_margin - AUC_random) / (AUC_oracle - AUC_random):")
+    console.print(gains)
+
+
+def _reference(results: dict[str, Any]) -> str:
+    """The grid the tables and figures show: the protocol's reference grid."""
+    reference: str = results["settings"]["reference_grid"]
+    return reference
+
+
 def _table_policies(results: dict[str, Any]) -> list[str]:
-    first = results["pairs"][0]["grids"][REFERENCE_GRID]["policies"]
+    first = results["pairs"][0]["grids"][_reference(results)]["policies"]
     return [p for p in POLICY_ORDER if p in first]
 
 
@@ -153,7 +200,7 @@ def task_figures(results: dict[str, Any]) -> dict[str, Figure]:
         for axis, pair in zip(axes[0], widest, strict=True):
             chain_pairs = sum(p["source"] == pair["source"] for p in pairs)
             why = "the only pair" if chain_pairs == 1 else f"widest S-L gap of {chain_pairs} pairs"
-            _draw_pair(axis, pair, _policies(results))
+            _draw_pair(axis, pair, _policies(results), _reference(results))
             axis.set_title(
                 f"{pair['small']} -> {pair['large']}\n{why} in {pair['source']}", fontsize=9
             )
@@ -168,8 +215,8 @@ def task_figures(results: dict[str, Any]) -> dict[str, Figure]:
     return figures
 
 
-def _draw_pair(axis: Any, pair: dict[str, Any], policies: list[str]) -> None:
-    grid = pair["grids"][REFERENCE_GRID]
+def _draw_pair(axis: Any, pair: dict[str, Any], policies: list[str], reference: str) -> None:
+    grid = pair["grids"][reference]
     for policy in policies:
         if policy in grid["policies"]:
             axis.plot(grid["budgets"], grid["policies"][policy]["accuracy"], label=policy)
@@ -177,7 +224,7 @@ def _draw_pair(axis: Any, pair: dict[str, Any], policies: list[str]) -> None:
         accuracy = pair[f"accuracy_{tier}"]
         axis.axhline(accuracy, color=color, linestyle=":", linewidth=1,
                      label=f"{tier} model alone ({accuracy:.3f})")  # fmt: skip
-    axis.set_xlabel("average budget per query (c_s = 1, c_l = 20)")
+    axis.set_xlabel(f"average budget per query ({reference})")
     axis.set_ylabel("accuracy")
     axis.legend(fontsize=7)
 
@@ -186,17 +233,18 @@ def average_figure(results: dict[str, Any]) -> Figure:
     """Each policy's curve averaged over each task's pairs, then over the tasks."""
     figure: Figure
     figure, axis = _pyplot().subplots(figsize=(7, 4.5))
-    budgets = results["pairs"][0]["grids"][REFERENCE_GRID]["budgets"]
+    reference = _reference(results)
+    budgets = results["pairs"][0]["grids"][reference]["budgets"]
     for policy in _policies(results):
         scored = (  # per task, the pairs that score this policy (as the table does)
-            [p["grids"][REFERENCE_GRID]["policies"][policy]["accuracy"] for p in pairs
-             if policy in p["grids"][REFERENCE_GRID]["policies"]]
+            [p["grids"][reference]["policies"][policy]["accuracy"] for p in pairs
+             if policy in p["grids"][reference]["policies"]]
             for pairs in _pairs_by_task(results).values()
         )  # fmt: skip
         task_means = [np.mean(curves, axis=0) for curves in scored if curves]
         if task_means:
             axis.plot(budgets, np.mean(task_means, axis=0), label=policy)
-    axis.set_xlabel("average budget per query (c_s = 1, c_l = 20)")
+    axis.set_xlabel(f"average budget per query ({reference})")
     axis.set_ylabel("accuracy (mean over tasks and pairs)")
     axis.set_title(f"All {len(results['pairs'])} pairs: the mean over each task's pairs, "
                    "then over tasks", fontsize=10)  # fmt: skip
@@ -224,7 +272,9 @@ def _pairs_by_task(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
 def _policies(results: dict[str, Any]) -> list[str]:
     """The paper's policies first, then any extra signals the records carry."""
     present = {
-        policy for pair in results["pairs"] for policy in pair["grids"][REFERENCE_GRID]["policies"]
+        policy
+        for pair in results["pairs"]
+        for policy in pair["grids"][_reference(results)]["policies"]
     }
     return [p for p in POLICY_ORDER if p in present] + sorted(present - set(POLICY_ORDER))
 
@@ -240,7 +290,7 @@ def _widest_pair_per_source(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]
     return [best[source] for source in sorted(best)]
 
 
-def _number(value: float | None, *, percent: bool = False) -> str:
+def _number(value: float | None, *, percent: bool = False, digits: int = 2) -> str:
     if value is None:
         return "-"
-    return f"{100 * value:.0f}%" if percent else f"{value:.2f}"
+    return f"{100 * value:.0f}%" if percent else f"{value:.{digits}f}"

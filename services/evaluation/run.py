@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from services.evaluation import scores
+from services.evaluation import paper_protocol, scores
 from services.evaluation.baselines import EMBEDDING_MODEL, Embedder, baseline_scores
 from services.evaluation.data import PairData, read_records
 from services.evaluation.progress import (
@@ -31,10 +31,15 @@ from services.policy.offline import (
 
 REFERENCE_GRID = "c_l/c_s=20, B in [c_s, c_s+c_l]"
 BASELINES = tuple(policies_scored_by("trained"))
+# service: the service's own rule, guards and stream (train rows left out), PAPER.md's policies;
+# paper: the original code's evaluation, step for step (``paper_protocol``).
+Protocol = Literal["service", "paper"]
+PROTOCOLS: tuple[Protocol, ...] = ("service", "paper")
 
 
 @dataclass(frozen=True)
 class EvalOptions:
+    protocol: Protocol = "service"
     seeds: tuple[int, ...] = (0, 1, 2)
     warmup: int = 20
     cost_ratios: tuple[int, ...] = (10, 20, 50)
@@ -49,6 +54,8 @@ def evaluate(
     pairs = [pair for path in paths for pair in read_records(path)]
     if not pairs:
         raise ValueError(f"no per-query records found in {', '.join(map(str, paths))}")
+    if options.protocol == "paper":
+        return _evaluate_paper(pairs, progress)
     embedder = Embedder(options.cache_dir)
     progress.started(pairs)
     results = []
@@ -59,6 +66,7 @@ def evaluate(
         )
         progress.finished(pair)
     return {
+        "protocol": "service",
         "settings": {
             "seeds": list(options.seeds),
             "warmup": options.warmup,
@@ -71,6 +79,25 @@ def evaluate(
         },
         "pairs": results,
         "average_over_tasks": average_over_tasks(results),
+        "mean_normalised_gain": mean_normalised_gain(results),
+    }
+
+
+def _evaluate_paper(pairs: list[PairData], progress: EvalProgress) -> dict[str, Any]:
+    """The original code's protocol: margin sampling, random routing and the oracle only (it
+    trains no router), on every pair."""
+    progress.started(pairs)
+    results = []
+    for pair in pairs:
+        progress.stage(pair, SIMULATING, 0, 0)
+        results.append(paper_protocol.evaluate_pair(pair))
+        progress.finished(pair)
+    return {
+        "protocol": "paper",
+        "settings": {**paper_protocol.SETTINGS, "reference_grid": paper_protocol.REFERENCE_GRID},
+        "pairs": results,
+        "average_over_tasks": average_over_tasks(results),
+        "mean_normalised_gain": mean_normalised_gain(results),
     }
 
 
@@ -182,6 +209,35 @@ def _grid_result(
             "spend_per_query": spend.tolist(),
         }  # fmt: skip
     return {"budgets": budgets.tolist(), "policies": policies}
+
+
+def normalised_gains(result: dict[str, Any]) -> dict[str, float | None]:
+    """Per grid of one pair's result: margin sampling's normalised gain over random routing."""
+    gains = {}
+    for grid_name, grid in result["grids"].items():
+        policies = grid["policies"]
+        if {"margin", "random", "oracle"} <= policies.keys():
+            gains[grid_name] = scores.normalised_gain(
+                policies["margin"]["auc"], policies["random"]["auc"], policies["oracle"]["auc"]
+            )
+    return gains
+
+
+def mean_normalised_gain(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per grid: the mean normalised gain over the pairs where it is defined, and their count."""
+    per_grid: dict[str, list[float | None]] = defaultdict(list)
+    for result in results:
+        for grid_name, gain in normalised_gains(result).items():
+            per_grid[grid_name].append(gain)
+    summary = {}
+    for grid_name, gains in per_grid.items():
+        defined = [gain for gain in gains if gain is not None]
+        summary[grid_name] = {
+            "mean": float(np.mean(defined)) if defined else None,
+            "pairs": len(defined),
+            "pairs_without_gain": len(gains) - len(defined),
+        }
+    return summary
 
 
 def average_over_tasks(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

@@ -45,3 +45,10 @@ def cost_saved_at(
     """1 - (cheapest spend per query reaching ``fraction`` of L's accuracy) / (L's cost)."""
     reached = np.flatnonzero(accuracy >= fraction * accuracy_large)
     return float(1 - spend[reached].min() / large_cost) if reached.size else None
+
+
+def normalised_gain(margin_auc: float, random_auc: float, oracle_auc: float) -> float | None:
+    """How much of the oracle's lead over random routing margin sampling wins:
+    (AUC_margin - AUC_random) / (AUC_oracle - AUC_random); None where the oracle has no lead."""
+    lead = oracle_auc - random_auc
+    return None if lead <= 0 else (margin_auc - random_auc) / lead
