@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from services.cli import main
 from services.evaluation.cascades import (
     ChainRecords,
     compare,
@@ -121,3 +124,33 @@ def test_compare_reads_a_chain_file_and_ranks_cascades_of_each_length(tmp_path: 
     hindsight = result["best_three_tier_split_in_hindsight"]
     three = next(c for c in result["cascades"] if len(c["tiers"]) == 3)
     assert hindsight["auc"] >= three["auc"] - 1e-12  # equal rates are among its candidates
+
+
+def test_twotier_eval_cascades_writes_the_comparison(tmp_path: Path) -> None:
+    chain = tmp_path / "toy__toy_chain.csv"
+    records = _records(n=50)
+    header = ["task", "split"] + [
+        f"{m}.{field}" for m in records.models for field in ("correct", "conf_raw", "cost_usd")
+    ]
+    rows = [
+        ["toy", "test"]
+        + [
+            value
+            for m in records.models
+            for value in (
+                str(int(records.correct[m][i])),
+                f"{records.confidence[m][i]:.6f}",
+                str(records.cost[m][i]),
+            )
+        ]
+        for i in range(records.n)
+    ]
+    chain.write_text("\n".join(",".join(row) for row in [header, *rows]) + "\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["eval", "--cascades", str(tmp_path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "s -> m -> l" in result.output
+    summary = json.loads((out / "cascades.json").read_text())
+    assert summary["tasks"][0]["best_by_tiers"]["3"] == "s -> m -> l"
+    assert set(summary["mean_best_auc_by_tiers"]) == {"2", "3"}
+    assert (out / "cascades.png").stat().st_size > 0

@@ -3,6 +3,7 @@ recorded outputs, and the recording of live ones."""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from contextlib import closing
@@ -39,8 +40,14 @@ TABLE_WIDTH = 100  # columns of the table where stdout is no terminal (a file, a
     help="W (default: TWOTIER_WARMUP_QUERIES).",
 )
 @click.option("--no-baselines", is_flag=True, help="Skip the trained routers (faster).")
+@click.option(
+    "--cascades",
+    is_flag=True,
+    help="Instead: every cascade of 2 or more of each chain's models, the best of each length "
+    "against the best pair at equal budgets (cascades.json, cascades.png).",
+)
 def evaluate(paths: tuple[Path, ...], out: Path | None, protocol: str, seeds: str | None,
-             warmup: int | None, no_baselines: bool) -> None:  # fmt: skip
+             warmup: int | None, no_baselines: bool, cascades: bool) -> None:  # fmt: skip
     """Accuracy-cost curves, AUC and router metrics of every policy on recorded outputs.
 
     The first run embeds every query for the trained routers (minutes); later runs read the
@@ -56,6 +63,15 @@ def evaluate(paths: tuple[Path, ...], out: Path | None, protocol: str, seeds: st
     from services.evaluation.run import evaluate as run_evaluation  # noqa: PLC0415
 
     settings = get_settings()
+    out = (out or settings.home / "eval-results").resolve()
+    if cascades:
+        _evaluate_cascades(
+            list(paths),
+            out=out,
+            seeds=[int(seed) for seed in (seeds or "0,1,2").split(",")],
+            warmup=settings.warmup_queries if warmup is None else warmup,
+        )
+        return
     options = EvalOptions(
         protocol="paper" if protocol == "paper" else "service",
         seeds=tuple(int(seed) for seed in (seeds or "0,1,2").split(",")),
@@ -63,7 +79,6 @@ def evaluate(paths: tuple[Path, ...], out: Path | None, protocol: str, seeds: st
         baselines=not no_baselines and protocol == "service",
         cache_dir=settings.cache_dir,
     )
-    out = (out or settings.home / "eval-results").resolve()
     started = time.monotonic()
     with progress_for(Console(stderr=True)) as progress:
         results = run_evaluation(list(paths), options, progress=progress)
@@ -76,6 +91,28 @@ def evaluate(paths: tuple[Path, ...], out: Path | None, protocol: str, seeds: st
         f"{time.monotonic() - started:.0f} s; "
         f"wrote results.json and {len(plots)} plots to {out}",
         soft_wrap=True,  # the path stays whole, to be copied
+    )
+
+
+def _evaluate_cascades(paths: list[Path], *, out: Path, seeds: list[int], warmup: int) -> None:
+    from rich.console import Console  # noqa: PLC0415
+
+    from services.evaluation.cascades_report import (  # noqa: PLC0415
+        evaluate_cascades,
+        plot_cascades,
+        print_cascades,
+    )
+
+    summary = evaluate_cascades(paths, seeds=seeds, warmup=warmup, console=Console(stderr=True))
+    console = Console(width=None if sys.stdout.isatty() else TABLE_WIDTH)
+    print_cascades(summary, console)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cascades.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot_cascades(summary["tasks"], out / "cascades.png")
+    console.print(
+        f"Compared the cascades of {len(summary['tasks'])} chains in {summary['seconds']:.0f} s; "
+        f"wrote cascades.json and cascades.png to {out}",
+        soft_wrap=True,
     )
 
 

@@ -214,7 +214,7 @@ def compare(records: ChainRecords, *, seeds: list[int], warmup: int) -> dict[str
         size: max((c for c in curves if len(c.tiers) == size), key=lambda c: c.auc)
         for size in range(2, len(records.models) + 1)
     }
-    hindsight = curve(records, best[3].tiers, seeds=seeds[:1], warmup=warmup, rule="hindsight")
+    hindsight = curve(records, best[3].tiers, seeds=seeds, warmup=warmup, rule="hindsight")
     singles = {model: float(records.correct[model].mean()) for model in records.models}
     return {
         "task": records.task,
