@@ -21,15 +21,15 @@ from services.models import MarginRecord, Query, ThresholdScope
 
 @dataclass(frozen=True)
 class ScopeState:
-    scope_id: int
+    scope: int  # the scope's id
     model_pair: str
     task: str | None
-    margins: int  # |H|, also the version of the next decision's threshold minus one
+    margins: int  # |H|
     threshold: float | None  # as the latest decision read it (None in the warm-up)
     target_escalation_rate: float | None  # the latest decision's target
     realised_escalation_rate: float | None  # over the last N decisions
     margin_psi: float | None
-    drift_state: str
+    drift: str  # "ok" or "drift"
     drift_changed_at: datetime | None
     updated_at: datetime | None
 
@@ -37,7 +37,7 @@ class ScopeState:
 @dataclass(frozen=True)
 class ScopeDecision:
     threshold_version: int  # the margin's position in the scope (seq)
-    query_id: uuid.UUID
+    query: uuid.UUID
     margin: float
     threshold: float | None
     threshold_window: int | None
@@ -81,7 +81,7 @@ def scope_decisions(
     decisions = [
         ScopeDecision(
             threshold_version=record.seq,
-            query_id=query.id,
+            query=query.id,
             margin=record.margin,
             threshold=query.threshold,
             threshold_window=query.threshold_window,
@@ -97,7 +97,7 @@ def scope_decisions(
 
 def _state(scope: ThresholdScope) -> ScopeState:
     return ScopeState(
-        scope_id=scope.id,
+        scope=scope.id,
         model_pair=scope.model_pair,
         task=scope.task_label or None,
         margins=scope.margin_count,
@@ -105,7 +105,7 @@ def _state(scope: ThresholdScope) -> ScopeState:
         target_escalation_rate=scope.target_escalation_rate,
         realised_escalation_rate=scope.realised_escalation_rate,
         margin_psi=scope.margin_psi,
-        drift_state=scope.drift_state,
+        drift=scope.drift_state,
         drift_changed_at=scope.drift_changed_at,
         updated_at=scope.updated_at,
     )

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.api.deps import TenantDep
 from services.api.error_responses import ERROR_RESPONSES
 from services.api.schemas import ErrorBody
-from services.threshold_audit import ScopeDecision, ScopeState, scope_decisions, tenant_scopes
+from services.threshold_audit import scope_decisions, tenant_scopes
 
 router = APIRouter(prefix="/v1/thresholds", tags=["thresholds"], responses=ERROR_RESPONSES)
 
@@ -21,6 +22,8 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 
 
 class ScopeView(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     scope: int = Field(description="The scope's id, as `threshold_scope` on a query.")
     model_pair: str
     task: str | None
@@ -38,26 +41,12 @@ class ScopeView(BaseModel):
     drift_changed_at: datetime | None
     updated_at: datetime | None
 
-    @classmethod
-    def of(cls, state: ScopeState) -> ScopeView:
-        return cls(
-            scope=state.scope_id,
-            model_pair=state.model_pair,
-            task=state.task,
-            margins=state.margins,
-            threshold=state.threshold,
-            target_escalation_rate=state.target_escalation_rate,
-            realised_escalation_rate=state.realised_escalation_rate,
-            margin_psi=state.margin_psi,
-            drift=state.drift_state,
-            drift_changed_at=state.drift_changed_at,
-            updated_at=state.updated_at,
-        )
-
 
 class DecisionView(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     threshold_version: int = Field(description="The margin's position in the scope's history.")
-    query: str
+    query: uuid.UUID
     margin: float
     threshold: float | None
     threshold_window: int | None
@@ -65,20 +54,6 @@ class DecisionView(BaseModel):
     decision: str | None
     escalated: bool
     decided_at: datetime
-
-    @classmethod
-    def of(cls, decision: ScopeDecision) -> DecisionView:
-        return cls(
-            threshold_version=decision.threshold_version,
-            query=str(decision.query_id),
-            margin=decision.margin,
-            threshold=decision.threshold,
-            threshold_window=decision.threshold_window,
-            target_escalation_rate=decision.target_escalation_rate,
-            decision=decision.decision,
-            escalated=decision.escalated,
-            decided_at=decision.decided_at,
-        )
 
 
 class ScopeList(BaseModel):
@@ -98,7 +73,7 @@ async def list_scopes(caller: TenantDep) -> ScopeList:
     """Each threshold scope of the tenant (model pair x task): its threshold, target and
     realised escalation rates, and drift state."""
     scopes = await caller.run(lambda session, tenant: tenant_scopes(session, tenant.id))
-    return ScopeList(data=[ScopeView.of(scope) for scope in scopes])
+    return ScopeList(data=[ScopeView.model_validate(scope) for scope in scopes])
 
 
 @router.get("/{scope}/history", responses=NOT_FOUND)
@@ -122,7 +97,7 @@ async def scope_history(
     )
     last = decisions[-1].threshold_version if len(decisions) == limit else None
     return ScopeHistory(
-        scope=ScopeView.of(state),
-        data=[DecisionView.of(decision) for decision in decisions],
+        scope=ScopeView.model_validate(state),
+        data=[DecisionView.model_validate(decision) for decision in decisions],
         next_before_version=last if last is not None and last > 1 else None,
     )
