@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from services.cli import main as twotier
 from services.evaluation.data import read_records
 from services.evaluation.paper_protocol import (
     PaperStream,
+    Steps,
     cascade_accuracy,
     oracle_accuracy,
     paper_auc,
@@ -95,6 +97,24 @@ def test_chance_credit_where_nothing_can_be_paid(classes: int, credit: float) ->
     # answers 24..27 (R = 0.3), and queries 28 and 29 get the chance credit 1 / classes.
     paper = stream(DESCENDING, small_right=set(), large_right=EVERY, classes=classes)
     assert margin_accuracy(paper, 1.21, 2) == pytest.approx((4 + 2 * credit) / 30, rel=1e-12)
+
+
+def test_with_l_alone_off_the_tail_stays_a_cascade() -> None:
+    # The stream of the test above, with step 6's L alone done as the service protocol does:
+    # queries 27, 28 and 29 stay cascade steps that never escalate, so S answers them (wrong).
+    paper = stream([0.5] * N, small_right=set(), large_right={27, 28, 29})
+    without = replace(paper, steps=Steps(large_alone=False))
+    assert margin_accuracy(without, 2.0, 10) == 0.0
+
+
+def test_with_the_quirk_off_p_follows_the_budget_even_where_l_is_no_better() -> None:
+    # acc_L = acc_S as in the quirk's test below; with p(B) = 0.1 query 20 escalates (L right,
+    # S wrong) and 21, 22 too (both right), so one more answer is right than under the quirk,
+    # and the tail is not sent to L alone (R = 7 = r after them).
+    paper = stream(SECOND_LOWEST, small_right=SMALL_RIGHT, large_right=EVERY - {0, 1, 2})
+    without = replace(paper, steps=Steps(quirk=False))
+    assert not without.quirk
+    assert margin_accuracy(without, 2.0, 10) == 28 / 30
 
 
 # u_0 is the lowest of all; from query 1 on, each u is the second lowest so far. Query 20

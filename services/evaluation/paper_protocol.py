@@ -68,6 +68,21 @@ REFERENCE_GRID = grid_name(COST_RATIOS[0])
 
 
 @dataclass(frozen=True)
+class Steps:
+    """Which of the original code's steps apply: all of them in the protocol. Turning one off
+    (to what the service protocol does instead) measures how far that step moves the result
+    (bench/eval_protocols.py)."""
+
+    large_alone: bool = True  # step 6's "L alone"; off: every paid query is a cascade step
+    quirk: bool = True  # step 4's fixed p where L is no better than S; off: p(B) always
+    rounded_signal: bool = True  # step 3's p_conf as written; off: exp(conf_raw), unrounded
+    legacy_orders: bool = True  # step 2's RandomState; off: numpy.random.default_rng
+
+
+ALL_STEPS = Steps()
+
+
+@dataclass(frozen=True)
 class PaperStream:
     """One pair's stream in file order (step 1): its signal (step 3) and 0/1 correctness."""
 
@@ -75,6 +90,7 @@ class PaperStream:
     small_correct: FloatArray
     large_correct: FloatArray
     classes: int  # chance credit is 1 / classes (step 5)
+    steps: Steps = ALL_STEPS
 
     @property
     def n(self) -> int:
@@ -83,10 +99,10 @@ class PaperStream:
     @property
     def quirk(self) -> bool:
         """L no better than S on the stream: p is fixed and L alone is off (step 4)."""
-        return bool(self.large_correct.sum() <= self.small_correct.sum())
+        return self.steps.quirk and bool(self.large_correct.sum() <= self.small_correct.sum())
 
 
-def paper_stream(pair: PairData) -> PaperStream:
+def paper_stream(pair: PairData, steps: Steps = ALL_STEPS) -> PaperStream:
     """The test rows in file order; a file without test rows streams all of them (step 1)."""
     if pair.p_conf is None:
         raise ValueError(f"{pair.source} has no p_conf column: the paper protocol reads chains")
@@ -94,7 +110,7 @@ def paper_stream(pair: PairData) -> PaperStream:
         raise ValueError(f"the paper protocol has no chance credit for the task {pair.task!r}")
     splits = np.array(pair.splits)
     rows = splits == "test" if (splits == "test").any() else np.ones(len(splits), dtype=bool)
-    signal = pair.p_conf[rows]
+    signal = pair.p_conf[rows] if steps.rounded_signal else np.exp(pair.signals["margin"][rows])
     if np.isnan(signal).any():
         raise ValueError(f"{pair.source}: {pair.small}.p_conf is missing on some rows")
     return PaperStream(
@@ -102,12 +118,18 @@ def paper_stream(pair: PairData) -> PaperStream:
         small_correct=pair.small_correct[rows].astype(np.float64),
         large_correct=pair.large_correct[rows].astype(np.float64),
         classes=CHANCE_CLASSES[pair.task],
+        steps=steps,
     )
 
 
-def shuffled_orders(n: int, seeds: tuple[int, ...] = SEEDS) -> npt.NDArray[np.int64]:
-    """(seeds, n): the legacy RandomState permutations the original code streams in (step 2)."""
-    return np.stack([np.random.RandomState(seed).permutation(n) for seed in seeds])
+def shuffled_orders(
+    n: int, seeds: tuple[int, ...] = SEEDS, *, legacy: bool = True
+) -> npt.NDArray[np.int64]:
+    """(seeds, n): the legacy RandomState permutations the original code streams in (step 2),
+    or ``default_rng``'s, as the service protocol draws them."""
+    if legacy:
+        return np.stack([np.random.RandomState(seed).permutation(n) for seed in seeds])
+    return np.stack([np.random.default_rng(seed).permutation(n) for seed in seeds])
 
 
 def paper_budgets(cost_ratio: int) -> FloatArray:
@@ -168,7 +190,7 @@ def cascade_accuracy(
     large_ok = stream.large_correct[orders].T[:, seed_of]
     cost = np.tile(large_cost, len(orders))
     remaining = np.tile(budgets, len(orders)) * n
-    large_alone_allowed = not stream.quirk
+    large_alone_allowed = stream.steps.large_alone and not stream.quirk
     chance = 1 / stream.classes
     correct = np.zeros(len(remaining))
     for t in range(n):
@@ -211,7 +233,7 @@ def oracle_accuracy(stream: PaperStream, budgets: FloatArray, large_cost: int) -
 def paper_curves(stream: PaperStream) -> dict[int, dict[str, FloatArray]]:
     """Per c_l, each policy's accuracy at each budget, averaged over the seeds; at B = c_l
     every policy scores acc_L (step 10), seed by seed as the original does."""
-    orders = shuffled_orders(stream.n)
+    orders = shuffled_orders(stream.n, legacy=stream.steps.legacy_orders)
     accuracy_large = stream.large_correct.sum() / stream.n
     budgets = np.concatenate([paper_budgets(k) for k in COST_RATIOS])
     costs = np.repeat(np.array(COST_RATIOS, dtype=np.float64), BUDGET_POINTS)
@@ -238,9 +260,9 @@ def paper_auc(budgets: FloatArray, accuracy: FloatArray, cost_ratio: int) -> flo
     return float(np.trapezoid(accuracy, budgets) / (cost_ratio - 1))
 
 
-def evaluate_pair(pair: PairData) -> dict[str, Any]:
+def evaluate_pair(pair: PairData, steps: Steps = ALL_STEPS) -> dict[str, Any]:
     """One pair's results, shaped as the service protocol's (``services.evaluation.run``)."""
-    stream = paper_stream(pair)
+    stream = paper_stream(pair, steps)
     grids = {}
     for k, curves in paper_curves(stream).items():
         budgets = paper_budgets(k)
