@@ -8,6 +8,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,12 @@ from typing import Any
 import openai
 import pytest
 from openai.types import Batch
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from services.api.app import create_app
 from services.db import session_scope
-from services.models import BatchRequest, ModelCall, Query, Tenant
+from services.models import Batch as BatchRow
+from services.models import BatchRequest, ModelCall, Query, Tenant, utcnow
 from services.settings import get_settings
 from services.tenants import set_budget
 from tests.celery_workers import CeleryWorker
@@ -27,6 +29,7 @@ from tests.conftest import TenantApi, forget_earlier_work
 from tests.scripted_tgi import ScriptedTGI
 from tests.server_thread import ServerThread
 from tests.waiting import wait_for
+from workers.app import app as celery_app
 from workers.celery_dispatcher import CeleryDispatcher
 
 MAX_IN_FLIGHT = 2
@@ -382,3 +385,43 @@ def test_batches_are_listed_newest_first_and_page_with_after(
     assert rest.has_more is False
     for batch_id in made:
         wait_finished(client, batch_id)
+
+
+def test_a_batch_past_its_completion_window_expires_with_what_it_answered(
+    make_tenant: Callable[..., TenantApi],
+    sdk: Callable[[str], openai.OpenAI],
+    small_tgi: ScriptedTGI,
+    unique: Callable[[str], str],
+) -> None:
+    tenant = make_tenant()
+    client = sdk(tenant.api_key)
+    prompts = [unique(f"line of a batch that runs out of time {i}") for i in range(4)]
+    for i, prompt in enumerate(prompts):
+        small_tgi.script(prompt, hold=i > 0)
+    batch = client.batches.create(
+        input_file_id=upload(client, [chat_line(f"e-{i}", p) for i, p in enumerate(prompts)]),
+        endpoint=CHAT,
+        completion_window="24h",
+    )
+    batch_uuid = uuid.UUID(batch.id.removeprefix("batch_"))
+    try:
+        # e-0 answered, so the feeder sent e-2 beside e-1 (both held)
+        assert small_tgi.arrived[prompts[2]].wait(timeout=30)
+        with session_scope() as session:  # 24 hours later
+            session.execute(
+                update(BatchRow)
+                .where(BatchRow.id == batch_uuid)
+                .values(expires_at=utcnow() - timedelta(seconds=1))
+            )
+        celery_app.send_task("twotier.feed_batches", queue="maintenance")
+        expired = wait_finished(client, batch.id)
+    finally:
+        for prompt in prompts:
+            small_tgi.release(prompt)
+    assert expired.status == "expired"
+    assert expired.expired_at is not None
+    [answered] = jsonl(client, expired.output_file_id)
+    assert answered["custom_id"] == "e-0"
+    codes = [line["error"]["code"] for line in jsonl(client, expired.error_file_id)]
+    assert codes == ["query_cancelled", "query_cancelled", "batch_expired"]  # e-1, e-2, e-3
+    assert small_tgi.calls[prompts[3]] == 0
