@@ -19,6 +19,10 @@ class Dispatcher(Protocol):
     def enqueue_webhook(self, delivery_id: uuid.UUID, *, delay_s: float = 0.0) -> None:
         """Queue an attempt of the webhook delivery. Call only after its row is committed."""
 
+    def feed_batches(self) -> None:
+        """Run the batch feeder (services/batches/feeder.py) soon; calls close together may
+        share one run. Call only after what prompted it is committed."""
+
     def is_reachable(self) -> bool: ...
 
 
@@ -47,3 +51,12 @@ def enqueue_webhook_after_commit(session: Session, delivery_id: uuid.UUID) -> No
     dispatcher: Dispatcher | None = session.info.get(_SESSION_DISPATCHER, _process_dispatcher)
     if dispatcher is not None:
         after_commit(session, functools.partial(dispatcher.enqueue_webhook, delivery_id))
+
+
+def feed_batches_after_commit(session: Session) -> None:
+    """Run the batch feeder once ``session`` commits (a batch created or cancelled, a batch's
+    query finished), through the session's dispatcher or the process's; with neither, the
+    feeder's periodic run comes soon enough."""
+    dispatcher: Dispatcher | None = session.info.get(_SESSION_DISPATCHER, _process_dispatcher)
+    if dispatcher is not None:
+        after_commit(session, dispatcher.feed_batches)

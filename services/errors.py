@@ -37,6 +37,12 @@ class QueryAlreadyFinished(TwotierError):
     code = "query_already_finished"
 
 
+class BatchAlreadyFinished(TwotierError):
+    """A cancel of a batch that is finalizing or finished."""
+
+    code = "batch_already_finished"
+
+
 class Unauthenticated(TwotierError):
     """No Authorization header at all."""
 

@@ -31,7 +31,7 @@ from decimal import Decimal
 import structlog
 from sqlalchemy.orm import Session
 
-from services import budgets, cancellation, completion, metrics, policy
+from services import budgets, cancellation, completion, dispatch, metrics, policy
 from services.accounting import Price, record_model_call
 from services.budgets import WorstCase
 from services.db import after_commit
@@ -227,6 +227,8 @@ def _finish(
     record_query_event(session, query, EVENTS[status])
     # This process's long polls of the query (other processes hear PostgreSQL's NOTIFY).
     after_commit(session, functools.partial(completion.waiters.wake, query.id))
+    if query.batch_id is not None:  # its batch may send another request, or be done
+        dispatch.feed_batches_after_commit(session)
 
 
 def _check(query: Query, target: QueryStatus) -> None:

@@ -29,6 +29,7 @@ class NewQuery:
     metadata: dict[str, Any] | None
     choices: list[str] | None = None
     webhook_url: str | None = None
+    batch_id: uuid.UUID | None = None  # the batch whose request the query answers
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ def submit_query(
         webhook_url=request.webhook_url,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
+        batch_id=request.batch_id,
         delivery_attempts=0,
     )
     limits.check_limits(session, tenant=tenant)

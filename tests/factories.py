@@ -136,5 +136,8 @@ class RecordingDispatcher:
     def enqueue_webhook(self, delivery_id: uuid.UUID, *, delay_s: float = 0.0) -> None:
         self.webhooks.append(delivery_id)
 
+    def feed_batches(self) -> None:
+        raise AssertionError("no batch is fed here")
+
     def is_reachable(self) -> bool:
         return True

@@ -29,6 +29,9 @@ class Recorder:
             raise ConnectionError("the broker is down")
         self.webhooks.append(delivery_id)
 
+    def feed_batches(self) -> None:
+        raise AssertionError("no batch is fed here")
+
     def is_reachable(self) -> bool:
         return not self.fails
 

@@ -41,6 +41,9 @@ class Recorder:
     def enqueue_webhook(self, delivery_id: uuid.UUID, *, delay_s: float = 0.0) -> None:
         raise AssertionError("no tenant here has webhook endpoints")
 
+    def feed_batches(self) -> None:
+        raise AssertionError("no batch is fed here")
+
     def is_reachable(self) -> bool:
         return True
 

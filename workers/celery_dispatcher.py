@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from datetime import UTC, datetime
 
@@ -14,9 +15,17 @@ TASK_OF_TIER = {
     Tier.LARGE: "twotier.answer_on_large_tier",
 }
 DELIVER_WEBHOOK = "twotier.deliver_webhook"
+FEED_BATCHES = "twotier.feed_batches"
+# Asks to feed the batches that come within this long of each other share one run: a batch's
+# queries finishing by the hundred a second cost a few runs a second, not one each.
+FEED_COALESCE_S = 0.2
 
 
 class CeleryDispatcher:
+    def __init__(self) -> None:
+        self._feed_lock = threading.Lock()
+        self._feed_pending = False
+
     def enqueue(self, tier: Tier, query_id: uuid.UUID, *, delay_s: float = 0.0) -> None:
         app.send_task(
             TASK_OF_TIER[tier], args=[str(query_id)], queue=tier.value, countdown=delay_s or None
@@ -26,6 +35,25 @@ class CeleryDispatcher:
         app.send_task(
             DELIVER_WEBHOOK, args=[str(delivery_id)], queue="webhooks", countdown=delay_s or None
         )
+
+    def feed_batches(self) -> None:
+        with self._feed_lock:
+            if self._feed_pending:
+                return
+            self._feed_pending = True
+        timer = threading.Timer(FEED_COALESCE_S, self._send_feed)
+        timer.daemon = True
+        timer.start()
+
+    def _send_feed(self) -> None:
+        with self._feed_lock:
+            self._feed_pending = False
+        app.send_task(FEED_BATCHES, queue="maintenance")
+
+    def waiting_count(self, tier: Tier) -> int:
+        """Messages waiting in the tier's queue (not those workers hold)."""
+        with app.connection_for_read() as connection:
+            return int(connection.default_channel.client.llen(tier.value))
 
     def oldest_waiting_since(self, tier: Tier) -> datetime | None:
         """When the oldest message still waiting in the tier's queue was sent; now if none

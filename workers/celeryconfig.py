@@ -29,6 +29,7 @@ task_routes = {
     "twotier.requeue_stuck_queries": {"queue": "maintenance"},
     "twotier.deliver_webhook": {"queue": "webhooks"},
     "twotier.relay_due_webhooks": {"queue": "maintenance"},
+    "twotier.feed_batches": {"queue": "maintenance"},
 }
 task_serializer = "json"
 accept_content = ["json"]
@@ -50,6 +51,10 @@ beat_schedule = {
     "requeue-stuck-queries": {
         "task": "twotier.requeue_stuck_queries",
         "schedule": _settings.recovery_interval_s,
+    },
+    "feed-batches": {
+        "task": "twotier.feed_batches",
+        "schedule": _settings.batch_feed_interval_s,
     },
     "relay-due-webhooks": {
         "task": "twotier.relay_due_webhooks",

@@ -8,6 +8,7 @@ import structlog
 from celery import Task
 
 from services import cascade, dispatch
+from services.batches import feeder
 from services.db import session_scope
 from services.lazy import built_once
 from services.models import Tier
@@ -70,6 +71,19 @@ def requeue_stuck_queries() -> int:
     if stuck:
         log.warning("requeued_stuck_queries", count=len(stuck))
     return len(stuck)
+
+
+@app.task(name="twotier.feed_batches")
+def feed_batches() -> int:
+    settings = get_settings()
+    short = all(dispatcher.waiting_count(tier) < settings.batch_feed_below for tier in Tier)
+    room = feeder.FeedRoom(max_in_flight=settings.batch_max_in_flight, queues_have_room=short)
+    result = feeder.feed(settings=settings, room=room)
+    for query_id in result.sent:
+        dispatcher.enqueue(Tier.SMALL, query_id)
+    if result.run_again:
+        dispatcher.feed_batches()
+    return len(result.sent)
 
 
 @app.task(name="twotier.deliver_webhook", acks_late=True, reject_on_worker_lost=True)

@@ -14,6 +14,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from services import metrics
 from services.api import (
     admin_routes,
+    batch_routes,
+    file_routes,
     openai_routes,
     query_routes,
     threshold_routes,
@@ -33,6 +35,8 @@ from services.settings import get_settings
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
+# An upload's multipart framing and fields besides the file itself.
+MULTIPART_ROOM = 64 * 1024
 # /readyz reports "not ready" rather than making a prober wait longer than this.
 READINESS_TIMEOUT_S = 2.0
 # The health routes get threads of their own, so that no load on the requests' database
@@ -56,9 +60,15 @@ def create_app(dispatcher: Dispatcher, *, lifespan: Lifespan | None = None) -> F
         max_waiting=settings.api_max_waiting_requests,
         max_wait_s=settings.api_max_wait_s,
     )
-    app.add_middleware(JsonBody)
-    app.add_middleware(Utf8Body)
-    app.add_middleware(RequestBodyLimit, max_bytes=settings.request_body_limit)
+    # An upload is multipart, not JSON, and may be as large as a batch file.
+    uploads = frozenset({file_routes.UPLOAD_PATH})
+    app.add_middleware(JsonBody, raw_paths=uploads)
+    app.add_middleware(Utf8Body, raw_paths=uploads)
+    app.add_middleware(
+        RequestBodyLimit,
+        max_bytes=settings.request_body_limit,
+        larger={file_routes.UPLOAD_PATH: settings.batch_file_max_bytes + MULTIPART_ROOM},
+    )
     app.add_middleware(AccessLog)
     install_error_handlers(app)
     state_limits_in_schema(app, settings)
@@ -68,6 +78,8 @@ def create_app(dispatcher: Dispatcher, *, lifespan: Lifespan | None = None) -> F
     app.include_router(webhook_routes.router)
     app.include_router(threshold_routes.router)
     app.include_router(openai_routes.router)
+    app.include_router(file_routes.router)
+    app.include_router(batch_routes.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

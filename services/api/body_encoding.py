@@ -11,6 +11,9 @@ FastAPI alone would take those bodies. UTF-8 JSON never holds a NUL byte (JSON e
 characters inside strings) while UTF-16 and UTF-32 text always does, so a NUL byte or a BOM at
 the start is enough to tell; bytes that are not UTF-8 at all fail in FastAPI's own decoding.
 Both end as ``400 bad_request``.
+
+The one route whose body is not JSON, the file upload (multipart), is named in ``raw_paths``
+and passed through as it came.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ class Utf8Body:
     """Pure ASGI middleware: checks the body as it streams in, without buffering it. The
     HTTPException raised from ``receive`` reaches the app's error handlers unchanged."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, raw_paths: frozenset[str] = frozenset()) -> None:
         self.app = app
+        self.raw_paths = raw_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in self.raw_paths:
             await self.app(scope, receive, send)
             return
         start = b""  # the body's first bytes, until a BOM can be told apart
@@ -57,11 +61,12 @@ JSON = b"application/json"
 class JsonBody:
     """Pure ASGI middleware: a request's Content-Type, whatever it was, is read as JSON."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, raw_paths: frozenset[str] = frozenset()) -> None:
         self.app = app
+        self.raw_paths = raw_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "http" and scope["path"] not in self.raw_paths:
             headers = [(name, value) for name, value in scope["headers"] if name != b"content-type"]
             scope = {**scope, "headers": [*headers, (b"content-type", JSON)]}
         await self.app(scope, receive, send)

@@ -13,19 +13,24 @@ from services.api.error_responses import RequestTooLarge, error_response
 
 
 class RequestBodyLimit:
-    """Pure ASGI middleware: a 413 in the one error shape for bodies over ``max_bytes``."""
+    """Pure ASGI middleware: a 413 in the one error shape for bodies over ``max_bytes``, or
+    over the limit ``larger`` names for a path (a file upload)."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, larger: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.larger = larger or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.larger.get(scope["path"], self.max_bytes)
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await self._refuse(scope, receive, send)
+        if declared is not None and declared > max_bytes:
+            await self._refuse(scope, receive, send, max_bytes)
             return
         received = 0
         response_started = False
@@ -35,8 +40,8 @@ class RequestBodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise RequestTooLarge(self.max_bytes)
+                if received > max_bytes:
+                    raise RequestTooLarge(max_bytes, hint=self._hint(scope))
             return message
 
         async def watching_send(message: Message) -> None:
@@ -49,10 +54,15 @@ class RequestBodyLimit:
         except RequestTooLarge:
             if response_started:
                 raise
-            await self._refuse(scope, receive, send)
+            await self._refuse(scope, receive, send, max_bytes)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        refused = RequestTooLarge(self.max_bytes)
+    def _hint(self, scope: Scope) -> str:
+        if scope["path"] in self.larger:
+            return "upload a smaller file (TWOTIER_BATCH_FILE_MAX_BYTES)"
+        return "send a shorter prompt or less metadata"
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, max_bytes: int) -> None:
+        refused = RequestTooLarge(max_bytes, hint=self._hint(scope))
         response = error_response(
             refused.status_code,
             refused.code,

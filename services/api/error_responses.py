@@ -27,6 +27,7 @@ HTTP_STATUS = {
     errors.TenantNameTaken: 409,
     errors.IdempotencyConflict: 409,
     errors.QueryAlreadyFinished: 409,
+    errors.BatchAlreadyFinished: 409,
     errors.Unauthenticated: 401,
     errors.InvalidApiKey: 401,
     errors.TenantDisabled: 403,
@@ -59,12 +60,10 @@ class RequestTooLarge(HTTPException):
 
     code = "request_too_large"
 
-    def __init__(self, limit_bytes: int) -> None:
-        super().__init__(
-            413,
-            f"the request body is larger than {limit_bytes} bytes; "
-            "send a shorter prompt or less metadata",
-        )
+    def __init__(
+        self, limit_bytes: int, *, hint: str = "send a shorter prompt or less metadata"
+    ) -> None:
+        super().__init__(413, f"the request body is larger than {limit_bytes} bytes; {hint}")
         self.details = {"limit_bytes": limit_bytes}
 
 

@@ -27,13 +27,20 @@ from services.openai_wire.outcome import QueryOutcome, read_outcome
 from services.openai_wire.requests import ChatCompletionCreate, CompletionCreate
 from services.settings import Settings
 
-PATH_PREFIXES = ("/v1/chat/completions", "/v1/completions", "/v1/models")
+PATH_PREFIXES = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/models",
+    "/v1/files",
+    "/v1/batches",
+)
 router = APIRouter(prefix="/v1", tags=["openai"])
 IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=200)]
 
 
 def speaks_openai(path: str) -> bool:
-    """Whether a request path is one of these routes, whose errors take OpenAI's shape."""
+    """Whether a request path is one of these routes or the Files and Batch APIs'
+    (file_routes.py, batch_routes.py), whose errors take OpenAI's shape."""
     return any(path == prefix or path.startswith(f"{prefix}/") for prefix in PATH_PREFIXES)
 
 

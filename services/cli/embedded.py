@@ -3,9 +3,10 @@
 It stands where Celery and Redis stand in the distributed mode and runs the same delivery code:
 worker threads per tier (as many as a local model decodes at once, so that concurrent queries
 share its steps; one for a tier served over HTTP) and one for webhooks, delayed redelivery for
-retries, and the recovery sweep. The queue itself is memory only; the database is the durable
-record, so at start-up every unfinished query and pending webhook delivery is queued again and
-nothing accepted before a shutdown is lost.
+retries, the recovery sweep and the batch feeder. The queue itself is memory only; the database
+is the durable record, so at start-up every unfinished query and pending webhook delivery is
+queued again and nothing accepted before a shutdown is lost (a batch's requests not yet sent
+wait in the database for the feeder).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TypeVar
 import structlog
 
 from services import cascade, dispatch
+from services.batches import feeder
 from services.db import session_scope
 from services.models import Tier
 from services.recovery import reclaim_unfinished_queries, sweep
@@ -41,12 +43,16 @@ class InProcessQueue:
         self._webhooks: queue.Queue[uuid.UUID | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
+        self._feed_wanted = threading.Event()
 
     def enqueue(self, tier: Tier, query_id: uuid.UUID, *, delay_s: float = 0.0) -> None:
         self._put(tier, query_id, retries_so_far=0, delay_s=delay_s)
 
     def enqueue_webhook(self, delivery_id: uuid.UUID, *, delay_s: float = 0.0) -> None:
         _put_later(self._webhooks, delivery_id, delay_s)
+
+    def feed_batches(self) -> None:
+        self._feed_wanted.set()
 
     def is_reachable(self) -> bool:
         return bool(self._threads) and not self._stopping.is_set()
@@ -66,6 +72,7 @@ class InProcessQueue:
                 self._spawn(f"twotier-{tier.value}-{number}", self._work, tier)
         self._spawn("twotier-webhooks", self._deliver_webhooks)
         self._spawn("twotier-sweep", self._sweep)
+        self._spawn("twotier-batches", self._feed_batches)
         return len(unfinished)
 
     def stop(self, timeout_s: float = 120.0) -> None:
@@ -75,6 +82,7 @@ class InProcessQueue:
             for _ in range(self._threads_for(tier)):
                 tier_queue.put(_STOP)
         self._webhooks.put(_STOP)
+        self._feed_wanted.set()
         for thread in self._threads:
             thread.join(timeout=timeout_s)
         self._threads.clear()
@@ -139,6 +147,35 @@ class InProcessQueue:
                 self.enqueue(tier, query_id)
             for delivery_id in due_webhooks:
                 self.enqueue_webhook(delivery_id)
+
+    def _feed_batches(self) -> None:
+        settings = self.runtime.settings
+        while not self._stopping.is_set():
+            self._feed_wanted.wait(settings.batch_feed_interval_s)
+            self._feed_wanted.clear()
+            if self._stopping.is_set():
+                break
+            try:
+                result = feeder.feed(settings=settings, room=self._batch_room())
+            except Exception:  # the feeder tries again at its next run
+                log.exception("batch_feed_failed")
+                continue
+            for query_id in result.sent:
+                self.enqueue(Tier.SMALL, query_id)
+            if result.run_again:
+                self._feed_wanted.set()
+
+    def _batch_room(self) -> feeder.FeedRoom:
+        """Batch queries take at most half the small tier's threads (one, for a tier served
+        over HTTP), so an interactive query waits behind at most that many."""
+        settings = self.runtime.settings
+        threads = self._threads_for(Tier.SMALL)
+        queues = self._queues.values()
+        short = all(waiting.qsize() < settings.batch_feed_below for waiting in queues)
+        return feeder.FeedRoom(
+            max_in_flight=min(settings.batch_max_in_flight, max(1, threads // 2)),
+            queues_have_room=short,
+        )
 
 
 def _put_later(target: queue.Queue[T], item: T, delay_s: float) -> None:

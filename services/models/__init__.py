@@ -5,6 +5,14 @@ them all on ``Base.metadata`` (which Alembic compares with the database)."""
 
 from __future__ import annotations
 
+from services.models.batch_tables import (
+    FINISHED_BATCH_STATUSES,
+    Batch,
+    BatchRequest,
+    BatchStatus,
+    FilePurpose,
+    StoredFile,
+)
 from services.models.declarative import NAMING_CONVENTION, Base, UTCDateTime, utcnow
 from services.models.query_tables import (
     TERMINAL_STATUSES,
@@ -26,17 +34,23 @@ from services.models.webhook_tables import (
 )
 
 __all__ = [
+    "FINISHED_BATCH_STATUSES",
     "NAMING_CONVENTION",
     "TERMINAL_STATUSES",
     "ApiKey",
     "Base",
+    "Batch",
+    "BatchRequest",
+    "BatchStatus",
     "BudgetPeriod",
     "DeliveryStatus",
+    "FilePurpose",
     "MarginRecord",
     "ModelCall",
     "ModelPrice",
     "Query",
     "QueryStatus",
+    "StoredFile",
     "Tenant",
     "ThresholdScope",
     "Tier",

@@ -101,6 +101,7 @@ class Query(Base):
         Index("ix_queries_tenant_id_created_at", "tenant_id", "created_at", "id"),
         Index("ix_queries_status_updated_at", "status", "updated_at"),
         Index("ix_queries_tenant_id_status", "tenant_id", "status"),
+        Index("ix_queries_batch_id_status", "batch_id", "status"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -114,6 +115,8 @@ class Query(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     webhook_url: Mapped[str | None] = mapped_column(String(2000))
     request_hash: Mapped[str | None] = mapped_column(String(64))
+    # The batch whose request this query answers (services/batches); None for the others.
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("batches.id"))
 
     answer: Mapped[str | None] = mapped_column(Text)
     answered_by: Mapped[str | None] = mapped_column(String(16))

@@ -88,9 +88,28 @@ class QueryOutcome:
 
 
 def read_outcome(session: Session, query: Query) -> QueryOutcome:
+    rows = session.scalars(select(ModelCall).where(ModelCall.query_id == query.id))
+    return outcome_of(query, list(rows))
+
+
+def read_batch_outcomes(session: Session, batch_id: uuid.UUID) -> dict[uuid.UUID, QueryOutcome]:
+    """The outcomes of every query of a batch, by query id, in two statements."""
+    batch_queries = session.scalars(select(Query).where(Query.batch_id == batch_id)).all()
+    calls: dict[uuid.UUID, list[ModelCall]] = {query.id: [] for query in batch_queries}
+    for row in session.scalars(
+        select(ModelCall)
+        .join(Query, Query.id == ModelCall.query_id)
+        .where(Query.batch_id == batch_id)
+    ):
+        calls[row.query_id].append(row)
+    return {query.id: outcome_of(query, calls[query.id]) for query in batch_queries}
+
+
+def outcome_of(query: Query, ledger_rows: list[ModelCall]) -> QueryOutcome:
+    """The outcome of a query and its ledger rows."""
     calls = {
         row.tier: TierCall(row.model, row.input_tokens, row.output_tokens, Decimal(row.cost))
-        for row in session.scalars(select(ModelCall).where(ModelCall.query_id == query.id))
+        for row in ledger_rows
     }
     created_at = query.created_at
     if created_at.tzinfo is None:  # SQLite keeps no zone; the column holds UTC

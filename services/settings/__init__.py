@@ -1,7 +1,7 @@
 """Typed settings, read from the environment (prefix ``TWOTIER_``) once per process.
 
 ``Settings`` is one model; its fields come in groups, each in a module of this package
-(deployment, answers, resilience, tiers), and the webhook, secret and logging settings, the
+(deployment, answers, resilience, batches, tiers), and the webhook, secret and logging settings, the
 checks across groups and ``get_settings`` live here."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from services.lazy import built_once
 from services.settings.answers import AnswerSettings
+from services.settings.batches import BatchSettings
 from services.settings.deployment import DeploymentSettings
 from services.settings.resilience import ResilienceSettings
 from services.settings.tiers import (
@@ -40,8 +41,9 @@ __all__ = [
 
 
 # The groups of fields are bases, listed last group first: pydantic orders the fields from the
-# last base to the first, so the fields read deployment, answers, resilience, then these.
-class Settings(ResilienceSettings, AnswerSettings, DeploymentSettings, BaseSettings):
+# last base to the first, so the fields read deployment, answers, resilience, batches, then
+# these.
+class Settings(BatchSettings, ResilienceSettings, AnswerSettings, DeploymentSettings, BaseSettings):
     """Every setting of the process. Nested tiers use ``__``: ``TWOTIER_SMALL__URL``."""
 
     model_config = SettingsConfigDict(
