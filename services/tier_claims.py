@@ -1,6 +1,7 @@
 """A tier's hold on a query: the statuses it may take a query from, the claim (a delivery
 attempt and a lease, in one transaction around the row lock), and giving the lease back; and
-what one delivery of a tier's task came to."""
+what one delivery of a tier's task came to. The first small-tier delivery of a query is also
+where it may skip the small model (``policy.goes_large_alone``)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services import lifecycle
+from services import budgets, lifecycle, policy
 from services.db import session_scope
-from services.models import TERMINAL_STATUSES, Query, QueryStatus, Tier, utcnow
+from services.models import TERMINAL_STATUSES, Query, QueryStatus, Tenant, Tier, utcnow
 from services.settings import Settings
 
 
@@ -47,10 +49,20 @@ CLAIMABLE = {
 
 
 def claim_for_tier(query_id: uuid.UUID, tier: Tier, settings: Settings) -> Claim | TierResult:
+    """Take the query for ``tier``'s call; or say why not (skipped, busy, failed). A query's
+    first small-tier delivery may instead send it to the large tier alone, when the policy
+    says so and the budget pays (``Outcome.ESCALATE``, decision ``large_alone``)."""
     with session_scope() as session:
-        query = session.get(Query, query_id, with_for_update=True, populate_existing=True)
+        found = session.execute(
+            select(Query, Tenant)
+            .join(Tenant, Tenant.id == Query.tenant_id)
+            .where(Query.id == query_id)
+            .with_for_update(of=Query)
+            .execution_options(populate_existing=True)
+        ).one_or_none()
+        query, tenant = found if found is not None else (None, None)
         now = utcnow()
-        if query is None or query.status not in CLAIMABLE[tier]:
+        if query is None or tenant is None or query.status not in CLAIMABLE[tier]:
             lease_over = query is not None and (
                 query.lease_expires_at is None or query.lease_expires_at <= now
             )
@@ -59,6 +71,8 @@ def claim_for_tier(query_id: uuid.UUID, tier: Tier, settings: Settings) -> Claim
             return TierResult(Outcome.SKIPPED)
         if query.lease_expires_at is not None and query.lease_expires_at > now:
             return TierResult(Outcome.BUSY, (query.lease_expires_at - now).total_seconds())
+        if tier is Tier.SMALL and _goes_large_alone(session, query, tenant, settings):
+            return TierResult(Outcome.ESCALATE)
         query.delivery_attempts += 1
         if query.delivery_attempts > settings.max_delivery_attempts:
             return mark_failed(
@@ -74,6 +88,24 @@ def claim_for_tier(query_id: uuid.UUID, tier: Tier, settings: Settings) -> Claim
             max_new_tokens=query.max_new_tokens,
             choices=query.choices,
         )
+
+
+def _goes_large_alone(session: Session, query: Query, tenant: Tenant, settings: Settings) -> bool:
+    """A query not yet on the small tier skips it if the policy says so and the budget can pay
+    the large call (which reserves it and gives back the small call's reservation)."""
+    if query.status != QueryStatus.QUEUED or not policy.may_go_large_alone(tenant):
+        return False
+    worst_case = budgets.lazy_worst_case(session, settings, query=query)
+    if not policy.goes_large_alone(
+        session, query=query, tenant=tenant, settings=settings, worst_case=worst_case
+    ):
+        return False
+    if not lifecycle.escalate(
+        session, query, tenant=tenant, settings=settings, worst_case=worst_case, small_called=False
+    ):
+        return False
+    query.decision = "large_alone"
+    return True
 
 
 def mark_failed(session: Session, query: Query, code: str, message: str) -> TierResult:

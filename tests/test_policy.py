@@ -191,9 +191,12 @@ def test_the_evaluation_finds_its_policies_by_name() -> None:
     assert policies_scored_by("trained") == ["frugalgpt", "routing", "hybridllm"]
     assert policies_scored_by(None) == ["random", "oracle"]
     assert {name: p.mode for name, p in OFFLINE_POLICIES.items()} == {
-        "threshold": "cascade", "random": "route", "oracle": "cascade",
-        "frugalgpt": "cascade", "routing": "route", "hybridllm": "route",
+        "threshold": "cascade", "threshold+large_alone": "cascade", "random": "route",
+        "oracle": "cascade", "frugalgpt": "cascade", "routing": "route", "hybridllm": "route",
     }  # fmt: skip
+    assert [name for name, p in OFFLINE_POLICIES.items() if p.large_alone] == [
+        "threshold+large_alone"
+    ]
 
 
 # -- properties of the rule --------------------------------------------------------------------

@@ -145,7 +145,9 @@ class QueryView(BaseModel):
         description="`warmup`, `below_threshold` (escalated), `at_or_above_threshold`, "
         "`budget_guard` (below the threshold, but the budget could not pay the large model), "
         "`small_unavailable` (the small model server kept failing: answered by the large "
-        "tier) or `large_unavailable` (the large one kept failing: the small tier's answer)."
+        "tier), `large_unavailable` (the large one kept failing: the small tier's answer) or "
+        "`large_alone` (sent to the large model without a small call: the tenant's budget per "
+        "query had enough unspent to pay for it, or its target rate is 1)."
     )
     cost: QueryCost
     error: QueryError | None

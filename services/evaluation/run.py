@@ -173,7 +173,8 @@ def evaluate_pair(
 
 
 def _run(stream: Stream, policy: OfflinePolicy, signal: FloatArray | None) -> tuple[Curves, Mode]:
-    return stream.run(policy.wants(stream, signal), policy.mode), policy.mode
+    curves = stream.run(policy.wants(stream, signal), policy.mode, large_alone=policy.large_alone)
+    return curves, policy.mode
 
 
 def _grid_result(

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.evaluation.data import BoolArray, FloatArray
-from services.policy import offline
+from services.policy import offline, pacing
 from services.policy.offline import OFFLINE_POLICIES, Mode, threshold_rule
 
 BUDGET_POINTS = 100
@@ -102,6 +102,8 @@ class Stream:
         ).ravel()
         small_costs = np.stack([grid.scheme.small for grid in grids])  # (grids, n)
         large_costs = np.stack([grid.scheme.large for grid in grids])
+        # What the service would expect the large call to cost: the scheme's average.
+        self.large_cost_expected = large_costs.mean(axis=1)[self.grid_of]
         self.small_cost = small_costs[:, self.orders].transpose(1, 0, 2)  # (seeds, grids, n)
         self.large_cost = large_costs[:, self.orders].transpose(1, 0, 2)
         suffix = np.cumsum(self.small_cost[..., ::-1], axis=-1)[..., ::-1]
@@ -131,17 +133,24 @@ class Stream:
         return OFFLINE_POLICIES["oracle"].wants(self)
 
     # -- the budgeted stream ---------------------------------------------------------------
-    def run(self, wants: BoolArray, mode: Mode) -> Curves:
+    def run(self, wants: BoolArray, mode: Mode, *, large_alone: bool = False) -> Curves:
         """Spend each column's budget B * n along the stream, with the paper's budget guards.
 
         A cascade always pays c_s and escalates (paying c_l too) only if what is left still pays
         c_s for every later query; a router sends a query to L alone only on the same condition.
-        A query no model can be paid for counts as wrong.
+        With ``large_alone``, a query goes to L alone (no small call) whenever the surplus of
+        the budget per query pays for it (``services.policy.pacing``), as in the service, with
+        the grid's average c_l as the expected large cost. Unlike the service, whose L-alone
+        queries add no margin, the threshold here was computed with every query's signal in
+        the history: the L-alone queries are chosen without looking at the signal, so the
+        history's quantiles are the same in expectation. A query no model can be paid for
+        counts as wrong.
         """
         seed, grid = self.seed_of, self.grid_of
         remaining = self.budget * self.n
         correct = np.zeros(remaining.shape)
         large_calls = np.zeros(remaining.shape)
+        no_alone = np.zeros(remaining.shape, dtype=bool)
         for t in range(self.n):
             small_cost = self.small_cost[seed, grid, t]
             large_cost = self.large_cost[seed, grid, t]
@@ -149,12 +158,22 @@ class Stream:
             small_ok = self.small_correct[seed, t]
             large_ok = self.large_correct[seed, t]
             affordable = remaining >= small_cost
+            alone = (
+                np.asarray(pacing.covers_large(
+                    budget_per_query=self.budget, answered=t,
+                    spent=self.budget * self.n - remaining, large_cost=self.large_cost_expected,
+                )) & (remaining - large_cost >= reserve)
+                if large_alone
+                else no_alone
+            )  # fmt: skip
             if mode == "cascade":
-                to_large = wants[:, t] & (remaining - small_cost - large_cost >= reserve)
+                to_large = ~alone & wants[:, t] & (remaining - small_cost - large_cost >= reserve)
                 spent = np.where(affordable, small_cost + to_large * large_cost, 0.0)
-                ok = np.where(to_large, large_ok, small_ok) & affordable
+                spent = np.where(alone, large_cost, spent)
+                ok = np.where(alone | to_large, large_ok, small_ok & affordable)
+                to_large |= alone
             else:
-                to_large = wants[:, t] & (remaining - large_cost >= reserve)
+                to_large = (alone | wants[:, t]) & (remaining - large_cost >= reserve)
                 on_small = ~to_large & affordable
                 spent = np.where(to_large, large_cost, np.where(on_small, small_cost, 0.0))
                 ok = np.where(to_large, large_ok, small_ok & on_small)

@@ -1,6 +1,7 @@
 """The escalation policy: the one owner of whether a query goes to the large model.
 
-``decide`` is what the small tier asks once it has the small model's answer; ``never_escalates``
+``decide`` is what the small tier asks once it has the small model's answer;
+``goes_large_alone`` what it asks before the small call (a query may skip it); ``never_escalates``
 what a submit asks before reserving the large call; ``on_small_unavailable`` and
 ``on_large_unavailable`` what the cascade asks when a model server keeps failing. The offline
 evaluation finds the policies it compares in ``OFFLINE_POLICIES``.
@@ -9,6 +10,8 @@ evaluation finds the policies it compares in ``OFFLINE_POLICIES``.
 from services.policy.escalation import (
     PolicyDecision,
     decide,
+    goes_large_alone,
+    may_go_large_alone,
     never_escalates,
     on_large_unavailable,
     on_small_unavailable,
@@ -22,6 +25,8 @@ __all__ = [
     "PolicyDecision",
     "budget_rate",
     "decide",
+    "goes_large_alone",
+    "may_go_large_alone",
     "never_escalates",
     "on_large_unavailable",
     "on_small_unavailable",

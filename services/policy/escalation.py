@@ -2,9 +2,11 @@
 tier's model server is unavailable.
 
 ``decide`` is the one place the rule runs: the signal (the first-token margin of the small
-answer), the target rate (fixed or p(B)), and the dynamic threshold with its warm-up. The budget
-guard is the caller's: it tries to reserve the large call and keeps the small answer if it
-cannot.
+answer), the target rate (fixed or p(B)), and the dynamic threshold with its warm-up. Before
+the small call, ``goes_large_alone`` says whether the query skips it: under a budget per query
+whose unspent surplus pays the large call, or a target rate of 1. The budget guard is the
+caller's: it tries to reserve the large call and keeps the small answer (or, before the small
+call, the cascade) if it cannot.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from services.budgets import WorstCase
 from services.llm.base import Generation
 from services.llm.margin import margin_and_answer
 from services.models import Query, Tenant
-from services.policy.rates import target_escalation_rate
+from services.policy.pacing import answered_and_spent, covers_large
+from services.policy.rates import expected_costs, target_escalation_rate
 from services.settings import Settings
 from services.threshold import Reason
 from services.threshold_window import DriftLimits, DriftReading, DriftState
@@ -142,6 +145,45 @@ def history_rule(settings: Settings) -> threshold.HistoryRule:
             rate_tolerance=settings.threshold_drift_rate_tolerance,
             psi=settings.threshold_drift_psi,
         ),
+    )
+
+
+def may_go_large_alone(tenant: Tenant) -> bool:
+    """Whether a query of the tenant may skip the small model: only under a budget per query
+    or a target rate of 1 (every other tenant's queries all start on the small tier)."""
+    return tenant.budget_per_query is not None or tenant.target_escalation_rate >= 1
+
+
+def goes_large_alone(
+    session: Session,
+    *,
+    query: Query,
+    tenant: Tenant,
+    settings: Settings,
+    worst_case: WorstCase | None = None,
+) -> bool:
+    """Before the small call: whether the query goes to the large model alone.
+
+    A target rate of 1 escalates everything, so the small call would be paid for nothing. Under
+    a budget per query B, the query goes to L alone when the surplus of B over the tenant's
+    recent spend pays the large call (``services.policy.pacing``); with B >= c_l that is every
+    query. The budget guard is the caller's, as for an escalation.
+    """
+    if tenant.budget_per_query is None:
+        return tenant.target_escalation_rate >= 1
+    if worst_case is None:
+        worst_case = budgets.lazy_worst_case(session, settings, query=query)
+    _, large_cost = expected_costs(session, tenant=tenant, settings=settings, worst_case=worst_case)
+    answered, spent = answered_and_spent(
+        session, tenant_id=tenant.id, large_cost=large_cost, exclude=query.id
+    )
+    return bool(
+        covers_large(
+            budget_per_query=tenant.budget_per_query,
+            answered=answered,
+            spent=spent,
+            large_cost=large_cost,
+        )
     )
 
 

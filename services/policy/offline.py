@@ -27,6 +27,9 @@ Mode = Literal["cascade", "route"]
 SignalSource = Literal["recorded", "trained"] | None
 
 THRESHOLD = "threshold"  # the service's rule; the evaluation runs it on every recorded signal
+# The service's rule for a tenant with a budget per query: the threshold, and L alone whenever
+# the budget's surplus pays for it.
+THRESHOLD_LARGE_ALONE = "threshold+large_alone"
 
 
 class OfflineStream(Protocol):
@@ -64,6 +67,9 @@ class OfflinePolicy:
     mode: Mode
     signal: SignalSource
     rule: Rule
+    # Whether a query goes to L alone when the budget per query's surplus pays for it
+    # (services.policy.pacing): the service's step for a tenant with a budget per query.
+    large_alone: bool = False
 
     def wants(self, stream: OfflineStream, signal: FloatArray | None = None) -> BoolArray:
         """(columns, n): whether the policy would send each query to the large model."""
@@ -114,6 +120,7 @@ def oracle_rule(stream: OfflineStream, _signal: FloatArray | None, _mode: Mode) 
 
 OFFLINE_POLICIES: dict[str, OfflinePolicy] = {
     THRESHOLD: OfflinePolicy("cascade", "recorded", threshold_rule),
+    THRESHOLD_LARGE_ALONE: OfflinePolicy("cascade", "recorded", threshold_rule, large_alone=True),
     "random": OfflinePolicy("route", None, random_rule),
     "oracle": OfflinePolicy("cascade", None, oracle_rule),
     # The trained routers: FrugalGPT's score is a cascade's signal; the others route.

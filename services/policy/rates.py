@@ -28,13 +28,23 @@ def target_escalation_rate(
     session: Session, *, tenant: Tenant, settings: Settings, worst_case: WorstCase
 ) -> float:
     """The rate to escalate at: the tenant's target, or p(B) from its average budget per query B
-    and the average costs of its recent calls on each tier.
+    and the expected costs of a call on each tier (``expected_costs``)."""
+    if tenant.budget_per_query is None:
+        return tenant.target_escalation_rate
+    small_cost, large_cost = expected_costs(
+        session, tenant=tenant, settings=settings, worst_case=worst_case
+    )
+    return budget_rate(tenant.budget_per_query, small_cost=small_cost, large_cost=large_cost)
+
+
+def expected_costs(
+    session: Session, *, tenant: Tenant, settings: Settings, worst_case: WorstCase
+) -> tuple[Decimal, Decimal]:
+    """(c_s, c_l): the average costs of the tenant's recent calls on each tier.
 
     Before any large call, c_l is the small calls' average tokens at the large tier's prices;
     before any call at all, the query's worst case stands in.
     """
-    if tenant.budget_per_query is None:
-        return tenant.target_escalation_rate
     small = recent_averages(session, tenant.id, Tier.SMALL)
     large = recent_averages(session, tenant.id, Tier.LARGE)
     small_cost = small[0] if small else worst_case()[0]
@@ -46,7 +56,7 @@ def target_escalation_rate(
         )
     else:
         large_cost = worst_case()[1]
-    return budget_rate(tenant.budget_per_query, small_cost=small_cost, large_cost=large_cost)
+    return small_cost, large_cost
 
 
 def recent_averages(
