@@ -1,6 +1,6 @@
 """The small tier's accuracy and margin AUROC on labelled data sets, in each prompt style.
 
-    python bench/live_prompts.py [--data ../shared/bench/datasets] [--limit 200]
+    OMP_NUM_THREADS=1 python bench/live_prompts.py [--data ../shared/bench/datasets] [--limit 200]
         [--sets sst2_validation,kotzias_amazon,...] [--styles completion,chat]
         [--out bench/results/live_prompts.json]
 
@@ -8,6 +8,8 @@ Runs `twotier eval-live`'s own code over the first --limit queries of each set (
 rows that are the prompts' worked examples) with the configured small tier (by default the
 bundled local model, loaded once for every set and style). The records go to a temporary
 folder, as they hold the data sets' text; the summary goes to --out, rewritten after each run.
+On a machine whose cores other work shares, one torch thread (OMP_NUM_THREADS=1) runs it several
+times faster than more.
 """
 
 from __future__ import annotations
