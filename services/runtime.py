@@ -21,8 +21,11 @@ from services.settings import Settings, TierSettings
 
 
 class Runtime:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, raw_prompts: bool = False) -> None:
+        """``raw_prompts``: every tier's backend sends prompts as the model's whole input, with
+        no chat template (``twotier eval-live``'s completion prompts; see ``build_backend``)."""
         self.settings = settings
+        self.raw_prompts = raw_prompts
         self.leases = LeaseKeeper(lease_s=settings.task_lease_s)
         self._backends: dict[Tier, Backend] = {}
         self._breakers: dict[Tier, CircuitBreaker] = {}
@@ -38,7 +41,9 @@ class Runtime:
             return backend
         with self._lock:
             if tier not in self._backends:
-                self._backends[tier] = build_backend(tier, self.settings)
+                self._backends[tier] = build_backend(
+                    tier, self.settings, raw_prompts=self.raw_prompts
+                )
             return self._backends[tier]
 
     def breaker(self, tier: Tier) -> CircuitBreaker:

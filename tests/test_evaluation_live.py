@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from services.cli import main as twotier
 from services.evaluation.data import read_records
-from services.evaluation.live import read_examples
+from services.evaluation.prompts import TEMPLATES, read_examples
 from tests.scripted_tgi import ScriptedTGI
 
 
@@ -28,7 +28,10 @@ def test_eval_live_records_class_margins_and_eval_compares_signals(
 ) -> None:
     data = write_reviews(tmp_path / "reviews.jsonl")
     labels = ["negative", "positive"]
-    for i, example in enumerate(read_examples(data, kind="classification", labels=labels, shots=2)):
+    examples = read_examples(
+        data, template=TEMPLATES["classification"], style="chat", labels=labels, shots=2
+    )
+    for i, example in enumerate(examples):
         sure = i % 3 != 0  # every third review: the model leans the wrong way, unsure
         right, wrong = (" Positive", " Negative") if example.gold == "positive" else (
             " Negative", " Positive")  # fmt: skip
@@ -41,10 +44,12 @@ def test_eval_live_records_class_margins_and_eval_compares_signals(
         )
     records_file = tmp_path / "records" / "reviews.jsonl"
     recorded = CliRunner().invoke(twotier, [
-        "eval-live", str(data), "--kind", "classification", "--labels", ",".join(labels),
-        "--shots", "2", "--out", str(records_file),
+        "eval-live", str(data), "--template", "classification", "--labels", ",".join(labels),
+        "--prompt-style", "chat", "--shots", "2", "--out", str(records_file),
     ])  # fmt: skip
     assert recorded.exit_code == 0, recorded.output
+    # 38 of 58 right; the margin ranks every right answer (0.7) above every wrong one (0.05).
+    assert "Small model accuracy 0.655, margin AUROC 1.000" in recorded.output
     records = [json.loads(line) for line in records_file.read_text().splitlines()]
     assert len(records) == 58
     assert sum(r["small_correct"] for r in records) == 38  # the 20 unsure ones are wrong
@@ -74,7 +79,7 @@ def test_multiple_choice_prompts_letter_each_question_by_its_own_options(tmp_pat
     ]
     data = tmp_path / "mc.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    [example] = read_examples(data, kind="multiple-choice", labels=None, shots=1)
+    [example] = read_examples(data, style="chat", shots=1)
     assert example.choices == ["A", "B", "C"]
     assert example.gold == "B"
     assert "Pick the fourth\nA. a\nB. b\nC. c\nD. d\nAnswer: D" in example.prompt

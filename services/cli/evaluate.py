@@ -11,7 +11,10 @@ from pathlib import Path
 
 import click
 
+from services.evaluation.prompts import DEFAULT_PROMPT_STYLE, PROMPT_STYLES, TEMPLATES
 from services.settings import get_settings
+
+TEMPLATE_NAMES = tuple(TEMPLATES)
 
 TABLE_WIDTH = 100  # columns of the table where stdout is no terminal (a file, a pipe)
 
@@ -118,8 +121,26 @@ def _evaluate_cascades(paths: list[Path], *, out: Path, seeds: list[int], warmup
 
 @click.command("eval-live")
 @click.argument("data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--kind", type=click.Choice(["classification", "multiple-choice"]), required=True)
-@click.option("--labels", default=None, help="Class names in label-index order, comma-separated.")
+@click.option(
+    "--template",
+    type=click.Choice(TEMPLATE_NAMES),
+    default=None,
+    help="How a row is shown [default: by the file's name (sst2, fever, boolq, mmlu, ...), "
+    "else by its rows' fields].",
+)
+@click.option(
+    "--prompt-style",
+    type=click.Choice(PROMPT_STYLES),
+    default=DEFAULT_PROMPT_STYLE,
+    show_default=True,
+    help="completion: plain few-shot text, no chat template; chat: an instruction first, sent "
+    "in the model's chat template.",
+)
+@click.option(
+    "--labels",
+    default=None,
+    help="Class names in label-index order, comma-separated [default: the template's].",
+)
 @click.option("--task", default=None, help="Task name in the records (default: the file's stem).")
 @click.option(
     "--out",
@@ -140,19 +161,32 @@ def _evaluate_cascades(paths: list[Path], *, out: Path, seeds: list[int], warmup
     is_flag=True,
     help="Also ask the large tier (else the large model is taken to be always right).",
 )
-def evaluate_live(data: Path, kind: str, labels: str | None, task: str | None, out: Path,
-                  limit: int | None, shots: int, with_large: bool) -> None:  # fmt: skip
+def evaluate_live(data: Path, template: str | None, prompt_style: str, labels: str | None,
+                  task: str | None, out: Path, limit: int | None, shots: int,
+                  with_large: bool) -> None:  # fmt: skip
     """Run the small tier (TWOTIER_SMALL__*) over labelled data and record margins."""
     from rich.console import Console  # noqa: PLC0415
 
-    from services.evaluation.live import LiveTiers, read_examples, record_live  # noqa: PLC0415
+    from services.evaluation.live import LiveTiers, record_live  # noqa: PLC0415
+    from services.evaluation.prompts import (  # noqa: PLC0415
+        TEMPLATES,
+        read_examples,
+        template_of_file,
+    )
     from services.models import Tier  # noqa: PLC0415
     from services.runtime import Runtime  # noqa: PLC0415
 
     settings = get_settings()
-    runtime = Runtime(settings)
+    runtime = Runtime(settings, raw_prompts=prompt_style == "completion")
     label_names = [label.strip() for label in labels.split(",")] if labels else None
-    examples = list(read_examples(data, kind=kind, labels=label_names, shots=shots))  # type: ignore[arg-type]
+    try:
+        chosen = TEMPLATES[template] if template else template_of_file(data)
+        examples = list(read_examples(
+            data, template=chosen, style=prompt_style, labels=label_names,  # type: ignore[arg-type]
+            shots=shots,
+        ))  # fmt: skip
+    except (ValueError, KeyError) as exc:
+        raise click.UsageError(f"{data.name}: {exc}") from exc
     planned = len(examples) if limit is None else min(limit, len(examples))
     console = Console(stderr=True)
     with closing(runtime), console.status("Recording ...") as status:
@@ -166,7 +200,7 @@ def evaluate_live(data: Path, kind: str, labels: str | None, task: str | None, o
             if settings.small.backend != "local"
             else max(settings.max_top_n_tokens, 10),
         )
-        written = record_live(
+        summary = record_live(
             iter(examples),
             task=task or data.stem,
             tiers=tiers,
@@ -174,4 +208,14 @@ def evaluate_live(data: Path, kind: str, labels: str | None, task: str | None, o
             limit=limit,
             progress=lambda done: status.update(f"Recorded {done}/{planned} queries ..."),
         )
-    console.print(f"Wrote {written} records to {out}; evaluate them with `twotier eval {out}`.")
+    auroc = "n/a" if summary.margin_auroc is None else f"{summary.margin_auroc:.3f}"
+    console.print(
+        f"Small model accuracy {summary.small_accuracy:.3f}, margin AUROC {auroc} (0.5: the "
+        f"margin tells its right answers from its wrong ones no better than chance); "
+        f"{summary.written} queries, {prompt_style} prompts, {chosen.name} template.",
+        soft_wrap=True,
+    )
+    console.print(
+        f"Wrote {summary.written} records to {out}; evaluate them with `twotier eval {out}`.",
+        soft_wrap=True,  # the path stays whole, to be copied
+    )

@@ -1,27 +1,29 @@
 """``twotier eval-live``: run the small tier for real over a labelled data set and write the
 per-query records that ``twotier eval`` reads.
 
-Classification rows are ``{text, label}`` (the label an index into ``labels`` or a label name);
-multiple-choice rows are ``{question, choices, answer_idx}`` and are answered with a letter.
-The first ``shots`` rows serve as worked examples in every prompt and are not recorded.
+The prompts come from services/evaluation/prompts.py (a template per data set, in the chat or
+the completion style); the records carry the class margin and the other signals, and the run
+ends with the small model's accuracy and how well the margin tells its right answers from its
+wrong ones (the AUROC).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import string
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
+
+import numpy as np
 
 from services.accounting import settings_price
+from services.evaluation.prompts import Example
+from services.evaluation.scores import auroc
 from services.llm.base import Backend
 from services.llm.margin import choice_margin, class_probabilities, first_token_margin
 from services.settings import TierSettings
-
-Kind = Literal["classification", "multiple-choice"]
 
 SIGNAL_NAMES = {
     "margin": "p1 - p2 over the class names' first tokens (the paper's classification margin)",
@@ -30,59 +32,6 @@ SIGNAL_NAMES = {
     "class_share": "p(best class) / sum of the class probabilities (no trained router)",
     "negative_entropy": "minus the entropy of the class distribution, renormalised",
 }
-
-
-@dataclass(frozen=True)
-class Example:
-    query: str  # the bare question, for the trained baselines
-    prompt: str
-    choices: list[str]
-    gold: str
-
-
-def read_examples(
-    path: Path, *, kind: Kind, labels: list[str] | None, shots: int
-) -> Iterator[Example]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    demos, rest = rows[:shots], rows[shots:]
-    for row in rest:
-        yield _example(row, demos, kind=kind, labels=labels)
-
-
-def _example(
-    row: dict[str, Any], demos: list[dict[str, Any]], *, kind: Kind, labels: list[str] | None
-) -> Example:
-    if kind == "classification":
-        if not labels:
-            raise ValueError("classification needs --labels (names in label-index order)")
-        shown = "".join(f"Text: {d['text']}\nAnswer: {_label(d, labels)}\n\n" for d in demos)
-        prompt = (
-            f"Classify the text as one of: {', '.join(labels)}. Answer with the label only.\n\n"
-            f"{shown}Text: {row['text']}\nAnswer:"
-        )
-        return Example(row["text"], prompt, labels, _label(row, labels))
-    letters = list(string.ascii_uppercase[: len(row["choices"])])
-    shown = "".join(
-        f"{_question(d)}\nAnswer: {string.ascii_uppercase[d['answer_idx']]}\n\n" for d in demos
-    )
-    prompt = (
-        "Answer the multiple-choice question with the letter of the correct option only.\n\n"
-        f"{shown}{_question(row)}\nAnswer:"
-    )
-    return Example(row["question"], prompt, letters, letters[row["answer_idx"]])
-
-
-def _label(row: dict[str, Any], labels: list[str]) -> str:
-    label = row["label"]
-    return labels[label] if isinstance(label, int) else str(label)
-
-
-def _question(row: dict[str, Any]) -> str:
-    options = "\n".join(
-        f"{letter}. {choice}"
-        for letter, choice in zip(string.ascii_uppercase, row["choices"], strict=False)
-    )
-    return f"Question: {row['question']}\n{options}"
 
 
 @dataclass(frozen=True)
@@ -96,6 +45,18 @@ class LiveTiers:
     top_n_tokens: int
 
 
+@dataclass(frozen=True)
+class LiveSummary:
+    """What a run recorded: how often the small model was right, and how well its margin
+    ranks its right answers above its wrong ones (None when all were right or all wrong)."""
+
+    written: int
+    small_accuracy: float
+    margin_auroc: float | None
+    # The share of the small model's most frequent answer: near 1, it answers one class.
+    top_answer_share: float
+
+
 def record_live(
     examples: Iterator[Example],
     *,
@@ -104,23 +65,36 @@ def record_live(
     out: Path,
     limit: int | None = None,
     progress: Callable[[int], None] = lambda _: None,
-) -> int:
+) -> LiveSummary:
     """Answer each example on the small tier (and the large, if given) and write the records.
 
     Without a large backend the large model is taken to be always right (an idealised large
     model): the curves then show how much of the small model's error the signal can find.
     """
     out.parent.mkdir(parents=True, exist_ok=True)
-    written = 0
+    records: list[dict[str, Any]] = []
     with out.open("w") as handle:
         for example in examples:
-            if limit is not None and written >= limit:
+            if limit is not None and len(records) >= limit:
                 break
             record = _record(example, task, tiers)
             handle.write(json.dumps(record) + "\n")
-            written += 1
-            progress(written)
-    return written
+            records.append(record)
+            progress(len(records))
+    return summarise(records)
+
+
+def summarise(records: list[dict[str, Any]]) -> LiveSummary:
+    correct = np.array([bool(r["small_correct"]) for r in records])
+    margins = np.array([float(r["signals"]["margin"]) for r in records])
+    answers = [r["small_answer"] for r in records]
+    top = max((answers.count(answer) for answer in set(answers)), default=0)
+    return LiveSummary(
+        written=len(records),
+        small_accuracy=float(correct.mean()) if records else 0.0,
+        margin_auroc=auroc(margins, correct),
+        top_answer_share=top / len(records) if records else 0.0,
+    )
 
 
 def _record(example: Example, task: str, tiers: LiveTiers) -> dict[str, Any]:

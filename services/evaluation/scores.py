@@ -1,10 +1,11 @@
-"""What users ask of a router, read off an accuracy-cost curve."""
+"""What users ask of a router, read off an accuracy-cost curve, and how well a signal ranks
+the small model's right answers above its wrong ones."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from services.evaluation.data import FloatArray
+from services.evaluation.data import BoolArray, FloatArray
 
 
 def normalised_auc(budgets: FloatArray, accuracy: FloatArray) -> float:
@@ -52,3 +53,19 @@ def normalised_gain(margin_auc: float, random_auc: float, oracle_auc: float) -> 
     (AUC_margin - AUC_random) / (AUC_oracle - AUC_random); None where the oracle has no lead."""
     lead = oracle_auc - random_auc
     return None if lead <= 0 else (margin_auc - random_auc) / lead
+
+
+def auroc(scores: FloatArray, positive: BoolArray) -> float | None:
+    """The chance that a random positive scores above a random negative (ties count half):
+    the Mann-Whitney U over the product of the class sizes. None without both classes."""
+    positives, negatives = int(positive.sum()), int((~positive).sum())
+    if positives == 0 or negatives == 0:
+        return None
+    order = np.argsort(scores, kind="stable")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    ranks[order] = np.arange(1, len(scores) + 1)
+    for value in np.unique(scores):  # tied scores share their mean rank
+        tied = scores == value
+        ranks[tied] = ranks[tied].mean()
+    u = ranks[positive].sum() - positives * (positives + 1) / 2
+    return float(u / (positives * negatives))

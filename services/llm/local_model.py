@@ -61,9 +61,10 @@ class LocalModel:
             shared += 1
         return first[:shared]
 
-    def encode(self, prompt: str) -> list[int]:
-        """Token ids of the prompt, wrapped in the model's chat template when it has one."""
-        if self.use_chat_template:
+    def encode(self, prompt: str, *, raw: bool = False) -> list[int]:
+        """Token ids of the prompt, wrapped in the model's chat template when it has one
+        (unless ``raw``: then the prompt's own tokens, the whole input as written)."""
+        if self.use_chat_template and not raw:
             messages = [{"role": "user", "content": prompt}]
             encoded = self.tokenizer.apply_chat_template(
                 messages, add_generation_prompt=True, tokenize=True
@@ -142,12 +143,19 @@ class LocalModel:
 
 
 class LocalBackend:
-    """The cascade's backend interface over a LocalModel (no HTTP: the embedded default)."""
+    """The cascade's backend interface over a LocalModel (no HTTP: the embedded default).
 
-    def __init__(self, local_model: LocalModel, *, model: str, top_n_tokens: int) -> None:
+    With ``raw_prompts`` each prompt is the model's whole input, with no chat template (text
+    for the model to continue, as TGI's ``/generate`` takes it); the model itself is shared.
+    """
+
+    def __init__(
+        self, local_model: LocalModel, *, model: str, top_n_tokens: int, raw_prompts: bool = False
+    ) -> None:
         self.local_model = local_model
         self.model = model
         self.top_n_tokens = top_n_tokens
+        self.raw_prompts = raw_prompts
 
     def generate(
         self,
@@ -157,7 +165,7 @@ class LocalBackend:
         top_n_tokens: int | None = None,
         context: CallContext | None = None,
     ) -> Generation:
-        input_ids = self.local_model.encode(prompt)
+        input_ids = self.local_model.encode(prompt, raw=self.raw_prompts)
         context = context or CallContext()
         detailed = self.local_model.generate(
             input_ids,
@@ -184,8 +192,8 @@ class LocalBackend:
         """Each label's log-prob as the model's answer to the prompt (after the chat template's
         assistant turn opens, or after the raw prompt); what the model ran is counted as
         input, as the prompt and the label once per label."""
-        input_ids = self.local_model.encode(prompt)
-        raw = not self.local_model.use_chat_template
+        input_ids = self.local_model.encode(prompt, raw=self.raw_prompts)
+        raw = self.raw_prompts or not self.local_model.use_chat_template
         # A raw prompt is continued as TGI's would be: a space between it and the label.
         answers = [continuation(prompt, label)[len(prompt) :] if raw else label for label in labels]
         label_ids = [self._label_tokens(answer) for answer in answers]

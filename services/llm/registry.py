@@ -19,7 +19,12 @@ if TYPE_CHECKING:
     from services.llm.local_model import LocalModel
 
 
-def build_backend(tier: Tier, settings: Settings) -> Backend:
+def build_backend(tier: Tier, settings: Settings, *, raw_prompts: bool = False) -> Backend:
+    """The tier's backend. With ``raw_prompts`` it sends each prompt as the model's whole
+    input, with no chat template: the local model encodes it as plain text and an
+    OpenAI-compatible server gets it on ``/v1/completions``; TGI's ``/generate`` takes raw
+    text already (``twotier model-server`` applies its chat template unless started with
+    ``--raw-prompts``)."""
     tier_settings = settings.small if tier is Tier.SMALL else settings.large
     if tier_settings.backend == "local":
         require_local_extra(f"the {tier.value} tier (TWOTIER_{tier.name}__BACKEND=local)")
@@ -33,6 +38,7 @@ def build_backend(tier: Tier, settings: Settings) -> Backend:
             ),
             model=tier_settings.model,
             top_n_tokens=settings.top_n_tokens,
+            raw_prompts=raw_prompts,
         )
     assert tier_settings.url is not None  # the settings validator requires it
     if tier_settings.backend == "openai":
@@ -42,7 +48,7 @@ def build_backend(tier: Tier, settings: Settings) -> Backend:
         return OpenAIBackend(
             url=str(tier_settings.url),
             model=tier_settings.model,
-            api=tier_settings.openai_api,
+            api="completions" if raw_prompts else tier_settings.openai_api,
             api_key=api_key,
             timeout_s=tier_settings.timeout_s,
             top_n_tokens=settings.top_n_tokens,
