@@ -2,11 +2,16 @@
 default's small tier), with 1 and with 8 queries in flight at once.
 
     python bench/local_model.py [--data ../shared/bench/datasets/sst2_validation.jsonl]
-        [--queries 48] [--max-new-tokens 32] [--concurrency 1 8]
+        [--queries 48] [--max-new-tokens 32] [--concurrency 1 8] [--rounds 1] [--threads N]
         [--out bench/results/local_model.json]
 
 Each level runs the same prompts from that many threads, as the embedded queue's threads do;
-the model decodes the queries in flight together. Prints the figures and writes them as JSON.
+the model decodes the queries in flight together. With ``--rounds N`` the levels run back to
+back N times and each round's speedup is kept: on a shared machine the load changes from one
+minute to the next, and levels measured side by side give the fairer ratio. Each level also
+reports the process's CPU time, which other processes on the machine disturb less than the
+wall time (most with ``--threads 1``: torch's threads wait for each other at every step).
+Prints the figures and writes them as JSON (the last round's levels, every round's speedup).
 The first run also fetches and converts the GGUF; run it twice to see a warm start.
 """
 
@@ -37,9 +42,13 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=48)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--rounds", type=int, default=1, help="run the levels this many times")
+    parser.add_argument("--threads", type=int, help="torch's threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/local_model.json"))
     args = parser.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     console = Console(stderr=True)
     started = time.perf_counter()
     source = prepare_local_model(None, cache_dir=get_settings().cache_dir, console=console)
@@ -60,13 +69,34 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
-    for concurrency in args.concurrency:
-        results[f"concurrent_{concurrency}"] = _run_level(
-            backend, prompts, concurrency=concurrency, max_new_tokens=args.max_new_tokens
+    rounds: list[dict[str, float]] = []
+    for _ in range(args.rounds):
+        load_before = os.getloadavg()[0]
+        levels = {
+            concurrency: _run_level(
+                backend, prompts, concurrency=concurrency, max_new_tokens=args.max_new_tokens
+            )
+            for concurrency in args.concurrency
+        }
+        results.update({f"concurrent_{c}": level for c, level in levels.items()})
+        rates = {f"tokens_per_s_{c}": level["tokens_per_s"] for c, level in levels.items()}
+        first, last = levels[args.concurrency[0]], levels[args.concurrency[-1]]
+        rounds.append(
+            rates
+            | {
+                "speedup_tokens_per_s": round(last["tokens_per_s"] / first["tokens_per_s"], 2),
+                "speedup_tokens_per_cpu_s": round(
+                    last["tokens_per_cpu_s"] / first["tokens_per_cpu_s"], 2
+                ),
+                "load_average_1m": round((load_before + os.getloadavg()[0]) / 2, 2),
+            }
         )
-    levels = [results[f"concurrent_{c}"] for c in args.concurrency]
-    rates = [level["tokens_per_s"] for level in levels if isinstance(level, dict)]
-    results["speedup_tokens_per_s"] = round(rates[-1] / rates[0], 2)
+    speedups = [r["speedup_tokens_per_s"] for r in rounds]
+    results["speedup_tokens_per_s"] = round(statistics.median(speedups), 2)
+    results["speedup_tokens_per_cpu_s"] = round(
+        statistics.median(r["speedup_tokens_per_cpu_s"] for r in rounds), 2
+    )
+    results["rounds"] = rounds
     console.print_json(json.dumps(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
@@ -83,16 +113,19 @@ def _run_level(
         margin = first_token_margin(generation.first_token_candidates)
         return time.perf_counter() - call_started, generation.output_tokens, margin
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         calls = list(pool.map(timed, prompts))
     wall_s = time.perf_counter() - started
+    cpu_s = time.process_time() - cpu_started
     latencies = sorted(latency for latency, _, _ in calls)
     tokens = sum(count for _, count, _ in calls)
     return {
         "wall_s": round(wall_s, 2),
         "generated_tokens": tokens,
         "tokens_per_s": round(tokens / wall_s, 1),
+        "cpu_s": round(cpu_s, 2),
+        "tokens_per_cpu_s": round(tokens / cpu_s, 1),
         "queries_per_s": round(len(calls) / wall_s, 2),
         "latency_p50_ms": round(1000 * statistics.median(latencies), 1),
         "latency_p99_ms": round(

@@ -109,6 +109,31 @@ def test_a_flood_from_one_tenant_does_not_keep_another_waiting(
     assert admitted == ["flood", "flood", "b", "flood", "flood", "flood", "flood"]
 
 
+def test_requests_admitted_together_are_prefilled_in_one_pass(
+    model: LocalModel, pool: ThreadPoolExecutor
+) -> None:
+    """Two places free up at once (two generations cancelled together) with three waiting:
+    two are admitted and prefilled in one pass, and answer as they would alone."""
+    two_places = LocalModel(model.source, max_batch_size=2)
+    prompts = [two_places.encode(text) for text in (SHORT, "Hi", "Name a colour.")]
+    alone = [model.generate(ids, max_new_tokens=6, top_n=3) for ids in prompts]
+    cancelled = threading.Event()
+    running = [start_long(two_places, pool, cancelled) for _ in range(2)]
+    wait_for(lambda: two_places.decoder.stats.current_batch == 2, timeout=60, what="a full batch")
+    waiting = [pool.submit(two_places.generate, ids, max_new_tokens=6, top_n=3) for ids in prompts]
+    wait_for(lambda: two_places.decoder.waiting() == 3, timeout=30, what="three queued")
+    cancelled.set()
+    together = [future.result(timeout=120) for future in waiting]
+    for future in running:
+        assert future.result(timeout=60).finish_reason == "cancelled"
+    assert two_places.decoder.stats.largest_prefill == 2
+    for mine, theirs in zip(together, alone, strict=True):
+        assert [t.id for t in mine.tokens] == [t.id for t in theirs.tokens]
+        assert [t.id for t in mine.top_tokens[0]] == [t.id for t in theirs.top_tokens[0]]
+        for packed, single in zip(mine.top_tokens[0], theirs.top_tokens[0], strict=True):
+            assert packed.logprob == pytest.approx(single.logprob, abs=1e-3)
+
+
 def test_the_fair_queue_takes_keys_in_turn_and_each_key_in_order() -> None:
     waiting: FairQueue[str] = FairQueue()
     for item in ("a1", "a2", "a3", "b1", "c1", "b2"):
@@ -126,11 +151,11 @@ def test_a_prompt_after_the_chat_templates_opening_runs_only_its_own_tokens(
     reuses them gives the log-probs and tokens a full prefill gives."""
     input_ids = model.encode(SHORT)
     reused_before = model.decoder.stats.prefix_reused
-    reused = model.generate(input_ids, max_new_tokens=8, top_n=2)
+    reused = model.generate(input_ids, max_new_tokens=8, top_n=2, prompt_logprobs=True)
     assert model.decoder.stats.prefix_reused == reused_before + 1
 
     full = load_bundled_model(chat_template=False)  # no template, so no shared prefix
-    alone = full.generate(input_ids, max_new_tokens=8, top_n=2)
+    alone = full.generate(input_ids, max_new_tokens=8, top_n=2, prompt_logprobs=True)
     assert full.decoder.stats.prefix_reused == 0
     assert [t.id for t in reused.tokens] == [t.id for t in alone.tokens]
     assert [t.id for t in reused.prefill] == input_ids

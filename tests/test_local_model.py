@@ -34,7 +34,7 @@ def test_greedy_answers_are_deterministic(model: LocalModel) -> None:
 
 
 def test_first_step_top_1_is_the_first_generated_token(model: LocalModel) -> None:
-    generation = model.generate(model.encode(HARD), max_new_tokens=4, top_n=5)
+    generation = model.generate(model.encode(HARD), max_new_tokens=4, top_n=5, prompt_logprobs=True)
     assert generation.tokens[0].id == generation.top_tokens[0][0].id
     assert generation.tokens[0].logprob == generation.top_tokens[0][0].logprob
     for step in generation.top_tokens:
@@ -79,7 +79,9 @@ def test_a_labels_score_is_its_log_prob_as_the_answer_and_every_scored_token_cou
     label_ids = [model.tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
     # The same log-probs as the prefill of the prompt followed by the label.
     for score, ids in zip(scores.logprobs, label_ids, strict=True):
-        prefill = model.generate(prompt_ids + ids, max_new_tokens=1, top_n=1).prefill
+        prefill = model.generate(
+            prompt_ids + ids, max_new_tokens=1, top_n=1, prompt_logprobs=True
+        ).prefill
         assert score == pytest.approx(sum(t.logprob or 0.0 for t in prefill[-len(ids) :]), abs=1e-3)
     assert scores.logprobs[1] > scores.logprobs[0] > scores.logprobs[2]
     assert scores.input_tokens == sum(len(prompt_ids) + len(ids) for ids in label_ids)

@@ -2,8 +2,9 @@
 
 The cache holds one row per sequence, left-padded to the longest: a sequence of ``n`` tokens
 in a cache of ``L`` columns has zeros in its first ``L - n`` columns, which the attention mask
-hides, and its next token takes position ``n``, as it would alone. A sequence prefilled on its
-own joins between steps (its cache padded on the left to the batch's, or the batch's to it);
+hides, and its next token takes position ``n``, as it would alone. Sequences prefilled together
+(services/llm/prefill.py) join between steps (their cache padded on the left to the batch's, or
+the batch's to theirs);
 sequences that finish leave, and the columns that only padding still fills are cut off. With
 no padding (one sequence, or all of one length) the step runs without a mask, exactly as a
 sequence decoded alone.
@@ -40,12 +41,13 @@ class DecodeBatch(Generic[Row]):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def join(self, row: Row, cache: Any, *, length: int) -> None:
-        """Add a sequence prefilled on its own (``cache`` of batch size 1, ``length`` tokens)."""
+    def join(self, rows: list[Row], cache: Any, *, lengths: list[int]) -> None:
+        """Add sequences prefilled together: ``cache`` holds one row for each of ``rows``,
+        left-padded as this batch's, the ``lengths`` their real tokens."""
         if self._cache is None:
             self._cache = cache
         else:
-            width = max(self._width(), length)
+            width = max(self._width(), *lengths)
             for layer, joining in zip(self._cache.layers, cache.layers, strict=True):
                 layer.keys = torch.cat(
                     [_pad_left(layer.keys, width), _pad_left(joining.keys, width)]
@@ -53,8 +55,8 @@ class DecodeBatch(Generic[Row]):
                 layer.values = torch.cat(
                     [_pad_left(layer.values, width), _pad_left(joining.values, width)]
                 )
-        self.rows.append(row)
-        self._lengths.append(length)
+        self.rows.extend(rows)
+        self._lengths.extend(lengths)
 
     def step(self, model: Any, next_tokens: list[int]) -> torch.Tensor:
         """Run one forward pass over every row's next token; returns the logits, one row each."""

@@ -3,22 +3,18 @@ running sequence in each step.
 
 Callers submit a ``DecodeRequest`` and wait for it. Between steps the thread admits waiting
 requests into the running batch, up to ``max_batch_size``, taking them round-robin across
-their fairness keys (services/llm/fair_queue.py); each is prefilled on its own, which yields
-its prompt's log-probs and its first token. Each step then runs one forward pass over every
+their fairness keys (services/llm/fair_queue.py); those admitted together are prefilled
+together (services/llm/prefill.py), which yields each one's first token (and its prompt's
+log-probs when asked for). Each step then runs one forward pass over every
 running sequence's last token and picks each one's next token greedily, with its top-n
 log-probs. A sequence leaves when it ends (end of sequence, its token limit) or when its
 ``cancelled`` event is set: that is looked at before every step, so a cancelled generation
 runs at most one more step. A step on a CPU costs about as much for eight sequences as for
 one, which is where the throughput comes from.
-
-Every prompt wrapped in the model's chat template starts with the same tokens (the system turn,
-the user turn's opening): their keys and values are computed once (``PromptPrefix``) and each
-prefill runs only the rest of its prompt, with the same log-probs as a full prefill.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import threading
 from collections import deque
@@ -30,6 +26,7 @@ import torch
 
 from services.llm.decode_batch import DecodeBatch, can_batch
 from services.llm.fair_queue import FairQueue
+from services.llm.prefill import PromptPrefix, packs, prefill
 from services.llm.tgi_wire import FinishReason
 
 log = structlog.get_logger(__name__)
@@ -48,6 +45,7 @@ class DecodeRequest:
     top_n: int
     fairness_key: str = ""
     cancelled: threading.Event = field(default_factory=threading.Event)
+    wants_prompt_logprobs: bool = False
     prefill_logprobs: list[float] = field(default_factory=list)
     tokens: list[Candidate] = field(default_factory=list)
     top_tokens: list[list[Candidate]] = field(default_factory=list)
@@ -80,27 +78,8 @@ class DecodeStats:
     largest_batch: int = 0
     admitted: deque[str] = field(default_factory=lambda: deque(maxlen=1000))  # fairness keys
     prefix_reused: int = 0  # prefills that ran only what followed the shared prefix
-
-
-@dataclass(frozen=True)
-class PromptPrefix:
-    """The tokens every prompt starts with, run once: their cache, each one's log-prob given
-    those before it, and the logits that follow them."""
-
-    ids: list[int]
-    cache: Any
-    logprobs: list[float]
-    next_logits: torch.Tensor
-
-    @classmethod
-    def run(cls, model: Any, ids: list[int]) -> PromptPrefix:
-        output = model(torch.tensor([ids]), use_cache=True)
-        logits = output.logits[0]
-        return cls(ids, output.cache, _prompt_logprobs(ids, logits), logits[-1])
-
-    def starts(self, input_ids: list[int]) -> bool:
-        """Whether ``input_ids`` is this prefix and at least one token more."""
-        return len(input_ids) > len(self.ids) and input_ids[: len(self.ids)] == self.ids
+    prefill_passes: int = 0  # forward passes that prefilled prompts
+    largest_prefill: int = 0  # the most prompts one of those passes prefilled together
 
 
 class DecodeScheduler:
@@ -144,8 +123,7 @@ class DecodeScheduler:
         batch: DecodeBatch[DecodeRequest] = DecodeBatch()
         with torch.inference_mode():
             while True:
-                for request in self._admit(len(batch)):
-                    self._prefill_and_join(batch, request)
+                self._prefill_and_join(batch, self._admit(len(batch)))
                 self._leave(batch, [r.cancelled.is_set() for r in batch.rows], "cancelled")
                 if not batch:
                     continue
@@ -170,43 +148,60 @@ class DecodeScheduler:
                 self.stats.admitted.append(request.fairness_key)
             return joining
 
-    def _prefill_and_join(self, batch: DecodeBatch[DecodeRequest], request: DecodeRequest) -> None:
-        if request.cancelled.is_set():
-            request.finish_reason = "cancelled"
-            request.done.set()
-            return
-        try:
-            cache, logits = self._prefill(request)
-            ended = request.max_new_tokens <= 0 or self._choose([request], logits[-1:])[0]
-        except Exception as exc:  # this prompt cannot run; the others go on
-            log.exception("prefill_failed", input_tokens=len(request.input_ids))
-            self._fail([request], exc)
-            return
-        if ended:
-            request.done.set()
-        else:
-            batch.join(request, cache, length=len(request.input_ids))
+    def _prefill_and_join(
+        self, batch: DecodeBatch[DecodeRequest], requests: list[DecodeRequest]
+    ) -> None:
+        """Prefill the admitted requests (in packs) and let those not yet ended join."""
+        live = []
+        for request in requests:
+            if request.cancelled.is_set():
+                request.finish_reason = "cancelled"
+                request.done.set()
+            else:
+                live.append(request)
+        if live and self._prefix_ids and self._prefix is None:
+            try:
+                self._prefix = PromptPrefix.run(self._model, self._prefix_ids)
+            except Exception:  # prompts then run whole
+                log.exception("prompt_prefix_failed", prefix_tokens=len(self._prefix_ids))
+                self._prefix_ids = []
+        for pack in packs([r.input_ids for r in live], self._prefix):
+            self._prefill_pack(batch, [live[i] for i in pack])
 
-    def _prefill(self, request: DecodeRequest) -> tuple[Any, torch.Tensor]:
-        """Run the prompt (after the shared prefix, when it starts with it), set its log-probs;
-        its cache, and the logits of its last position."""
-        ids = request.input_ids
-        if self._prefix_ids and self._prefix is None:
-            self._prefix = PromptPrefix.run(self._model, self._prefix_ids)
-        prefix = self._prefix
-        if prefix is None or not prefix.starts(ids):
-            output = self._model(torch.tensor([ids]), use_cache=True)
-            request.prefill_logprobs = _prompt_logprobs(ids, output.logits[0])
-            return output.cache, output.logits[0]
-        rest = ids[len(prefix.ids) :]
-        self.stats.prefix_reused += 1
-        output = self._model(
-            torch.tensor([rest]), cache=copy.deepcopy(prefix.cache), use_cache=True
-        )
-        # The logits before each of the rest's tokens: the prefix's last, then the rest's own.
-        logits = torch.cat([prefix.next_logits.unsqueeze(0), output.logits[0]])
-        request.prefill_logprobs = prefix.logprobs + token_logprobs(logits[:-1], rest)
-        return output.cache, logits
+    def _prefill_pack(
+        self, batch: DecodeBatch[DecodeRequest], requests: list[DecodeRequest]
+    ) -> None:
+        try:
+            prefilled = prefill(
+                self._model,
+                [r.input_ids for r in requests],
+                prefix=self._prefix,
+                logprobs=[r.wants_prompt_logprobs for r in requests],
+            )
+        except Exception as exc:
+            if len(requests) > 1:  # one prompt may be at fault: the others run on their own
+                for request in requests:
+                    self._prefill_pack(batch, [request])
+                return
+            log.exception("prefill_failed", input_tokens=len(requests[0].input_ids))
+            self._fail(requests, exc)
+            return
+        self.stats.prefix_reused += prefilled.prefix_reused
+        self.stats.prefill_passes += 1
+        self.stats.largest_prefill = max(self.stats.largest_prefill, len(requests))
+        for request, logprobs in zip(requests, prefilled.prompt_logprobs, strict=True):
+            request.prefill_logprobs = logprobs
+        batch.join(requests, prefilled.cache, lengths=prefilled.lengths)
+        # The prefill's last logits give each request its first token (none asked: it ends).
+        generating = [i for i, r in enumerate(requests) if r.max_new_tokens > 0]
+        ended = [True] * len(requests)
+        if generating:
+            chosen = self._choose(
+                [requests[i] for i in generating], prefilled.next_logits[generating]
+            )
+            for i, is_over in zip(generating, chosen, strict=True):
+                ended[i] = is_over
+        self._leave(batch, [False] * (len(batch) - len(requests)) + ended, None)
 
     def _step(self, batch: DecodeBatch[DecodeRequest]) -> None:
         self.stats.steps += 1
@@ -245,17 +240,3 @@ class DecodeScheduler:
         for request in requests:
             request.error = error
             request.done.set()
-
-
-def _prompt_logprobs(input_ids: list[int], logits: torch.Tensor) -> list[float]:
-    """Each prompt token's log-prob given the tokens before it (the first has none)."""
-    if len(input_ids) < 2:
-        return []
-    return token_logprobs(logits[:-1], input_ids[1:])
-
-
-def token_logprobs(logits: torch.Tensor, targets: list[int]) -> list[float]:
-    """The log-prob of each target under its row of ``logits``."""
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    picked: list[float] = logprobs.gather(1, torch.tensor(targets).unsqueeze(1)).squeeze(1).tolist()
-    return picked

@@ -1,9 +1,9 @@
 """A causal language model run in this process on the CPU with torch + transformers.
 
 Decoding is greedy, one token at a time with the KV cache, so that every step's real logits
-give the top-n log-probs TGI would report; the prompt's own log-probs come from the same
-first forward pass. Concurrent generations are decoded together, a step for all of them at
-once (services/llm/decode_scheduler.py).
+give the top-n log-probs TGI would report; the prompt's own log-probs, when asked for, come
+from the same first forward pass. Concurrent generations are decoded together, a step for all
+of them at once (services/llm/decode_scheduler.py).
 """
 
 from __future__ import annotations
@@ -16,13 +16,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from services.llm.base import CallContext, Generation, LabelScores, TokenCandidate
-from services.llm.decode_scheduler import (
-    DEFAULT_MAX_BATCH_SIZE,
-    DecodeRequest,
-    DecodeScheduler,
-    token_logprobs,
-)
+from services.llm.decode_scheduler import DEFAULT_MAX_BATCH_SIZE, DecodeRequest, DecodeScheduler
 from services.llm.labels import continuation
+from services.llm.prefill import token_logprobs
 from services.llm.tgi_wire import DetailedGeneration, WireToken
 
 
@@ -48,10 +44,10 @@ class LocalModel:
             self.model,
             eos_ids=self.eos_ids,
             max_batch_size=max_batch_size,
-            prefix_ids=self._template_prefix(),
+            prefix_ids=self.template_prefix(),
         )
 
-    def _template_prefix(self) -> list[int]:
+    def template_prefix(self) -> list[int]:
         """The tokens the chat template puts before every prompt (none without a template)."""
         if not self.use_chat_template:
             return []
@@ -81,12 +77,15 @@ class LocalModel:
         top_n: int,
         fairness_key: str = "",
         cancelled: threading.Event | None = None,
+        prompt_logprobs: bool = False,
     ) -> DetailedGeneration:
         """Decode greedily (in the running batch), with each step's top ``top_n`` tokens.
 
         ``fairness_key`` (a tenant) decides whose turn it is when more wait than the batch
         holds; setting ``cancelled`` ends the generation after at most one more step, with
-        what it has produced so far and ``finish_reason="cancelled"``.
+        what it has produced so far and ``finish_reason="cancelled"``. The prompt's tokens
+        with their log-probs (``prefill``) come only with ``prompt_logprobs``, as TGI 3.x
+        gives them only when asked: they cost the logits of every prompt position.
         """
         request = DecodeRequest(
             input_ids=list(input_ids),
@@ -94,6 +93,7 @@ class LocalModel:
             top_n=top_n,
             fairness_key=fairness_key,
             cancelled=cancelled or threading.Event(),
+            wants_prompt_logprobs=prompt_logprobs,
         )
         self.decoder.submit(request)
         request.done.wait()
@@ -102,7 +102,7 @@ class LocalModel:
         tokens = [self._token(token_id, logprob) for token_id, logprob in request.tokens]
         return DetailedGeneration(
             text=self.tokenizer.decode([t.id for t in tokens], skip_special_tokens=True),
-            prefill=self._prefill(input_ids, request.prefill_logprobs),
+            prefill=self._prefill(input_ids, request.prefill_logprobs) if prompt_logprobs else [],
             tokens=tokens,
             top_tokens=[[self._token(*c) for c in step] for step in request.top_tokens],
             finish_reason=request.finish_reason,

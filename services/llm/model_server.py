@@ -135,6 +135,9 @@ def create_model_server(
                     generate_request, input_tokens=len(input_ids), limits=limits
                 ),
                 top_n=params.top_n_tokens or 0,
+                prompt_logprobs=prefill_logprobs
+                and params.details
+                and params.decoder_input_details,
             )
         finally:
             metrics.queue_size.dec()
@@ -210,7 +213,13 @@ def _unsupported(generate_request: GenerateRequest) -> str | None:
 
 
 async def _generate_while_connected(
-    request: Request, model: LocalModel, input_ids: list[int], *, max_new_tokens: int, top_n: int
+    request: Request,
+    model: LocalModel,
+    input_ids: list[int],
+    *,
+    max_new_tokens: int,
+    top_n: int,
+    prompt_logprobs: bool,
 ) -> DetailedGeneration | None:
     """The generation, or None if the client went away first (which stops it)."""
     cancelled = threading.Event()
@@ -223,6 +232,7 @@ async def _generate_while_connected(
             top_n=top_n,
             fairness_key=request.headers.get(FAIRNESS_HEADER, ""),
             cancelled=cancelled,
+            prompt_logprobs=prompt_logprobs,
         )
     finally:
         watcher.cancel()
