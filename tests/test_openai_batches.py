@@ -5,7 +5,6 @@ scripted TGI servers behind it."""
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -18,19 +17,17 @@ import pytest
 from openai.types import Batch
 from sqlalchemy import func, select, update
 
-from services.api.app import create_app
 from services.db import session_scope
 from services.models import Batch as BatchRow
 from services.models import BatchRequest, ModelCall, Query, Tenant, utcnow
-from services.settings import get_settings
 from services.tenants import set_budget
 from tests.celery_workers import CeleryWorker
 from tests.conftest import TenantApi, forget_earlier_work
+from tests.openai_sdk import api_with, sdk_clients
 from tests.scripted_tgi import ScriptedTGI
 from tests.server_thread import ServerThread
 from tests.waiting import wait_for
 from workers.app import app as celery_app
-from workers.celery_dispatcher import CeleryDispatcher
 
 MAX_IN_FLIGHT = 2
 MAX_REQUESTS = 20
@@ -54,31 +51,14 @@ def worker(log_dir: Path) -> Iterator[CeleryWorker]:
 
 @pytest.fixture(scope="module")
 def api_server(worker: CeleryWorker) -> Iterator[ServerThread]:
-    saved = {name: os.environ.get(name) for name in SETTINGS}
-    os.environ.update(SETTINGS)
-    get_settings.cache_clear()
-    server = ServerThread(create_app(CeleryDispatcher())).start()
-    yield server
-    server.stop()
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    get_settings.cache_clear()
+    with api_with(SETTINGS) as server:
+        yield server
 
 
 @pytest.fixture
 def sdk(api_server: ServerThread) -> Iterator[Callable[[str], openai.OpenAI]]:
-    clients: list[openai.OpenAI] = []
-
-    def client_of(api_key: str) -> openai.OpenAI:
-        clients.append(openai.OpenAI(base_url=f"{api_server.url}/v1", api_key=api_key, timeout=60))
-        return clients[-1]
-
-    yield client_of
-    for client in clients:
-        client.close()
+    with sdk_clients(api_server) as client_of:
+        yield client_of
 
 
 def chat_line(custom_id: str, prompt: str, **body: Any) -> dict[str, Any]:

@@ -3,7 +3,6 @@ server in a thread of this process, a real worker process, scripted TGI servers 
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -14,15 +13,14 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 from sqlalchemy import func, select
 
-from services.api.app import create_app
 from services.db import session_scope
 from services.models import ModelCall, Query, Tenant
 from services.settings import get_settings
 from services.tenants import set_budget
 from tests.conftest import WARMUP, TenantApi
+from tests.openai_sdk import api_with, sdk_clients
 from tests.scripted_tgi import ScriptedTGI
 from tests.server_thread import ServerThread
-from workers.celery_dispatcher import CeleryDispatcher
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -32,27 +30,15 @@ ALIAS = "gpt-4o-mini"
 @pytest.fixture(scope="module")
 def api_server() -> Iterator[ServerThread]:
     """The API over HTTP with a model alias configured."""
-    os.environ["TWOTIER_OPENAI_MODEL_ALIASES"] = f'["{ALIAS}"]'
-    get_settings.cache_clear()
-    server = ServerThread(create_app(CeleryDispatcher())).start()
-    yield server
-    server.stop()
-    del os.environ["TWOTIER_OPENAI_MODEL_ALIASES"]
-    get_settings.cache_clear()
+    with api_with({"TWOTIER_OPENAI_MODEL_ALIASES": f'["{ALIAS}"]'}) as server:
+        yield server
 
 
 @pytest.fixture
 def sdk(api_server: ServerThread) -> Iterator[Callable[[str], openai.OpenAI]]:
     """OpenAI's client, pointed at twotier, with an API key (closed after the test)."""
-    clients: list[openai.OpenAI] = []
-
-    def client_of(api_key: str) -> openai.OpenAI:
-        clients.append(openai.OpenAI(base_url=f"{api_server.url}/v1", api_key=api_key, timeout=60))
-        return clients[-1]
-
-    yield client_of
-    for client in clients:
-        client.close()
+    with sdk_clients(api_server) as client_of:
+        yield client_of
 
 
 def ledger(query_id: str) -> dict[str, ModelCall]:
