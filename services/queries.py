@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services import lifecycle, limits, metrics
+from services import lifecycle, limits, metrics, paging
 from services.errors import IdempotencyConflict, InvalidRequest, NotFound, QueryAlreadyFinished
 from services.models import TERMINAL_STATUSES, Query, QueryStatus, Tenant, Tier
 from services.settings import Settings
@@ -112,19 +112,9 @@ def list_queries(
     statement = select(Query).where(Query.tenant_id == tenant_id)
     if status is not None:
         statement = statement.where(Query.status == status)
-    if cursor is not None:
-        created_at, last_id = decode_cursor(cursor)
-        statement = statement.where(
-            or_(
-                Query.created_at < created_at,
-                and_(Query.created_at == created_at, Query.id < last_id),
-            )
-        )
-    rows = session.scalars(
-        statement.order_by(Query.created_at.desc(), Query.id.desc()).limit(limit + 1)
-    ).all()
-    page = list(rows[:limit])
-    next_cursor = encode_cursor(page[-1]) if len(rows) > limit else None
+    after = decode_cursor(cursor) if cursor is not None else None
+    page, more = paging.newest_first(session, statement, Query, after=after, limit=limit)
+    next_cursor = encode_cursor(page[-1]) if more else None
     return QueryPage(queries=page, next_cursor=next_cursor)
 
 

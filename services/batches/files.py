@@ -8,9 +8,10 @@ import json
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from services import paging
 from services.errors import InvalidParameter, NotFound
 from services.models import FilePurpose, StoredFile
 
@@ -123,18 +124,14 @@ def list_files(
     statement = select(StoredFile).where(StoredFile.tenant_id == tenant_id)
     if purpose is not None:
         statement = statement.where(StoredFile.purpose == purpose)
-    if after is not None:
-        last = get_file(session, tenant_id=tenant_id, file_id=after)
-        statement = statement.where(
-            or_(
-                StoredFile.created_at < last.created_at,
-                and_(StoredFile.created_at == last.created_at, StoredFile.id < last.id),
-            )
-        )
-    rows = session.scalars(
-        statement.order_by(StoredFile.created_at.desc(), StoredFile.id.desc()).limit(limit + 1)
-    ).all()
-    return list(rows[:limit]), len(rows) > limit
+    last = get_file(session, tenant_id=tenant_id, file_id=after) if after is not None else None
+    return paging.newest_first(
+        session,
+        statement,
+        StoredFile,
+        after=(last.created_at, last.id) if last is not None else None,
+        limit=limit,
+    )
 
 
 def delete_file(session: Session, *, tenant_id: uuid.UUID, file_id: uuid.UUID) -> None:

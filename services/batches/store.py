@@ -12,10 +12,10 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from services import dispatch, lifecycle
+from services import dispatch, lifecycle, paging
 from services.batches.files import get_file
 from services.batches.lines import ENDPOINTS
 from services.errors import BatchAlreadyFinished, InvalidParameter, NotFound
@@ -93,18 +93,14 @@ def list_batches(
 ) -> tuple[list[Batch], bool]:
     """The tenant's batches, newest first, after the batch ``after``; and whether more follow."""
     statement = select(Batch).where(Batch.tenant_id == tenant_id)
-    if after is not None:
-        last = get_batch(session, tenant_id=tenant_id, batch_id=after)
-        statement = statement.where(
-            or_(
-                Batch.created_at < last.created_at,
-                and_(Batch.created_at == last.created_at, Batch.id < last.id),
-            )
-        )
-    rows = session.scalars(
-        statement.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit + 1)
-    ).all()
-    return list(rows[:limit]), len(rows) > limit
+    last = get_batch(session, tenant_id=tenant_id, batch_id=after) if after is not None else None
+    return paging.newest_first(
+        session,
+        statement,
+        Batch,
+        after=(last.created_at, last.id) if last is not None else None,
+        limit=limit,
+    )
 
 
 def cancel_batch(session: Session, *, tenant_id: uuid.UUID, batch_id: uuid.UUID) -> Batch:
