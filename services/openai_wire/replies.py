@@ -120,21 +120,11 @@ def chat_chunks(outcome: QueryOutcome, *, model: str, include_usage: bool) -> li
         ({"content": outcome.answer or ""}, None),
         ({}, outcome.finish_reason),
     ]
-    chunks = [
-        {
-            **head,
-            "choices": [
-                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-            ],
-        }
+    choices = [
+        {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         for delta, finish_reason in deltas
     ]
-    chunks[-1]["twotier"] = extension(outcome)
-    if include_usage:
-        for chunk in chunks:
-            chunk["usage"] = None
-        chunks.append({**head, "choices": [], "usage": usage(outcome)})
-    return chunks
+    return _streamed(head, choices, outcome, include_usage=include_usage)
 
 
 def completion_chunks(
@@ -152,15 +142,23 @@ def completion_chunks(
         (outcome.answer or "", None),
         ("", outcome.finish_reason),
     ]
-    chunks = [
-        {
-            **head,
-            "choices": [
-                {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
-            ],
-        }
+    choices = [
+        {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
         for text, finish_reason in texts
     ]
+    return _streamed(head, choices, outcome, include_usage=include_usage)
+
+
+def _streamed(
+    head: dict[str, Any],
+    choices: list[dict[str, Any]],
+    outcome: QueryOutcome,
+    *,
+    include_usage: bool,
+) -> list[dict[str, Any]]:
+    """One chunk per choice, the extension on the last; with ``include_usage`` every chunk
+    says `usage: null` and a last chunk with no choice carries the usage (OpenAI's shape)."""
+    chunks = [{**head, "choices": [choice]} for choice in choices]
     chunks[-1]["twotier"] = extension(outcome)
     if include_usage:
         for chunk in chunks:
