@@ -31,6 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from sqlalchemy import text
+from threshold import QUERY_ROWS  # bench/threshold.py: queries written in bulk
 
 from services import threshold
 from services.db import session_scope
@@ -44,13 +45,6 @@ ROLLING = 100  # decisions in the plotted rate
 BLOCK = 100  # decisions per block after the splice
 SETTLED = 0.1  # "back at the target": a block's rate within this of it (about 2 sigma at 100)
 PAIR = "bench/small->bench/large"
-QUERY_ROWS = """
-INSERT INTO queries (id, tenant_id, status, prompt, max_new_tokens, delivery_attempts,
-                     reserved_small, reserved_large, created_at, updated_at)
-SELECT gen_random_uuid(), :tenant, 'succeeded', 'p', 1, 1, 0, 0, now(), now()
-FROM generate_series(1, :count)
-RETURNING id
-"""
 
 
 def main() -> None:
