@@ -1,16 +1,22 @@
 """End-to-end throughput and latency of the distributed cascade beside a bare Celery round trip.
 
-    python bench/pipeline.py [--queries 600] [--concurrency 16] [--rounds 3]
+    python bench/pipeline.py [--queries 600] [--concurrency 16] [--rounds 3] [--wait-on-submit]
+        [--twotier-pool default|prefork] [--worker-concurrency 2]
         [--admin-url postgresql://postgres@127.0.0.1:5432/test] [--redis redis://127.0.0.1:6379/12]
 
 Creates a throwaway PostgreSQL database and runs the distributed mode for real: `twotier api` in
-its own process, one Celery worker (prefork, 2 processes) on the queues small and large, and an
+its own process, `twotier worker --queues small,large` as it starts by default (its threads pool;
+`--twotier-pool prefork` runs a plain Celery worker of the bare one's shape instead), and an
 instant TGI-compatible server per tier (a margin fixed by each prompt's hash, so about the
 target share of 0.3 escalates). Clients (threads, one HTTP connection each) submit a query and
-long-poll it until it finishes, closed-loop. In the same run and on the same Redis, the baseline
-is a bare Celery task (a no-op, a worker of the same shape) sent and awaited through the Redis
-result backend by the same number of client threads. The rounds alternate the two; the figures
-are the medians over rounds.
+long-poll it until it finishes (`--wait-on-submit`: the submit itself waits, one request a
+query), closed-loop. In the same run and on the same Redis, the baseline is a bare Celery task
+(a no-op, Celery's default prefork worker with ``--worker-concurrency`` processes) sent and
+awaited through the Redis result backend by the same number of client threads. The rounds
+alternate the two; the figures are the medians over rounds. Each round also counts the CPU time
+each group of processes spent per query (the api, the worker, the model servers, PostgreSQL's
+processes for the bench's database, the bench's own clients): unlike the throughput, it hardly
+moves with what else runs on the machine.
 
 Then, in this process, a few queries go through the same service functions one stage at a time
 while every SQL statement is counted: submit, the small tier, the large tier, a poll.
@@ -21,6 +27,7 @@ Prints a table and writes bench/results/pipeline.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -40,8 +47,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import redis
 from fastapi.testclient import TestClient
+from sqlalchemy import make_url
 
 from services import cascade
 from services.api.app import create_app
@@ -74,7 +83,19 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=600, help="per round and system")
     parser.add_argument("--concurrency", type=int, default=16, help="client threads")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--worker-concurrency", type=int, default=2)
+    parser.add_argument(
+        "--worker-concurrency", type=int, default=2,
+        help="processes of the bare Celery worker (and of twotier's with --twotier-pool prefork)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--twotier-pool", choices=("default", "prefork"), default="default",
+        help="default: `twotier worker` as it starts (its threads pool); prefork: a plain "
+        "Celery worker of the bare one's shape",
+    )  # fmt: skip
+    parser.add_argument(
+        "--wait-on-submit", action="store_true",
+        help="submit with ?wait= (one request a query) instead of submit, then long-poll",
+    )  # fmt: skip
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/12")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results/pipeline.json")
@@ -128,6 +149,7 @@ def _processes() -> Iterator[Spawn]:
 
 def run(args: argparse.Namespace, spawn: Spawn) -> dict[str, Any]:
     logs = Path(tempfile.mkdtemp(prefix="twotier-bench-"))
+    database = make_url(os.environ["TWOTIER_DATABASE_URL"]).database or ""
     small_url, large_url = _start_model_servers()
     os.environ.update({
         "TWOTIER_SMALL__BACKEND": "tgi", "TWOTIER_SMALL__URL": small_url,
@@ -149,18 +171,24 @@ def run(args: argparse.Namespace, spawn: Spawn) -> dict[str, Any]:
     workers = str(args.worker_concurrency)
     celery = [sys.executable, "-m", "celery"]
     flags = ["--pool", "prefork", "--concurrency", workers, "--without-gossip", "--without-mingle"]
-    worker = spawn([*celery, "-A", "workers.app", "worker", "-Q", "small,large", *flags,
-           "--hostname", f"twotier-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "WARNING"],
-          logs / "worker.log")  # fmt: skip
+    hostname = ["--hostname", f"twotier-{uuid.uuid4().hex[:6]}@%h"]
+    if args.twotier_pool == "default":
+        # As an operator runs it: `twotier worker` with its own pool (threads, one per call).
+        command = [sys.executable, "-m", "services.cli", "worker", "--queues", "small,large",
+                   *hostname, "--without-gossip", "--without-mingle"]  # fmt: skip
+    else:
+        command = [*celery, "-A", "workers.app", "worker", "-Q", "small,large", *flags, *hostname,
+                   "--loglevel", "WARNING"]  # fmt: skip
+    worker = spawn(command, logs / "worker.log")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH_DIR), os.environ.get(
         "PYTHONPATH")]))  # fmt: skip
-    spawn([*celery, "-A", "bare_celery", "worker", "-Q", "bare", *flags,
+    bare = spawn([*celery, "-A", "bare_celery", "worker", "-Q", "bare", *flags,
            "--hostname", f"bare-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "WARNING"],
           logs / "bare.log")  # fmt: skip
     sys.path.insert(0, str(BENCH_DIR))
     from bare_celery import noop  # noqa: PLC0415 - on the path only now; reads the broker URL
 
-    twotier = TwotierClient(api_url, api_key)
+    twotier = TwotierClient(api_url, api_key, wait_on_submit=args.wait_on_submit)
     _wait_until(twotier.ready, what=f"the API (log: {logs / 'api.log'})")
     # Warm both systems up: connections, imports, and the threshold's warm-up window (W = 20).
     _closed_loop(twotier.one_query, queries=60, concurrency=args.concurrency)
@@ -170,27 +198,48 @@ def run(args: argparse.Namespace, spawn: Spawn) -> dict[str, Any]:
     for number in range(args.rounds):
         print(f"round {number + 1}/{args.rounds} ...", file=sys.stderr)
         profiling = args.profile is not None and number == 0
-        with _profiled({"api": api.pid, "worker": worker.pid}, args.profile, on=profiling):
+        groups = {"api": [api.pid], "worker": [worker.pid],
+                  "model_servers": [server.pid for server in _MODEL_SERVERS]}  # fmt: skip
+        with (
+            _profiled({"api": api.pid, "worker": worker.pid}, args.profile, on=profiling),
+            _cpu_account(groups, database) as cpu,
+        ):
             twotier_run = _closed_loop(
                 twotier.one_query, queries=args.queries, concurrency=args.concurrency
             )
-        bare_run = _closed_loop(
-            lambda i: _bare_round_trip(noop, i), queries=args.queries, concurrency=args.concurrency
-        )
+        twotier_run["cpu_ms_per_query"] = {  # type: ignore[assignment]
+            name: round(1000 * seconds / args.queries, 2) for name, seconds in cpu.items()
+        }
+        with _cpu_account({"worker": [bare.pid]}, database="") as cpu:
+            bare_run = _closed_loop(
+                lambda i: _bare_round_trip(noop, i),
+                queries=args.queries,
+                concurrency=args.concurrency,
+            )
+        bare_run["cpu_ms_per_query"] = {  # type: ignore[assignment]
+            name: round(1000 * seconds / args.queries, 2) for name, seconds in cpu.items()
+        }
         rounds.append({"twotier": twotier_run, "bare_celery": bare_run})
 
     results: dict[str, Any] = {
         "queries_per_round": args.queries,
         "concurrency": args.concurrency,
         "worker_concurrency": args.worker_concurrency,
+        "twotier_pool": args.twotier_pool,
         "rounds": len(rounds),
         "cpu_count": os.cpu_count(),
     }
     for system in ("twotier", "bare_celery"):
-        for figure in rounds[0][system]:
-            results[f"{system}_{figure}"] = round(
-                statistics.median(r[system][figure] for r in rounds), 2
-            )
+        for figure, value in rounds[0][system].items():
+            if isinstance(value, dict):  # CPU per process group
+                results[f"{system}_{figure}"] = {
+                    group: round(statistics.median(r[system][figure][group] for r in rounds), 2)
+                    for group in value
+                }
+            else:
+                results[f"{system}_{figure}"] = round(
+                    statistics.median(r[system][figure] for r in rounds), 2
+                )
     results["throughput_ratio"] = round(
         statistics.median(r["twotier"]["per_s"] / r["bare_celery"]["per_s"] for r in rounds), 3
     )
@@ -204,8 +253,9 @@ def run(args: argparse.Namespace, spawn: Spawn) -> dict[str, Any]:
 class TwotierClient:
     """Submit a query, then long-poll it until it finishes; one HTTP connection per thread."""
 
-    def __init__(self, url: str, api_key: str) -> None:
+    def __init__(self, url: str, api_key: str, *, wait_on_submit: bool = False) -> None:
         self.url = url
+        self.wait_on_submit = wait_on_submit
         self.headers = {"Authorization": f"Bearer {api_key}"}
         self.run = uuid.uuid4().hex[:6]
         self._local = threading.local()
@@ -231,6 +281,7 @@ class TwotierClient:
         response = client.post(
             "/v1/queries", json={"prompt": f"benchmark question {self.run}-{i}",
                                  "max_new_tokens": 16},
+            params={"wait": 30} if self.wait_on_submit else None,
         )  # fmt: skip
         submitted = time.perf_counter() - started
         response.raise_for_status()
@@ -271,7 +322,7 @@ def _profiled(pids: dict[str, int], folder: Path | None, *, on: bool) -> Iterato
     for name, pid in pids.items():
         output = str(folder / f"{name}.txt")
         command = [py_spy, "record", "--pid", str(pid), "--subprocesses", "--rate", "250",
-                   "--format", "raw", "--output", output, "--nonblocking"]  # fmt: skip
+                   "--format", "raw", "--output", output, "--nonblocking", "--gil"]  # fmt: skip
         samplers.append(
             subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         )
@@ -281,6 +332,41 @@ def _profiled(pids: dict[str, int], folder: Path | None, *, on: bool) -> Iterato
         for sampler in samplers:
             sampler.send_signal(signal.SIGINT)  # py-spy writes its file when interrupted
             sampler.wait(timeout=60)
+
+
+@contextmanager
+def _cpu_account(groups: dict[str, list[int]], database: str) -> Iterator[dict[str, float]]:
+    """CPU seconds each group of processes used while the block ran, filled in when it ends:
+    "bench" is this process alone, any other group its pids with their children, "postgres"
+    the server processes of ``database``."""
+
+    def members() -> dict[str, list[psutil.Process]]:
+        found: dict[str, list[psutil.Process]] = {"bench": [psutil.Process()]}
+        for name, pids in groups.items():
+            for pid in pids:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    parent = psutil.Process(pid)
+                    found.setdefault(name, []).extend([parent, *parent.children(recursive=True)])
+        for process in psutil.process_iter(["name", "cmdline"]):
+            with contextlib.suppress(psutil.Error):
+                if database and f" {database} " in " ".join(process.info["cmdline"] or []):
+                    found.setdefault("postgres", []).append(process)
+        return found
+
+    def cpu(processes: list[psutil.Process]) -> dict[int, float]:
+        seconds: dict[int, float] = {}
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                seconds[process.pid] = times.user + times.system
+        return seconds
+
+    before = {name: cpu(processes) for name, processes in members().items()}
+    used: dict[str, float] = {}
+    yield used
+    for name, processes in members().items():
+        after = cpu(processes)
+        used[name] = sum(t - before.get(name, {}).get(pid, 0.0) for pid, t in after.items())
 
 
 def _stage_times(query: dict[str, Any], seen: float) -> dict[str, float]:
@@ -437,6 +523,10 @@ def _print(results: dict[str, Any]) -> None:
     for label, key, unit in rows:
         twotier, bare = results[f"twotier_{key}"], results[f"bare_celery_{key}"]
         print(f"{label:>22} {f'{twotier}{unit}':>12} {f'{bare}{unit}':>12}")
+    for system in ("twotier", "bare_celery"):
+        cpu = results[f"{system}_cpu_ms_per_query"]
+        groups = ", ".join(f"{group} {ms}" for group, ms in cpu.items())
+        print(f"{'CPU ms per query':>22} {system}: {sum(cpu.values()):.1f} ({groups})")
     print(f"{'throughput ratio':>22} {results['throughput_ratio']:>12}")
     print(f"{'escalated share':>22} {results['escalated_share']:>12}")
     stages = ", ".join(f"{k[:-3]} {v} ms" for k, v in results["twotier_stage_medians_ms"].items())
