@@ -121,7 +121,10 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         "queries_per_round",
         "concurrency",
         "worker_concurrency",
+        "twotier_pool",
         "rounds",
+        "twotier_cpu_ms_per_query",
+        "bare_celery_cpu_ms_per_query",
     )
     return {"command": " ".join(command[1:-2]), **{k: figures[k] for k in keep if k in figures}}
 
@@ -251,6 +254,11 @@ def _print(results: dict[str, Any]) -> None:
             ("d", "twotier q/s, bare Celery /s", f"{d['twotier_per_s']}, {d['bare_celery_per_s']}",
              ""),
         ]  # fmt: skip
+        for system in ("twotier", "bare_celery"):
+            cpu = d.get(f"{system}_cpu_ms_per_query")
+            if cpu:
+                total = f"{sum(cpu.values()):.1f} {cpu}"
+                rows.append(("d", f"{system}: CPU ms per query", total, ""))
     if "scope" in s:
         sc = s["scope"]
         for mode in ("one_scope", "distinct_scopes"):
