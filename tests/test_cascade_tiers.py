@@ -267,6 +267,53 @@ def test_an_escalation_the_budget_cannot_pay_stays_on_the_middle_tier(
     assert period.spent == sum(call.cost for call in ledger(query["id"]).values()) <= limit
 
 
+ALWAYS_DOWN = [503] * 100
+
+
+def test_a_dead_middle_tier_hands_the_query_to_the_large_tier(
+    tenant: TenantApi,
+    small_tgi: ScriptedTGI,
+    middle_tgi: ScriptedTGI,
+    large_tgi: ScriptedTGI,
+    margins: Margins,
+    unique: Callable[[str], str],
+) -> None:
+    prompt = unique("the middle is down")
+    small_tgi.script(prompt, margin=margins.below_all())
+    middle_tgi.script(prompt, failures=list(ALWAYS_DOWN))
+    large_tgi.script(prompt, answer="large stepped in")
+    query = tenant.wait_finished(tenant.submit(prompt, max_new_tokens=MAX_NEW_TOKENS)["id"])
+
+    assert (query["status"], query["tier"]) == ("succeeded", "large")
+    assert query["answer"] == "large stepped in"
+    assert [(step["tier"], step["decision"]) for step in query["path"]] == [
+        ("small", "below_threshold"), (MIDDLE, "unavailable"), ("large", "last_tier"),
+    ]  # fmt: skip
+    # Three deliveries (TWOTIER_TASK_RETRIES=2), three attempts each inside the call.
+    assert middle_tgi.calls[prompt] == 9
+    assert set(ledger(query["id"])) == {"small", "large"}
+    assert budget_period(tenant.tenant_id).reserved == 0
+
+
+def test_a_dead_large_tier_answers_with_the_middle_tiers_answer(
+    tenant: TenantApi,
+    small_tgi: ScriptedTGI,
+    middle_tgi: ScriptedTGI,
+    large_tgi: ScriptedTGI,
+    margins: Margins,
+    unique: Callable[[str], str],
+) -> None:
+    prompt = unique("the large is down")
+    small_tgi.script(prompt, answer="small guess", margin=margins.below_all())
+    middle_tgi.script(prompt, answer="middle guess", margin=margins.below_all())
+    large_tgi.script(prompt, failures=list(ALWAYS_DOWN))
+    query = tenant.wait_finished(tenant.submit(prompt, max_new_tokens=MAX_NEW_TOKENS)["id"])
+
+    assert (query["status"], query["tier"]) == ("succeeded", MIDDLE)
+    assert (query["answer"], query["decision"]) == ("middle guess", "large_unavailable")
+    assert set(ledger(query["id"])) == {"small", MIDDLE}
+
+
 def test_a_query_stuck_at_the_middle_stage_is_sent_to_the_middle_queue_again(
     tenant: TenantApi,
     small_tgi: ScriptedTGI,
