@@ -339,6 +339,7 @@ def _add_to_path(
         "threshold": None if made_of is None else made_of.threshold,
         "threshold_version": None if made_of is None else made_of.threshold_version,
         "threshold_scope": None if made_of is None else made_of.scope_id,
+        "threshold_window": None if made_of is None else made_of.window,
         "target_escalation_rate": None if made_of is None else made_of.target_escalation_rate,
         "decision": decision,
     }

@@ -142,6 +142,14 @@ def test_a_query_climbs_all_three_tiers(
         ]
     assert pairs == [f"{small_tgi.model_id}->{MIDDLE_MODEL}", f"{MIDDLE_MODEL}->test/large"]
     assert (large["margin"], large["threshold"]) == (None, None)
+    # The audit of the middle tier's scope shows the middle tier's decision.
+    history = tenant.client.get(
+        f"/v1/thresholds/{middle['threshold_scope']}/history", headers=tenant.headers
+    ).json()
+    [audited] = [row for row in history["data"] if row["query"] == query["id"]]
+    assert (audited["margin"], audited["threshold"]) == (middle["margin"], middle["threshold"])
+    assert (audited["decision"], audited["escalated"]) == ("below_threshold", True)
+    assert audited["target_escalation_rate"] == MIDDLE_TARGET_RATE
     # The query's own fields are the small tier's decision, as with two tiers.
     assert (query["margin"], query["threshold"], query["decision"]) == (
         small["margin"], small["threshold"], "below_threshold",

@@ -106,6 +106,9 @@ class PathStep(BaseModel):
     threshold: float | None = Field(description="The threshold of this tier's scope.")
     threshold_version: int | None
     threshold_scope: int | None = Field(description="The scope this tier's margin joined.")
+    threshold_window: int | None = Field(
+        default=None, description="As `threshold_window` reads, for this tier's threshold."
+    )
     target_escalation_rate: float | None
     decision: str | None = Field(
         description="This tier's decision, as `decision` reads; `last_tier` for the last tier's "
