@@ -43,6 +43,7 @@ from tests.three_tiers import (
 )
 from workers.app import app as celery_app
 from workers.celery_dispatcher import CeleryDispatcher
+from workers.pools import threads_of_queues
 
 MAX_NEW_TOKENS = 16
 TIERS = ("small", MIDDLE, "large")
@@ -420,3 +421,25 @@ def test_a_middle_tier_served_over_http_needs_its_url(monkeypatch: pytest.Monkey
     monkeypatch.setenv("TWOTIER_MIDDLE_TIERS", middle_tiers_env({"name": "mid", "backend": "tgi"}))
     with pytest.raises(ValidationError, match=r"TWOTIER_MIDDLE_TIERS \(mid: url\) must be set"):
         Settings()
+
+
+def test_a_middle_tier_s_worker_runs_a_thread_per_call_its_server_takes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tier = {"name": "mid", "backend": "tgi", "url": "http://127.0.0.1:1", "max_concurrent_calls": 7}
+    monkeypatch.setenv("TWOTIER_MIDDLE_TIERS", middle_tiers_env(tier))
+    settings = Settings()
+    assert threads_of_queues(settings, ["mid"]) == 7
+    assert threads_of_queues(settings, ["mid", "webhooks"]) == 7 + (
+        settings.worker_webhook_concurrency
+    )
+
+
+def test_the_api_schema_describes_the_path(client: TestClient) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    assert schemas["QueryView"]["properties"]["path"]["items"] == {
+        "$ref": "#/components/schemas/PathStep"
+    }
+    assert {"tier", "model", "margin", "threshold", "threshold_version", "decision", "cost"} <= set(
+        schemas["PathStep"]["properties"]
+    )
