@@ -15,7 +15,8 @@ answered by) tier i. With middle tiers a query escalates once per tier it leaves
 changes nothing. The budget rules that go with the moves:
 
 - admitted: the small call's worst case is reserved (or the query is refused, BudgetExceeded),
-  and the large call's too when the tenant may escalate and the budget covers both;
+  and the worst path's too (every later tier's call: the middle tiers' and the large one's)
+  when the tenant may escalate and the budget covers it all;
 - a call is charged at most what the hard limit leaves, and its reservation becomes its cost;
 - escalated: the next tier's call must be reserved first; if the budget cannot pay, nothing
   moves;
