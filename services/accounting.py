@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from services import metrics
 from services.llm.base import Generation
-from services.models import ModelCall, ModelPrice, Tier
+from services.models import ModelCall, ModelPrice
 from services.settings import TierSettings
 
 PER_MILLION = Decimal(1_000_000)
@@ -53,7 +53,7 @@ def record_model_call(
     *,
     query_id: uuid.UUID,
     tenant_id: uuid.UUID,
-    tier: Tier,
+    tier: str,
     tier_settings: TierSettings,
     generation: Generation,
     latency_ms: int,

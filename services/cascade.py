@@ -5,6 +5,11 @@ outside any transaction. A redelivered task therefore finds the query already an
 does nothing), or finds it mid-call under another worker's lease (and waits), or takes it over
 once that lease has expired. The ledger keeps one row per query and tier, so a call is charged
 at most once however often the task runs.
+
+A cascade is the settings' tiers in order (``Settings.tier_names``): small, any middle tiers,
+large. Every tier but the last decides on its own answer, as the policy says, whether the query
+climbs to the next; the last tier's answer is final. Each tier that answers adds an entry to the
+query's ``path``: its model and its decision with what it was made from.
 """
 
 from __future__ import annotations
@@ -39,14 +44,15 @@ from services.models import (
     Tier,
     utcnow,
 )
+from services.policy import PolicyDecision
 from services.runtime import Runtime
 from services.settings import Settings, TierSettings
 from services.tier_claims import (
-    CLAIMABLE,
     Claim,
     Outcome,
     TierResult,
     claim_for_tier,
+    claimable,
     hold_lease_until,
     locked_query,
     mark_failed,
@@ -74,7 +80,7 @@ OVERLOAD_REQUEUE_S = 5.0
 
 def deliver(
     query_id: uuid.UUID,
-    tier: Tier,
+    tier: str,
     *,
     runtime: Runtime,
     dispatcher: Dispatcher,
@@ -85,7 +91,7 @@ def deliver(
     Returns the delay after which the caller should deliver again (a transient model error
     with retries left), or None when this delivery is done.
     """
-    structlog.contextvars.bind_contextvars(query_id=str(query_id), tier=tier.value)
+    structlog.contextvars.bind_contextvars(query_id=str(query_id), tier=str(tier))
     try:
         result = answer_on_tier(query_id, tier, runtime)
     except ModelOverloaded as exc:
@@ -102,7 +108,7 @@ def deliver(
     finally:
         structlog.contextvars.unbind_contextvars("query_id", "tier")
     if result.outcome is Outcome.ESCALATE:
-        dispatcher.enqueue(Tier.LARGE, query_id)
+        dispatcher.enqueue(result.to_tier, query_id)
     elif result.outcome is Outcome.BUSY:
         # Another delivery of this query is mid-call; look again when its lease runs out.
         dispatcher.enqueue(tier, query_id, delay_s=result.retry_in_s + 0.5)
@@ -111,7 +117,7 @@ def deliver(
     return None
 
 
-def answer_on_tier(query_id: uuid.UUID, tier: Tier, runtime: Runtime) -> TierResult:
+def answer_on_tier(query_id: uuid.UUID, tier: str, runtime: Runtime) -> TierResult:
     """Run ``tier`` for the query. Raises TransientModelError when the caller should retry.
 
     The call takes turns with other tenants' by the query's tenant, and a cancel of the query
@@ -126,7 +132,7 @@ def answer_on_tier(query_id: uuid.UUID, tier: Tier, runtime: Runtime) -> TierRes
 
 
 def _call_and_record(
-    query_id: uuid.UUID, tier: Tier, runtime: Runtime, claim: Claim, context: CallContext
+    query_id: uuid.UUID, tier: str, runtime: Runtime, claim: Claim, context: CallContext
 ) -> TierResult:
     settings = runtime.settings
     started = time.perf_counter()
@@ -173,48 +179,64 @@ def _call_and_record(
             price=price,
         )
         log.info("model_call", tier=tier, charged=cost is not None, latency_ms=latency_ms)
-        if query.status not in CLAIMABLE[tier]:
+        if not claimable(query, tier, settings):
             return TierResult(Outcome.SKIPPED)
-        if tier is Tier.SMALL:
-            return _decide(session, query, generation, settings)
+        if tier != settings.tier_names[-1]:
+            return _decide(session, query, generation, settings, tier)
         _, answer = margin_and_answer(
             generation.first_token_candidates,
             generation.text,
             query.choices,
             label_logprobs=generation.label_logprobs,
         )
-        lifecycle.succeed(session, query, answer=answer, tier=Tier.LARGE)
+        _add_to_path(query, tier=tier, model=model, decision="last_tier")
+        lifecycle.succeed(session, query, answer=answer, tier=tier)
         return TierResult(Outcome.ANSWERED)
 
 
-def _observe_call(tier: Tier, model: str, outcome: str, started: float) -> float:
+def _observe_call(tier: str, model: str, outcome: str, started: float) -> float:
     """Record a model call's duration in seconds, and return it."""
     seconds = time.perf_counter() - started
     metrics.observe_model_call(tier=tier, model=model, outcome=outcome, seconds=seconds)
     return seconds
 
 
-def fall_back(query_id: uuid.UUID, tier: Tier, *, reason: str, settings: Settings) -> TierResult:
-    """The tier's model server kept failing: do what the settings say instead."""
+def fall_back(query_id: uuid.UUID, tier: str, *, reason: str, settings: Settings) -> TierResult:
+    """The tier's model server kept failing: do what the settings say instead. The small tier
+    and the middle ones hand the query to the next tier (or fail it); the last tier answers
+    with the answer of the tier before it (or fails it)."""
     with session_scope() as session:
         query = locked_query(session, query_id)
-        if query.status not in CLAIMABLE[tier]:
+        if not claimable(query, tier, settings):
             return TierResult(Outcome.SKIPPED)
         log.warning("tier_unavailable", error=reason)
-        if tier is Tier.SMALL and policy.on_small_unavailable(settings) == "escalate":
+        names = settings.tier_names
+        last = tier == names[-1]
+        if not last and policy.on_small_unavailable(settings) == "escalate":
             tenant = session.get_one(Tenant, query.tenant_id)
+            next_tier = names[names.index(tier) + 1]
             if lifecycle.escalate(
                 session, query, tenant=tenant, settings=settings, small_called=False
             ):
-                query.decision = "small_unavailable"
-                return TierResult(Outcome.ESCALATE)
-            reason += "; the budget cannot pay for the large tier instead"
-        if tier is Tier.LARGE and policy.on_large_unavailable(settings, query) == "small_answer":
+                if tier == Tier.SMALL:
+                    query.decision = "small_unavailable"
+                _add_to_path(
+                    query, tier=tier, model=settings.tier(tier).model, decision="unavailable"
+                )
+                return TierResult(Outcome.ESCALATE, to_tier=next_tier)
+            reason += f"; the budget cannot pay for the {next_tier} tier instead"
+        if last and policy.on_large_unavailable(settings, query) == "small_answer":
             assert query.small_answer is not None  # the policy answers so only when there is one
             query.decision = "large_unavailable"
-            lifecycle.succeed(session, query, answer=query.small_answer, tier=Tier.SMALL)
+            answered = [entry["tier"] for entry in query.path or () if entry["margin"] is not None]
+            lifecycle.succeed(
+                session,
+                query,
+                answer=query.small_answer,
+                tier=answered[-1] if answered else Tier.SMALL,
+            )
             return TierResult(Outcome.ANSWERED)
-        message = f"the {tier.value} model server kept failing: {reason}"
+        message = f"the {tier} model server kept failing: {reason}"
         return mark_failed(session, query, "model_unavailable", message)
 
 
@@ -226,9 +248,12 @@ def fail_query(query_id: uuid.UUID, *, code: str, message: str) -> None:
 
 
 def _decide(
-    session: Session, query: Query, generation: Generation, settings: Settings
+    session: Session, query: Query, generation: Generation, settings: Settings, tier: str
 ) -> TierResult:
-    query.small_finished_at = utcnow()
+    """Decide on ``tier``'s answer (any tier but the last): climb to the next tier or finish."""
+    stage = settings.stage_of(tier)
+    if stage == 0:
+        query.small_finished_at = utcnow()
     tenant = session.get_one(Tenant, query.tenant_id)
     worst_case = budgets.lazy_worst_case(session, settings, query=query)
     try:
@@ -239,32 +264,33 @@ def _decide(
             generation=generation,
             settings=settings,
             worst_case=worst_case,
+            stage=stage,
         )
     except MarginUnavailable as exc:
         message = f"{exc}; is the server's --max-top-n-tokens at least 2?"
         return mark_failed(session, query, "margin_unavailable", message)
     margin, answer, pair = decision.margin, decision.answer, decision.model_pair
-    query.small_answer = answer  # the answer should the large tier be unavailable
+    query.small_answer = answer  # the answer should the later tiers be unavailable
     metrics.observe_margin(margin, model_pair=pair, kind=settings.margin_kind)
-    query.margin = margin
-    query.scope_id = decision.scope_id
-    query.threshold = decision.threshold
-    query.threshold_version = decision.threshold_version
-    query.threshold_rank_error = decision.rank_error
-    query.threshold_window = decision.window
-    query.target_escalation_rate = decision.target_escalation_rate
-    query.decision = decision.reason
+    if stage == 0:  # the query's own fields are the first tier's decision; ``path`` has all
+        _record_first_decision(query, decision)
     escalate = decision.escalate and lifecycle.escalate(
         session, query, tenant=tenant, settings=settings, worst_case=worst_case
     )
+    reason: str = decision.reason
     if decision.escalate and not escalate:
-        query.decision = "budget_guard"  # below the threshold, but the budget cannot pay L
-    log.info("decision", margin=margin, threshold=decision.threshold, reason=query.decision)
+        reason = "budget_guard"  # below the threshold, but the budget cannot pay the next tier
+        if stage == 0:
+            query.decision = reason
+    _add_to_path(
+        query, tier=tier, model=settings.tier(tier).model, decision=reason, made_of=decision
+    )
+    log.info("decision", margin=margin, threshold=decision.threshold, reason=reason)
     metrics.observe_decision(
         tenant_id=str(query.tenant_id),
         model_pair=pair,
         task=query.task_label,
-        decision=query.decision,
+        decision=reason,
         escalated=escalate,
         threshold=decision.threshold,
         threshold_version=decision.threshold_version,
@@ -278,10 +304,46 @@ def _decide(
         drifting=decision.drift_state == "drift",
         detected=decision.drift_detected,
     )
-    if escalate:
-        return TierResult(Outcome.ESCALATE)  # the caller enqueues the large tier
-    lifecycle.succeed(session, query, answer=answer, tier=Tier.SMALL)
+    if escalate:  # the caller enqueues the next tier
+        return TierResult(Outcome.ESCALATE, to_tier=settings.tier_names[stage + 1])
+    lifecycle.succeed(session, query, answer=answer, tier=tier)
     return TierResult(Outcome.ANSWERED)
+
+
+def _record_first_decision(query: Query, decision: PolicyDecision) -> None:
+    query.margin = decision.margin
+    query.scope_id = decision.scope_id
+    query.threshold = decision.threshold
+    query.threshold_version = decision.threshold_version
+    query.threshold_rank_error = decision.rank_error
+    query.threshold_window = decision.window
+    query.target_escalation_rate = decision.target_escalation_rate
+    query.decision = decision.reason
+
+
+def _add_to_path(
+    query: Query,
+    *,
+    tier: str,
+    model: str,
+    decision: str,
+    made_of: PolicyDecision | None = None,
+) -> None:
+    """Append the tier's entry to the query's path: its decision (``last_tier`` for the last
+    tier's answer, ``unavailable`` for a tier whose server kept failing) and, for a decision on
+    a margin, what it was made from (so that it can be replayed)."""
+    entry = {
+        "tier": tier,
+        "model": model,
+        "margin": None if made_of is None else made_of.margin,
+        "threshold": None if made_of is None else made_of.threshold,
+        "threshold_version": None if made_of is None else made_of.threshold_version,
+        "threshold_scope": None if made_of is None else made_of.scope_id,
+        "threshold_window": None if made_of is None else made_of.window,
+        "target_escalation_rate": None if made_of is None else made_of.target_escalation_rate,
+        "decision": decision,
+    }
+    query.path = [*(query.path or ()), entry]  # a new list, so that the ORM writes it
 
 
 def _locked_for_answer(

@@ -9,12 +9,12 @@ from typing import Protocol
 from sqlalchemy.orm import Session
 
 from services.db import after_commit
-from services.models import Tier
 
 
 class Dispatcher(Protocol):
-    def enqueue(self, tier: Tier, query_id: uuid.UUID, *, delay_s: float = 0.0) -> None:
-        """Queue the tier's task for the query. Call only after the query row is committed."""
+    def enqueue(self, tier: str, query_id: uuid.UUID, *, delay_s: float = 0.0) -> None:
+        """Queue the tier's task for the query (a tier's name: small, a middle tier's, large).
+        Call only after the query row is committed."""
 
     def enqueue_webhook(self, delivery_id: uuid.UUID, *, delay_s: float = 0.0) -> None:
         """Queue an attempt of the webhook delivery. Call only after its row is committed."""

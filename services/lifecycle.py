@@ -2,18 +2,24 @@
 transaction, its budget (reserve, settle, release), its events and its counters.
 
     queued ──claim──▶ running ──escalate──▶ escalated ──succeed──▶ succeeded
-      │  ╲              │  ╲                  │
+      │  ╲              │  ╲                  │  ⟲ escalate (a middle tier's)
       │   escalate      │   succeed           ├──fail──▶ failed
       ├──fail──▶ failed ├──fail──▶ failed     └──cancel──▶ cancelled
       └──cancel──▶ …    └──cancel──▶ …
+
+A query's ``stage`` is the tier it is at, by its place in the cascade (``Settings.tier_names``):
+0 while queued or running on the small tier; an escalated query at stage i waits for (or is
+answered by) tier i. With middle tiers a query escalates once per tier it leaves.
 
 ``TRANSITIONS`` is that table; a move it does not list raises ``IllegalTransition`` and
 changes nothing. The budget rules that go with the moves:
 
 - admitted: the small call's worst case is reserved (or the query is refused, BudgetExceeded),
-  and the large call's too when the tenant may escalate and the budget covers both;
+  and the worst path's too (every later tier's call: the middle tiers' and the large one's)
+  when the tenant may escalate and the budget covers it all;
 - a call is charged at most what the hard limit leaves, and its reservation becomes its cost;
-- escalated: the large call must be reserved first; if the budget cannot pay, nothing moves;
+- escalated: the next tier's call must be reserved first; if the budget cannot pay, nothing
+  moves;
 - succeeded or failed: whatever is still reserved is given back;
 - cancelled: a call that may be running keeps its reservation (and the query its lease) to
   settle when it ends; the recovery sweep gives it back once the lease has run out.
@@ -25,6 +31,7 @@ transaction) and leaves the commit to the caller.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -51,7 +58,8 @@ TRANSITIONS: dict[QueryStatus, frozenset[QueryStatus]] = {
     QUEUED: frozenset({RUNNING, ESCALATED, FAILED, CANCELLED}),
     # running -> running: a delivery taking over a call whose lease ran out.
     RUNNING: frozenset({RUNNING, ESCALATED, SUCCEEDED, FAILED, CANCELLED}),
-    ESCALATED: frozenset({SUCCEEDED, FAILED, CANCELLED}),
+    # escalated -> escalated: a middle tier hands the query on to the next one.
+    ESCALATED: frozenset({ESCALATED, SUCCEEDED, FAILED, CANCELLED}),
     SUCCEEDED: frozenset(),
     FAILED: frozenset(),
     CANCELLED: frozenset(),
@@ -73,6 +81,15 @@ def can_move(source: QueryStatus, target: QueryStatus) -> bool:
     return target in TRANSITIONS[source]
 
 
+def waiting_tier(query: Query, tier_names: Sequence[str]) -> str:
+    """The tier an unfinished query is at: small while queued or running; an escalated
+    query's stage's tier, the last one for stage 0 (escalated before stages were recorded)."""
+    if query.status != ESCALATED:
+        return tier_names[0]
+    last = len(tier_names) - 1
+    return tier_names[min(query.stage or last, last)]
+
+
 def admit(session: Session, query: Query, *, tenant: Tenant, settings: Settings) -> None:
     """A new query: queued, its worst case reserved if the tenant has a budget (else
     BudgetExceeded and nothing added), added to the session."""
@@ -85,15 +102,20 @@ def admit(session: Session, query: Query, *, tenant: Tenant, settings: Settings)
             max_new_tokens=query.max_new_tokens,
             choices=query.choices,
         )
+        never = policy.never_escalates(tenant)
+        middle = {} if never else budgets.worst_case_middle(session, settings, query=query)
         reservation = budgets.reserve(
             session,
             tenant=tenant,
             small=small,
-            large=Decimal(0) if policy.never_escalates(tenant) else large,
+            large=Decimal(0) if never else large,
+            middle=middle,
         )
         query.budget_period_id = reservation.period_id
         query.reserved_small = reservation.small
         query.reserved_large = reservation.large
+        held = {name: str(amount) for name, amount in reservation.middle.items()}
+        query.reserved_middle = held or None
     session.add(query)
 
 
@@ -102,16 +124,17 @@ def refused(session: Session, *, tenant: Tenant, refusal: BudgetExceeded) -> Non
     budgets.alert_exhausted(session, tenant=tenant, period_start=refusal.period_start)
 
 
-def claim(session: Session, query: Query, tier: Tier, *, lease_s: float) -> None:
+def claim(session: Session, query: Query, tier: str, *, lease_s: float) -> None:
     """A delivery takes the query for ``tier``'s call, under a lease of ``lease_s``."""
     now = utcnow()
-    if tier is Tier.SMALL:
+    if tier == Tier.SMALL:
         _move(query, RUNNING, now)
         query.small_started_at = query.small_started_at or now
     else:
         if query.status != ESCALATED:
-            raise IllegalTransition(f"a {query.status} query has no large call to make")
-        query.large_started_at = query.large_started_at or now
+            raise IllegalTransition(f"a {query.status} query has no {tier} call to make")
+        if tier == Tier.LARGE:
+            query.large_started_at = query.large_started_at or now
     query.lease_expires_at = now + timedelta(seconds=lease_s)
     query.updated_at = now
 
@@ -121,7 +144,7 @@ def charge(
     query: Query,
     *,
     tenant: Tenant,
-    tier: Tier,
+    tier: str,
     tier_settings: TierSettings,
     generation: Generation,
     latency_ms: int,
@@ -154,26 +177,44 @@ def escalate(
     settings: Settings,
     worst_case: WorstCase | None = None,
     small_called: bool = True,
+    to_tier: str | None = None,
 ) -> bool:
-    """Hand the query to the large tier if its budget can pay the large call; False (and
-    nothing changed) if it cannot. ``small_called=False`` gives back the small reservation
-    (the small tier was skipped). The caller enqueues the large tier after the commit."""
+    """Hand the query to ``to_tier`` (None: the tier after the one it is at) if its budget can
+    pay that tier's call; False (and nothing changed) if it cannot. ``small_called=False``
+    gives back the reservation of the tier it is at (that tier was skipped, or its server
+    kept failing); the reservations of the tiers it jumps over go back too. The caller
+    enqueues ``to_tier`` after the commit."""
     _check(query, ESCALATED)
+    names = settings.tier_names
+    stage = names.index(waiting_tier(query, names))
+    target = stage + 1 if to_tier is None else names.index(to_tier)
+    if target <= stage or target >= len(names):
+        raise IllegalTransition(f"a query at the {names[stage]} tier cannot escalate further")
     costs = worst_case or budgets.lazy_worst_case(session, settings, query=query)
-    if not budgets.reserve_escalation(session, query=query, tenant=tenant, worst_case=costs):
+    if not budgets.reserve_escalation(
+        session,
+        query=query,
+        tenant=tenant,
+        worst_case=costs,
+        tier=names[target],
+        middle_worst_case=lambda: budgets.worst_case_middle(session, settings, query=query),
+    ):
         return False
-    if not small_called:
-        budgets.release(session, query=query, tier=Tier.SMALL)
-    metrics.count_query(session, ESCALATED, Tier.LARGE)
+    given_back = list(names[stage + 1 : target]) + ([] if small_called else [names[stage]])
+    for tier in given_back:
+        if budgets.reserved_for(query, tier):
+            budgets.release(session, query=query, tier=tier)
+    metrics.count_query(session, ESCALATED, names[target])
     now = utcnow()
     _move(query, ESCALATED, now)
-    query.escalated_at = now
+    query.stage = target
+    query.escalated_at = query.escalated_at or now
     query.lease_expires_at = None
     record_query_event(session, query, EventType.QUERY_ESCALATED)
     return True
 
 
-def succeed(session: Session, query: Query, *, answer: str, tier: Tier) -> None:
+def succeed(session: Session, query: Query, *, answer: str, tier: str) -> None:
     """Answered by ``tier``: what is still reserved is given back."""
     _check(query, SUCCEEDED)
     metrics.count_query(session, SUCCEEDED, tier)
@@ -198,8 +239,15 @@ def cancel(session: Session, query: Query) -> None:
     _check(query, CANCELLED)
     lease = query.lease_expires_at
     if query.status == RUNNING:
+        budgets.release(session, query=query, keep=Tier.SMALL)
+    elif query.status == ESCALATED and query.large_started_at is not None:
+        if query.reserved_middle:  # left by a middle tier that was not called
+            budgets.release(session, query=query, keep=Tier.LARGE)
+    elif query.status == ESCALATED and query.reserved_middle and lease is not None:
+        # A middle tier's call may be running: its reservation stays until it settles or
+        # the lease runs out; the large call will not come.
         budgets.release(session, query=query, tier=Tier.LARGE)
-    elif query.status != ESCALATED or query.large_started_at is None:
+    else:
         budgets.release(session, query=query)
     metrics.count_query(session, CANCELLED, metrics.waiting_tier(query))
     _finish(session, query, CANCELLED)

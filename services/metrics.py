@@ -14,7 +14,7 @@ Label values are ids and enum values, never free text, except the task label tha
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
 
 import redis
@@ -144,9 +144,9 @@ for _outcome in WEBHOOK_OUTCOMES:
     WEBHOOK_DELIVERIES.labels(outcome=_outcome)
 
 
-def count_query(session: Session, status: QueryStatus, tier: Tier) -> None:
+def count_query(session: Session, status: QueryStatus, tier: str) -> None:
     """Count a query reaching ``status`` at ``tier`` once the transaction commits."""
-    after_commit(session, QUERIES.labels(status=status.value, tier=tier.value).inc)
+    after_commit(session, QUERIES.labels(status=status.value, tier=str(tier)).inc)
 
 
 def waiting_tier(query: Query) -> Tier:
@@ -196,15 +196,15 @@ def observe_margin(margin: float, *, model_pair: str, kind: str) -> None:
     MARGIN.labels(model_pair=model_pair, kind=kind).observe(margin)
 
 
-def observe_model_call(*, tier: Tier, model: str, outcome: str, seconds: float) -> None:
-    MODEL_CALL_SECONDS.labels(tier=tier.value, model=model, outcome=outcome).observe(seconds)
+def observe_model_call(*, tier: str, model: str, outcome: str, seconds: float) -> None:
+    MODEL_CALL_SECONDS.labels(tier=str(tier), model=model, outcome=outcome).observe(seconds)
 
 
 def count_cost(
     session: Session,
     *,
     tenant_id: str,
-    tier: Tier,
+    tier: str,
     model: str,
     cost: Decimal,
     input_tokens: int,
@@ -213,9 +213,9 @@ def count_cost(
     """Count a charged call once the ledger row commits."""
 
     def count() -> None:
-        COST.labels(tenant=tenant_id, tier=tier.value, model=model).inc(float(cost))
-        TOKENS.labels(tenant=tenant_id, tier=tier.value, direction="input").inc(input_tokens)
-        TOKENS.labels(tenant=tenant_id, tier=tier.value, direction="output").inc(output_tokens)
+        COST.labels(tenant=tenant_id, tier=str(tier), model=model).inc(float(cost))
+        TOKENS.labels(tenant=tenant_id, tier=str(tier), direction="input").inc(input_tokens)
+        TOKENS.labels(tenant=tenant_id, tier=str(tier), direction="output").inc(output_tokens)
 
     after_commit(session, count)
 
@@ -232,8 +232,10 @@ def count_webhook_delivery(outcome: str) -> None:
 class QueueDepthCollector(Collector):
     """Length of each Celery queue's Redis list, read at scrape time (what KEDA scales on)."""
 
-    def __init__(self, broker_url: str) -> None:
+    def __init__(self, broker_url: str, *, tier_queues: Sequence[str] = ()) -> None:
+        """``tier_queues``: the middle tiers' queues, besides the fixed ones."""
         self._redis = redis.Redis.from_url(broker_url, socket_timeout=2, socket_connect_timeout=2)
+        self._queues = (*QUEUES, *tier_queues)
 
     def collect(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily(
@@ -242,7 +244,7 @@ class QueueDepthCollector(Collector):
         up = GaugeMetricFamily("twotier_broker_up", "1 if the broker answered this scrape.")
         try:
             with self._redis.pipeline(transaction=False) as pipe:
-                for queue in QUEUES:
+                for queue in self._queues:
                     pipe.llen(queue)
                 lengths = pipe.execute()
         except redis.RedisError as exc:
@@ -250,7 +252,7 @@ class QueueDepthCollector(Collector):
             up.add_metric([], 0)
         else:
             up.add_metric([], 1)
-            for queue, length in zip(QUEUES, lengths, strict=True):
+            for queue, length in zip(self._queues, lengths, strict=True):
                 depth.add_metric([queue], int(length))
         yield depth
         yield up
@@ -293,13 +295,16 @@ class _ProcessMetrics(Collector):
         return self._registry.collect()
 
 
-def exposition_registry(*, broker_url: str | None, database: bool) -> CollectorRegistry:
-    """What a ``/metrics`` endpoint serves: the process's metrics, and the queue depths and
-    unfinished queries when asked (the api reports those; one reporter is enough)."""
+def exposition_registry(
+    *, broker_url: str | None, database: bool, tier_queues: Sequence[str] = ()
+) -> CollectorRegistry:
+    """What a ``/metrics`` endpoint serves: the process's metrics, and the queue depths (the
+    middle tiers' ``tier_queues`` too) and unfinished queries when asked (the api reports
+    those; one reporter is enough)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_ProcessMetrics())
     if broker_url and broker_url.startswith(("redis://", "rediss://")):
-        registry.register(QueueDepthCollector(broker_url))
+        registry.register(QueueDepthCollector(broker_url, tier_queues=tier_queues))
     if database:
         registry.register(UnfinishedQueriesCollector())
     return registry

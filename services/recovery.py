@@ -16,7 +16,7 @@ Two signs, each definite:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, or_, select
@@ -33,10 +33,13 @@ TIER_OF_STATUS = {
 STATUSES_OF_TIER = {
     tier: [status for status, of in TIER_OF_STATUS.items() if of is tier] for tier in Tier
 }
+# The tiers of a two-tier cascade; with middle tiers the caller passes the settings' names,
+# and an escalated query goes back to its stage's queue (``lifecycle.waiting_tier``).
+TWO_TIERS: tuple[str, ...] = (Tier.SMALL, Tier.LARGE)
 
 # When the oldest message still waiting in each tier's queue was sent (now, for an empty
 # queue); None where the broker cannot tell, and no mapping where messages cannot be lost.
-WaitingSince = Mapping[Tier, datetime | None]
+WaitingSince = Mapping[str, datetime | None]
 
 
 def claim_stuck_queries(
@@ -45,7 +48,8 @@ def claim_stuck_queries(
     stuck_after_s: float,
     waiting_since: WaitingSince | None,
     limit: int = 1000,
-) -> list[tuple[uuid.UUID, Tier]]:
+    tier_names: Sequence[str] = TWO_TIERS,
+) -> list[tuple[uuid.UUID, str]]:
     """Unfinished queries whose lease ran out, or whose message is missing from the queue.
 
     Each one found is stamped as sent now, without a lease: the next sweep finds it again only
@@ -60,7 +64,7 @@ def claim_stuck_queries(
             continue
         lost.append(
             and_(
-                Query.status.in_(STATUSES_OF_TIER[tier]),
+                _waiting_for(tier, tier_names),
                 Query.lease_expires_at.is_(None),
                 Query.updated_at < min(oldest_waiting, now) - timedelta(seconds=stuck_after_s),
             )
@@ -75,16 +79,31 @@ def claim_stuck_queries(
     for query in stuck:
         query.lease_expires_at = None
         query.updated_at = now
-    return [(query.id, TIER_OF_STATUS[QueryStatus(query.status)]) for query in stuck]
+    return [(query.id, lifecycle.waiting_tier(query, tier_names)) for query in stuck]
+
+
+def _waiting_for(tier: str, tier_names: Sequence[str]) -> ColumnElement[bool]:
+    """The queries whose next step is ``tier``'s (as ``lifecycle.waiting_tier`` says)."""
+    if tier == tier_names[0]:
+        return Query.status.in_(STATUSES_OF_TIER[Tier.SMALL])
+    stage = tier_names.index(tier)
+    stages = [stage, 0] if stage == len(tier_names) - 1 else [stage]
+    return and_(Query.status == QueryStatus.ESCALATED, Query.stage.in_(stages))
 
 
 def sweep(
-    session: Session, *, stuck_after_s: float, waiting_since: WaitingSince | None
-) -> list[tuple[uuid.UUID, Tier]]:
-    """One pass of the recovery sweep: queries to queue again, and budget reservations that no
-    call can settle any more given back."""
+    session: Session,
+    *,
+    stuck_after_s: float,
+    waiting_since: WaitingSince | None,
+    tier_names: Sequence[str] = TWO_TIERS,
+) -> list[tuple[uuid.UUID, str]]:
+    """One pass of the recovery sweep: queries to queue again (each with the tier whose queue
+    it goes to), and budget reservations that no call can settle any more given back."""
     release_abandoned_reservations(session)
-    return claim_stuck_queries(session, stuck_after_s=stuck_after_s, waiting_since=waiting_since)
+    return claim_stuck_queries(
+        session, stuck_after_s=stuck_after_s, waiting_since=waiting_since, tier_names=tier_names
+    )
 
 
 def release_abandoned_reservations(session: Session, *, limit: int = 500) -> int:
@@ -95,7 +114,11 @@ def release_abandoned_reservations(session: Session, *, limit: int = 500) -> int
         select(Query)
         .where(
             Query.status == QueryStatus.CANCELLED,
-            or_(Query.reserved_small > 0, Query.reserved_large > 0),
+            or_(
+                Query.reserved_small > 0,
+                Query.reserved_large > 0,
+                Query.reserved_middle.is_not(None),
+            ),
             or_(Query.lease_expires_at.is_(None), Query.lease_expires_at < now),
         )
         .limit(limit)
@@ -106,7 +129,9 @@ def release_abandoned_reservations(session: Session, *, limit: int = 500) -> int
     return len(abandoned)
 
 
-def reclaim_unfinished_queries(session: Session) -> list[tuple[uuid.UUID, Tier]]:
+def reclaim_unfinished_queries(
+    session: Session, *, tier_names: Sequence[str] = TWO_TIERS
+) -> list[tuple[uuid.UUID, str]]:
     """Every unfinished query, with its lease released.
 
     Only for the embedded default at start-up: it is the one process, so no delivery from
@@ -119,4 +144,4 @@ def reclaim_unfinished_queries(session: Session) -> list[tuple[uuid.UUID, Tier]]
     for query in unfinished:
         query.lease_expires_at = None
         query.updated_at = now
-    return [(query.id, TIER_OF_STATUS[QueryStatus(query.status)]) for query in unfinished]
+    return [(query.id, lifecycle.waiting_tier(query, tier_names)) for query in unfinished]

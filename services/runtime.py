@@ -16,7 +16,6 @@ from services.llm.base import Backend
 from services.llm.circuit import CircuitBreaker
 from services.llm.http_backend import HttpBackend
 from services.llm.registry import build_backend
-from services.models import Tier
 from services.settings import Settings, TierSettings
 
 
@@ -27,14 +26,14 @@ class Runtime:
         self.settings = settings
         self.raw_prompts = raw_prompts
         self.leases = LeaseKeeper(lease_s=settings.task_lease_s)
-        self._backends: dict[Tier, Backend] = {}
-        self._breakers: dict[Tier, CircuitBreaker] = {}
+        self._backends: dict[str, Backend] = {}
+        self._breakers: dict[str, CircuitBreaker] = {}
         self._lock = threading.Lock()
 
-    def tier_settings(self, tier: Tier) -> TierSettings:
-        return self.settings.small if tier is Tier.SMALL else self.settings.large
+    def tier_settings(self, tier: str) -> TierSettings:
+        return self.settings.tier(tier)
 
-    def backend(self, tier: Tier) -> Backend:
+    def backend(self, tier: str) -> Backend:
         """The tier's backend, built on first use."""
         backend = self._backends.get(tier)
         if backend is not None:
@@ -46,7 +45,7 @@ class Runtime:
                 )
             return self._backends[tier]
 
-    def breaker(self, tier: Tier) -> CircuitBreaker:
+    def breaker(self, tier: str) -> CircuitBreaker:
         """The tier's circuit breaker."""
         breaker = self._breakers.get(tier)
         if breaker is not None:
@@ -54,7 +53,7 @@ class Runtime:
         with self._lock:
             if tier not in self._breakers:
                 self._breakers[tier] = CircuitBreaker(
-                    name=tier.value,
+                    name=str(tier),
                     failures_to_open=self.settings.circuit_breaker_failures,
                     open_for_s=self.settings.circuit_breaker_open_s,
                 )

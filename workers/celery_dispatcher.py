@@ -10,10 +10,12 @@ from datetime import UTC, datetime
 from services.models import Tier, utcnow
 from workers.app import SENT_AT_HEADER, app
 
-TASK_OF_TIER = {
+TASK_OF_TIER: dict[str, str] = {
     Tier.SMALL: "twotier.answer_on_small_tier",
     Tier.LARGE: "twotier.answer_on_large_tier",
 }
+# A middle tier's task: the same for every middle tier, sent to the queue named after it.
+ANSWER_ON_MIDDLE_TIER = "twotier.answer_on_middle_tier"
 DELIVER_WEBHOOK = "twotier.deliver_webhook"
 FEED_BATCHES = "twotier.feed_batches"
 # Asks to feed the batches that come within this long of each other share one run: a batch's
@@ -26,9 +28,11 @@ class CeleryDispatcher:
         self._feed_lock = threading.Lock()
         self._feed_pending = False
 
-    def enqueue(self, tier: Tier, query_id: uuid.UUID, *, delay_s: float = 0.0) -> None:
+    def enqueue(self, tier: str, query_id: uuid.UUID, *, delay_s: float = 0.0) -> None:
+        task = TASK_OF_TIER.get(tier)
+        args = [str(query_id)] if task is not None else [str(query_id), str(tier)]
         app.send_task(
-            TASK_OF_TIER[tier], args=[str(query_id)], queue=tier.value, countdown=delay_s or None
+            task or ANSWER_ON_MIDDLE_TIER, args=args, queue=str(tier), countdown=delay_s or None
         )
 
     def enqueue_webhook(self, delivery_id: uuid.UUID, *, delay_s: float = 0.0) -> None:
@@ -50,12 +54,12 @@ class CeleryDispatcher:
             self._feed_pending = False
         app.send_task(FEED_BATCHES, queue="maintenance")
 
-    def waiting_count(self, tier: Tier) -> int:
+    def waiting_count(self, tier: str) -> int:
         """Messages waiting in the tier's queue (not those workers hold)."""
         with app.connection_for_read() as connection:
-            return int(connection.default_channel.client.llen(tier.value))
+            return int(connection.default_channel.client.llen(str(tier)))
 
-    def oldest_waiting_since(self, tier: Tier) -> datetime | None:
+    def oldest_waiting_since(self, tier: str) -> datetime | None:
         """When the oldest message still waiting in the tier's queue was sent; now if none
         waits; None if the broker cannot tell (a message without the stamp).
 
@@ -63,7 +67,7 @@ class CeleryDispatcher:
         oldest message is its last element; messages that workers hold are not in it.
         """
         with app.connection_for_read() as connection:
-            oldest = connection.default_channel.client.lindex(tier.value, -1)
+            oldest = connection.default_channel.client.lindex(str(tier), -1)
         if oldest is None:
             return utcnow()
         try:

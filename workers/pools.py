@@ -2,7 +2,8 @@
 
 A model call spends its time waiting on the model server, so one worker process runs its
 tasks in a pool of threads (Celery's ``threads`` pool) and keeps as many calls in flight as
-the model server takes at once (``TWOTIER_{SMALL,LARGE}__MAX_CONCURRENT_CALLS``, 128 for TGI);
+the model server takes at once (``TWOTIER_{SMALL,LARGE}__MAX_CONCURRENT_CALLS`` and a middle
+tier's ``max_concurrent_calls``, 128 for TGI);
 the webhooks and maintenance queues add a few threads of their own.
 
 The threads share one database connection pool. A thread takes a connection only inside the
@@ -24,7 +25,7 @@ from celery.concurrency.thread import TaskPool
 from services.db import PoolSize
 from services.settings import Settings
 
-MODEL_QUEUES = ("small", "large")
+MODEL_QUEUES = ("small", "large")  # and each middle tier's, named after it
 THREADS_PER_CONNECTION = 16
 
 
@@ -32,9 +33,9 @@ def threads_of_queues(settings: Settings, queues: Iterable[str]) -> int:
     """Threads for a worker taking ``queues``: the most calls any of its model tiers takes at
     once, plus the threads of the other queues."""
     names = set(queues)
-    tiers = {"small": settings.small, "large": settings.large}
+    tiers = dict(settings.tiers)
     model_calls = max((tiers[name].calls_in_flight for name in names & set(tiers)), default=0)
-    others = names - set(MODEL_QUEUES)
+    others = names - set(tiers)
     return model_calls + (settings.worker_webhook_concurrency if others or not model_calls else 0)
 
 

@@ -32,7 +32,7 @@ def process_runtime() -> Runtime:
     return Runtime(get_settings())
 
 
-def _deliver(task: Task, query_id: str, tier: Tier) -> None:
+def _deliver(task: Task, query_id: str, tier: str) -> None:
     retry_in_s = cascade.deliver(
         uuid.UUID(query_id),
         tier,
@@ -58,13 +58,25 @@ def answer_on_large_tier(self: Task, query_id: str) -> None:
     _deliver(self, query_id, Tier.LARGE)
 
 
+@app.task(
+    name="twotier.answer_on_middle_tier", bind=True, acks_late=True, reject_on_worker_lost=True
+)
+def answer_on_middle_tier(self: Task, query_id: str, tier: str) -> None:
+    """A middle tier's task (TWOTIER_MIDDLE_TIERS), on the queue named after the tier."""
+    _deliver(self, query_id, tier)
+
+
 @app.task(name="twotier.requeue_stuck_queries")
 def requeue_stuck_queries() -> int:
+    settings = get_settings()
     # Read the queues before the database: a message sent meanwhile is newer than both.
-    waiting_since = {tier: dispatcher.oldest_waiting_since(tier) for tier in Tier}
+    waiting_since = {tier: dispatcher.oldest_waiting_since(tier) for tier in settings.tier_names}
     with session_scope() as session:
         stuck = sweep(
-            session, stuck_after_s=get_settings().stuck_after_s, waiting_since=waiting_since
+            session,
+            stuck_after_s=settings.stuck_after_s,
+            waiting_since=waiting_since,
+            tier_names=settings.tier_names,
         )
     for query_id, tier in stuck:
         dispatcher.enqueue(tier, query_id)
@@ -76,7 +88,9 @@ def requeue_stuck_queries() -> int:
 @app.task(name="twotier.feed_batches")
 def feed_batches() -> int:
     settings = get_settings()
-    short = all(dispatcher.waiting_count(tier) < settings.batch_feed_below for tier in Tier)
+    short = all(
+        dispatcher.waiting_count(tier) < settings.batch_feed_below for tier in settings.tier_names
+    )
     room = feeder.FeedRoom(max_in_flight=settings.batch_max_in_flight, queues_have_room=short)
     result = feeder.feed(settings=settings, room=room)
     for query_id in result.sent:

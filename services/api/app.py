@@ -104,14 +104,17 @@ def create_app(dispatcher: Dispatcher, *, lifespan: Lifespan | None = None) -> F
         return JSONResponse(status_code=200 if ready else 503, content=body)
 
     if settings.api_public_metrics:
-        _add_public_metrics(app, broker_url=settings.broker_url)
+        tier_queues = [tier.name for tier in settings.middle_tiers]
+        _add_public_metrics(app, broker_url=settings.broker_url, tier_queues=tier_queues)
     return app
 
 
-def _add_public_metrics(app: FastAPI, *, broker_url: str | None) -> None:
+def _add_public_metrics(app: FastAPI, *, broker_url: str | None, tier_queues: list[str]) -> None:
     """/metrics on the API's own port, only where ``TWOTIER_API_PUBLIC_METRICS`` turns it on:
     the metrics name tenants and costs (services.api.metrics_port serves them elsewhere)."""
-    exposition = metrics.exposition_registry(broker_url=broker_url, database=True)
+    exposition = metrics.exposition_registry(
+        broker_url=broker_url, database=True, tier_queues=tier_queues
+    )
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     async def prometheus_metrics() -> Response:

@@ -28,7 +28,11 @@ def serve_api_metrics(
     """Serve /metrics on ``host:port`` from a daemon thread: this process's metrics (or every
     api process's), the queue depths and the unfinished queries (from ``settings``' database)."""
     open_database(settings)
-    registry = metrics.exposition_registry(broker_url=settings.broker_url, database=True)
+    registry = metrics.exposition_registry(
+        broker_url=settings.broker_url,
+        database=True,
+        tier_queues=[tier.name for tier in settings.middle_tiers],
+    )
     server, thread = start_http_server(port, addr=host, registry=registry)
     log.info("metrics.serving", host=host, port=port)
     return server, thread

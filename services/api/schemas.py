@@ -92,9 +92,29 @@ Money = Annotated[Decimal, PlainSerializer(money_text, return_type=str, when_use
 
 
 class QueryCost(BaseModel):
-    total: Money
+    total: Money = Field(description="Every tier's calls, the middle tiers' included.")
     small: Money
     large: Money
+
+
+class PathStep(BaseModel):
+    """One tier the query reached, in cascade order."""
+
+    tier: str = Field(description="`small`, a middle tier's name (TWOTIER_MIDDLE_TIERS), `large`.")
+    model: str | None
+    margin: float | None = Field(description="First-token margin of this tier's answer.")
+    threshold: float | None = Field(description="The threshold of this tier's scope.")
+    threshold_version: int | None
+    threshold_scope: int | None = Field(description="The scope this tier's margin joined.")
+    threshold_window: int | None = Field(
+        default=None, description="As `threshold_window` reads, for this tier's threshold."
+    )
+    target_escalation_rate: float | None
+    decision: str | None = Field(
+        description="This tier's decision, as `decision` reads; `last_tier` for the last tier's "
+        "answer; `unavailable` for a tier whose model server kept failing (the query went on)."
+    )
+    cost: Money = Field(description="What this tier's call cost.")
 
 
 class QueryError(BaseModel):
@@ -120,9 +140,13 @@ class QueryView(BaseModel):
     choices: list[str] | None
     webhook_url: str | None
     answer: str | None
-    tier: str | None = Field(description="The tier that answered: `small` or `large`.")
+    tier: str | None = Field(
+        description="The tier that answered: `small`, `large` or a middle tier's name."
+    )
     escalated: bool | None
-    margin: float | None = Field(description="First-token margin of the small model.")
+    margin: float | None = Field(
+        description="First-token margin of the small model (`path` has every tier's)."
+    )
     threshold: float | None = Field(description="The threshold the margin was compared with.")
     threshold_version: int | None = Field(
         description="Size of the margin history the threshold was computed from."
@@ -150,12 +174,18 @@ class QueryView(BaseModel):
         "query had enough unspent to pay for it, or its target rate is 1)."
     )
     cost: QueryCost
+    path: list[PathStep] = Field(
+        default=[],
+        description="Every tier that answered (or was tried), in order, with its model, its "
+        "decision and what the decision was made from, and its cost.",
+    )
     error: QueryError | None
     timestamps: QueryTimestamps
 
     @classmethod
     def of(cls, query: Query, costs: dict[str, Decimal]) -> QueryView:
         small, large = costs.get("small", Decimal(0)), costs.get("large", Decimal(0))
+        total = sum(costs.values(), Decimal(0))
         return cls(
             id=query.id,
             status=QueryStatus(query.status),
@@ -175,7 +205,8 @@ class QueryView(BaseModel):
             threshold_scope=query.scope_id,
             target_escalation_rate=query.target_escalation_rate,
             decision=query.decision,
-            cost=QueryCost(total=small + large, small=small, large=large),
+            cost=QueryCost(total=total, small=small, large=large),
+            path=path_of(query, costs),
             error=QueryError(code=query.error_code, message=query.error_message or "")
             if query.error_code
             else None,
@@ -193,3 +224,28 @@ class QueryView(BaseModel):
 class QueryList(BaseModel):
     data: list[QueryView]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at end.")
+
+
+def path_of(query: Query, costs: dict[str, Decimal]) -> list[PathStep]:
+    """The query's path with each tier's cost; a tier charged but not on it (cancelled while
+    its call ran) comes last, without a decision."""
+    steps = [
+        PathStep(**entry, cost=costs.get(entry["tier"], Decimal(0))) for entry in query.path or ()
+    ]
+    on_path = {step.tier for step in steps}
+    for tier, cost in costs.items():
+        if tier not in on_path:
+            steps.append(
+                PathStep(
+                    tier=tier,
+                    model=None,
+                    margin=None,
+                    threshold=None,
+                    threshold_version=None,
+                    threshold_scope=None,
+                    target_escalation_rate=None,
+                    decision=None,
+                    cost=cost,
+                )
+            )
+    return steps

@@ -1,12 +1,12 @@
 """The in-process queue of the embedded default (``twotier serve``).
 
 It stands where Celery and Redis stand in the distributed mode and runs the same delivery code:
-worker threads per tier (as many as a local model decodes at once, so that concurrent queries
-share its steps; one for a tier served over HTTP) and one for webhooks, delayed redelivery for
-retries, the recovery sweep and the batch feeder. The queue itself is memory only; the database
-is the durable record, so at start-up every unfinished query and pending webhook delivery is
-queued again and nothing accepted before a shutdown is lost (a batch's requests not yet sent
-wait in the database for the feeder).
+worker threads for every tier of the settings' cascade (as many as a local model decodes at
+once, so that concurrent queries share its steps; one for a tier served over HTTP) and one for
+webhooks, delayed redelivery for retries, the recovery sweep and the batch feeder. The queue
+itself is memory only; the database is the durable record, so at start-up every unfinished
+query and pending webhook delivery is queued again and nothing accepted before a shutdown is
+lost (a batch's requests not yet sent wait in the database for the feeder).
 """
 
 from __future__ import annotations
@@ -37,15 +37,16 @@ T = TypeVar("T")
 class InProcessQueue:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self._queues: dict[Tier, queue.Queue[tuple[uuid.UUID, int] | None]] = {
-            tier: queue.Queue() for tier in Tier
+        self._tier_names = runtime.settings.tier_names
+        self._queues: dict[str, queue.Queue[tuple[uuid.UUID, int] | None]] = {
+            tier: queue.Queue() for tier in self._tier_names
         }
         self._webhooks: queue.Queue[uuid.UUID | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._feed_wanted = threading.Event()
 
-    def enqueue(self, tier: Tier, query_id: uuid.UUID, *, delay_s: float = 0.0) -> None:
+    def enqueue(self, tier: str, query_id: uuid.UUID, *, delay_s: float = 0.0) -> None:
         self._put(tier, query_id, retries_so_far=0, delay_s=delay_s)
 
     def enqueue_webhook(self, delivery_id: uuid.UUID, *, delay_s: float = 0.0) -> None:
@@ -61,15 +62,15 @@ class InProcessQueue:
         """Start the tier threads and the sweep, and queue every unfinished query (counted)."""
         dispatch.install(self)
         with session_scope() as session:
-            unfinished = reclaim_unfinished_queries(session)
+            unfinished = reclaim_unfinished_queries(session, tier_names=self._tier_names)
             pending_webhooks = reclaim_pending_deliveries(session)
         for query_id, tier in unfinished:
             self.enqueue(tier, query_id)
         for delivery_id in pending_webhooks:
             self.enqueue_webhook(delivery_id)
-        for tier in Tier:
+        for tier in self._tier_names:
             for number in range(self._threads_for(tier)):
-                self._spawn(f"twotier-{tier.value}-{number}", self._work, tier)
+                self._spawn(f"twotier-{tier}-{number}", self._work, tier)
         self._spawn("twotier-webhooks", self._deliver_webhooks)
         self._spawn("twotier-sweep", self._sweep)
         self._spawn("twotier-batches", self._feed_batches)
@@ -87,7 +88,7 @@ class InProcessQueue:
             thread.join(timeout=timeout_s)
         self._threads.clear()
 
-    def _threads_for(self, tier: Tier) -> int:
+    def _threads_for(self, tier: str) -> int:
         """A local tier's batch fills only with as many calls in flight; an HTTP tier keeps
         the one call at a time that `twotier serve` checks its server's limits for."""
         tier_settings = self.runtime.tier_settings(tier)
@@ -98,10 +99,10 @@ class InProcessQueue:
         thread.start()
         self._threads.append(thread)
 
-    def _put(self, tier: Tier, query_id: uuid.UUID, *, retries_so_far: int, delay_s: float) -> None:
+    def _put(self, tier: str, query_id: uuid.UUID, *, retries_so_far: int, delay_s: float) -> None:
         _put_later(self._queues[tier], (query_id, retries_so_far), delay_s)
 
-    def _work(self, tier: Tier) -> None:
+    def _work(self, tier: str) -> None:
         tier_queue = self._queues[tier]
         while (item := tier_queue.get()) is not _STOP and not self._stopping.is_set():
             query_id, retries_so_far = item
@@ -114,7 +115,7 @@ class InProcessQueue:
                     retries_so_far=retries_so_far,
                 )
             except Exception:  # one bad delivery must not stop the tier
-                log.exception("delivery_failed", query_id=str(query_id), tier=tier.value)
+                log.exception("delivery_failed", query_id=str(query_id), tier=tier)
                 retry_in_s = float(self.runtime.settings.recovery_interval_s)
             if retry_in_s is not None:
                 self._put(tier, query_id, retries_so_far=retries_so_far + 1, delay_s=retry_in_s)
@@ -136,7 +137,12 @@ class InProcessQueue:
             try:
                 with session_scope() as session:
                     # Memory loses no message while the process lives: only leases can run out.
-                    stuck = sweep(session, stuck_after_s=settings.stuck_after_s, waiting_since=None)
+                    stuck = sweep(
+                        session,
+                        stuck_after_s=settings.stuck_after_s,
+                        waiting_since=None,
+                        tier_names=self._tier_names,
+                    )
                     due_webhooks = claim_due_deliveries(
                         session, grace_s=settings.webhook_relay_interval_s
                     )

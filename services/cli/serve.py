@@ -35,7 +35,7 @@ def run_embedded(*, host: str, port: int) -> None:
     configure_logging(level=settings.log_level, json=settings.log_json)
     console = Console(stderr=True)
     started = time.monotonic()
-    check_or_exit(settings, tiers=["small", "large"], tasks_at_once=1, who="twotier serve")
+    check_or_exit(settings, tiers=list(settings.tier_names), tasks_at_once=1, who="twotier serve")
     open_database(settings)
     runtime = Runtime(settings)
     for tier in Tier:  # fetch, convert and load local models now, with progress on the console

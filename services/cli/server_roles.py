@@ -191,7 +191,13 @@ def _run_api(*, host: str, port: int, workers: int) -> None:
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
-@click.option("--queues", "-Q", default="small,large,webhooks,maintenance", show_default=True)
+@click.option(
+    "--queues",
+    "-Q",
+    default=None,
+    help="Comma-separated queues: a tier's (small, large, a middle tier's name), webhooks, "
+    "maintenance.  [default: every tier's, webhooks, maintenance]",
+)
 @click.option(
     "--concurrency",
     "-c",
@@ -202,7 +208,7 @@ def _run_api(*, host: str, port: int, workers: int) -> None:
     "for the other queues); processes with --pool prefork (default: cores).",
 )
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(queues: str, concurrency: int | None, celery_args: tuple[str, ...]) -> None:
+def worker(queues: str | None, concurrency: int | None, celery_args: tuple[str, ...]) -> None:
     """Run a Celery worker for the given queues.
 
     Its tasks run in a pool of threads (Celery's `threads` pool), one per model call in
@@ -227,6 +233,7 @@ def worker(queues: str, concurrency: int | None, celery_args: tuple[str, ...]) -
         settings.worker_metrics_port, variable="TWOTIER_WORKER_METRICS_PORT",
         host=METRICS_SERVER_HOST,
     )  # fmt: skip
+    queues = queues or ",".join([*settings.tier_names, "webhooks", "maintenance"])
     queue_names = [name.strip() for name in queues.split(",") if name.strip()]
     argv = ["worker", "--queues", ",".join(queue_names), "--loglevel", settings.log_level]
     if not names_its_node(celery_args):

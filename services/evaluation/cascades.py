@@ -9,9 +9,10 @@ has seen (only the queries that reached it), nothing escalates from it while tha
 at most W, then a query escalates iff its confidence is below the stage's running p_k-quantile.
 The stages' rates come from one budget per query B (p(B) generalised): the expected cost per
 query c_1 + p_1 c_2 + p_1 p_2 c_3 + ... equals B with every p_k the same rate q, found by
-bisection (``equal_rates``). Every cascade spends B * n along the stream under the service's
-guard: a query escalates only if what is left still pays the first tier for every later query;
-a query no tier can be paid for counts as wrong.
+bisection (``services.policy.equal_rates``, the rule the service runs with middle tiers). Every
+cascade spends B * n along the stream under the service's guard: a query escalates only if what
+is left still pays the first tier for every later query; a query no tier can be paid for counts
+as wrong.
 
 Beside it, the hindsight rule tries every split of the same budget between the stages on a grid and
 keeps the best accuracy: an upper bound that looks at the labels, to show what a better split
@@ -34,6 +35,7 @@ import numpy.typing as npt
 
 from services.evaluation.data import BoolArray, FloatArray
 from services.evaluation.scores import normalised_auc
+from services.policy import equal_rates
 
 BUDGET_POINTS = 50
 SPLIT_GRID = 6  # rates 0, 0.2, ..., 1 for each stage but the last, in the hindsight split
@@ -80,24 +82,6 @@ def read_chain(path: Path) -> ChainRecords:
         confidence=confidence,
         cost={model: column(f"{model}.cost_usd") for model in models},
     )
-
-
-def equal_rates(costs: list[float], budget: float) -> list[float]:
-    """The same escalation rate q at every stage such that the expected cost per query is
-    ``budget`` (q = 0 below the first tier's cost, 1 above the whole chain's)."""
-
-    def expected(q: float) -> float:
-        return sum(cost * q**stage for stage, cost in enumerate(costs))
-
-    low, high = 0.0, 1.0
-    if budget <= expected(low):
-        return [0.0] * (len(costs) - 1)
-    if budget >= expected(high):
-        return [1.0] * (len(costs) - 1)
-    for _ in range(50):
-        middle = (low + high) / 2
-        low, high = (middle, high) if expected(middle) < budget else (low, middle)
-    return [low] * (len(costs) - 1)
 
 
 def run_cascade(

@@ -10,8 +10,7 @@ from rich.console import Console
 from services.lazy import built_once
 from services.llm.base import Backend
 from services.llm.local_extra import require_local_extra
-from services.models import Tier
-from services.settings import Settings
+from services.settings import Settings, tier_variable
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -19,15 +18,15 @@ if TYPE_CHECKING:
     from services.llm.local_model import LocalModel
 
 
-def build_backend(tier: Tier, settings: Settings, *, raw_prompts: bool = False) -> Backend:
+def build_backend(tier: str, settings: Settings, *, raw_prompts: bool = False) -> Backend:
     """The tier's backend. With ``raw_prompts`` it sends each prompt as the model's whole
     input, with no chat template: the local model encodes it as plain text and an
     OpenAI-compatible server gets it on ``/v1/completions``; TGI's ``/generate`` takes raw
     text already (``twotier model-server`` applies its chat template unless started with
     ``--raw-prompts``)."""
-    tier_settings = settings.small if tier is Tier.SMALL else settings.large
+    tier_settings = settings.tier(tier)
     if tier_settings.backend == "local":
-        require_local_extra(f"the {tier.value} tier (TWOTIER_{tier.name}__BACKEND=local)")
+        require_local_extra(f"the {tier} tier ({tier_variable(tier, 'backend')}=local)")
         from services.llm.local_model import LocalBackend  # noqa: PLC0415 - torch loads here only
 
         return LocalBackend(

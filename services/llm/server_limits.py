@@ -30,7 +30,7 @@ import structlog
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from services.llm.local_extra import INSTALL_LOCAL, missing_local_packages
-from services.settings import Settings, TierSettings
+from services.settings import Settings, TierSettings, tier_variable
 
 log = structlog.get_logger(__name__)
 
@@ -69,7 +69,7 @@ def check_before_work(settings: Settings, *, queues: list[str], tasks_at_once: o
     ``max_concurrent_calls``."""
     check_or_exit(
         settings,
-        tiers=[tier for tier in ("small", "large") if tier in queues],
+        tiers=[tier for tier in settings.tier_names if tier in queues],
         tasks_at_once=tasks_at_once if isinstance(tasks_at_once, int) else 1,
         who="this twotier worker",
     )
@@ -80,11 +80,11 @@ def check_model_servers(settings: Settings, *, tiers: list[str], tasks_at_once: 
     its model id when none is set, and raise ModelServerUnfit naming what to change."""
     problems = []
     for name in tiers:
-        tier: TierSettings = getattr(settings, name)
+        tier: TierSettings = settings.tier(name)
         if tier.backend == "local":
             if missing := missing_local_packages():
                 problems.append(
-                    f"TWOTIER_{name.upper()}__BACKEND is local, which needs the `local` extra "
+                    f"{tier_variable(name, 'backend')} is local, which needs the `local` extra "
                     f"({', '.join(missing)} not installed): {INSTALL_LOCAL}; or point the tier "
                     "at a model server (tgi, openai)"
                 )
@@ -102,8 +102,8 @@ def name_models_if_reachable(settings: Settings) -> None:
     """For the API process: name the tiers whose model is unset after their servers, asking
     each once (the workers check the limits). A server down now leaves the name unset, and the
     tier's price settings apply until a restart; set TWOTIER_{SMALL,LARGE}__MODEL to avoid it."""
-    for name in ("small", "large"):
-        tier: TierSettings = getattr(settings, name)
+    for name in settings.tier_names:
+        tier: TierSettings = settings.tier(name)
         if tier.backend == "local" or tier.model:
             continue
         try:
@@ -142,7 +142,7 @@ def read_server_info(
             raise ModelServerUnfit(
                 f"the {name} model server at {url} did not answer for "
                 f"{wait:g} s (TWOTIER_MODEL_SERVER_START_WAIT_S): "
-                f"{exc}. Start it, or point TWOTIER_{name.upper()}__URL at it."
+                f"{exc}. Start it, or point {tier_variable(name, 'url')} at it."
             ) from exc
 
 
@@ -169,7 +169,7 @@ def limit_problems(
         problems.append(
             f"this worker keeps up to {calls} calls in flight to {server}, more than it "
             f"accepts (max_concurrent_requests={concurrent}); lower "
-            f"TWOTIER_{name.upper()}__MAX_CONCURRENT_CALLS (or --concurrency) or raise TGI's "
+            f"{tier_variable(name, 'max_concurrent_calls')} (or --concurrency) or raise TGI's "
             "--max-concurrent-requests."
         )
     total = info.max_total_tokens
@@ -193,7 +193,7 @@ def limit_problems(
 def adopt_model_id(tier: TierSettings, *, name: str, info: ServerInfo) -> list[str]:
     """Name the tier after the server's model when the settings name none (this process and
     the processes it starts: the pool, uvicorn's workers)."""
-    variable = f"TWOTIER_{name.upper()}__MODEL"
+    variable = tier_variable(name, "model")
     if tier.model:
         if tier.backend == "openai" and info.model_ids and tier.model not in info.model_ids:
             served = ", ".join(info.model_ids[:10])
@@ -203,7 +203,8 @@ def adopt_model_id(tier: TierSettings, *, name: str, info: ServerInfo) -> list[s
         served = ", ".join(info.model_ids[:10]) or "none listed"
         return [f"{variable} is not set and {tier.url} serves {served}: set {variable}."]
     tier.model = info.model_ids[0]
-    os.environ[variable] = tier.model
+    if name in ("small", "large"):  # a middle tier's is one entry of a JSON list: set `model`
+        os.environ[variable] = tier.model
     log.info("model_server.model_adopted", tier=name, model=tier.model)
     return []
 

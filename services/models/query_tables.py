@@ -43,6 +43,9 @@ TERMINAL_STATUSES = frozenset({QueryStatus.SUCCEEDED, QueryStatus.FAILED, QueryS
 
 
 class Tier(enum.StrEnum):
+    """The first and the last tier of every cascade; the middle tiers between them are named
+    by the settings (``TWOTIER_MIDDLE_TIERS``), so a tier in general is a ``str``."""
+
     SMALL = "small"
     LARGE = "large"
 
@@ -78,14 +81,18 @@ class MarginRecord(Base):
     """One margin of the history H; ``seq`` is its 1-based position in the scope."""
 
     __tablename__ = "margin_history"
-    __table_args__ = (UniqueConstraint("scope_id", "seq"),)
+    __table_args__ = (
+        UniqueConstraint("scope_id", "seq"),
+        # A query's margin joins each scope once: one per tier it was decided on.
+        UniqueConstraint("scope_id", "query_id", name="uq_margin_history_scope_id_query_id"),
+    )
 
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     )
     scope_id: Mapped[int] = mapped_column(ForeignKey("threshold_scopes.id"))
     seq: Mapped[int] = mapped_column(Integer)
-    query_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("queries.id"), unique=True)
+    query_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("queries.id"))
     margin: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -136,6 +143,13 @@ class Query(Base):
     budget_period_id: Mapped[int | None] = mapped_column(ForeignKey("budget_periods.id"))
     reserved_small: Mapped[Decimal] = mapped_column(Numeric(20, 10), default=Decimal(0))
     reserved_large: Mapped[Decimal] = mapped_column(Numeric(20, 10), default=Decimal(0))
+    # The middle tiers' reservations, {tier: amount as text}; None when none is held.
+    reserved_middle: Mapped[dict[str, str] | None] = mapped_column(JSON(none_as_null=True))
+    # The tier the query is at, by its place in the cascade (0: small). An escalated query at
+    # stage 0 predates the stages and waits for the last tier.
+    stage: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Every tier that answered, in order: its decision and what it was made from (cascade.py).
+    path: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
 
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)

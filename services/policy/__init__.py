@@ -17,7 +17,7 @@ from services.policy.escalation import (
     on_small_unavailable,
 )
 from services.policy.offline import OFFLINE_POLICIES, OfflinePolicy
-from services.policy.rates import budget_rate, target_escalation_rate
+from services.policy.rates import budget_rate, equal_rates, target_escalation_rate
 
 __all__ = [
     "OFFLINE_POLICIES",
@@ -25,6 +25,7 @@ __all__ = [
     "PolicyDecision",
     "budget_rate",
     "decide",
+    "equal_rates",
     "goes_large_alone",
     "may_go_large_alone",
     "never_escalates",

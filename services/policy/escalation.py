@@ -57,12 +57,16 @@ def decide(
     generation: Generation,
     settings: Settings,
     worst_case: WorstCase | None = None,
+    stage: int = 0,
 ) -> PolicyDecision:
-    """Record the query's margin in its scope's history and decide whether it escalates.
+    """Record the query's margin in its scope's history and decide whether it escalates from
+    the tier at ``stage`` (0: small; a middle tier's place in the cascade) to the next.
 
+    Each such tier decides in its own scope, the model pair "<its model>-><next model>", with
+    its own history and warm-up, and its own target rate (``target_escalation_rate``).
     ``worst_case`` is the query's lazily computed worst-case costs, shared with the caller's
-    budget guard so that they are read at most once. Raises MarginUnavailable when the small
-    model returned no first-token candidates.
+    budget guard so that they are read at most once. Raises MarginUnavailable when the model
+    returned no first-token candidates.
     """
     margin, answer = margin_and_answer(
         generation.first_token_candidates,
@@ -74,8 +78,15 @@ def decide(
     )
     if worst_case is None:
         worst_case = budgets.lazy_worst_case(session, settings, query=query)
-    rate = target_escalation_rate(session, tenant=tenant, settings=settings, worst_case=worst_case)
-    pair = settings.model_pair
+    rate = target_escalation_rate(
+        session,
+        tenant=tenant,
+        settings=settings,
+        worst_case=worst_case,
+        stage=stage,
+        middle_worst_case=lambda: budgets.worst_case_middle(session, settings, query=query),
+    )
+    pair = settings.model_pair_at(stage)
     decision = threshold.decide(
         session,
         tenant_id=query.tenant_id,
@@ -89,7 +100,7 @@ def decide(
         rule=history_rule(settings),
     )
     if decision.drift_detected and decision.drift is not None:
-        _alert_drift(session, query, settings, decision, decision.drift)
+        _alert_drift(session, query, settings, decision, decision.drift, pair)
     return PolicyDecision(
         margin=margin,
         answer=answer,
@@ -114,6 +125,7 @@ def _alert_drift(
     settings: Settings,
     decision: threshold.Decision,
     reading: DriftReading,
+    model_pair: str,
 ) -> None:
     """Tell the tenant's webhooks that the scope's recent traffic left its long run."""
     events.record_event(
@@ -122,7 +134,7 @@ def _alert_drift(
         event_type=events.EventType.THRESHOLD_DRIFT_DETECTED,
         data=lambda: {
             "scope_id": decision.scope_id,
-            "model_pair": settings.model_pair,
+            "model_pair": model_pair,
             "task": query.task_label,
             "history": settings.threshold_history,
             "window": settings.threshold_window,
@@ -193,7 +205,8 @@ def never_escalates(tenant: Tenant) -> bool:
 
 
 def on_small_unavailable(settings: Settings) -> Literal["escalate", "fail"]:
-    """The small model server kept failing: send the query to the large tier, or fail it."""
+    """The small model server, or a middle tier's, kept failing: send the query to the next
+    tier, or fail it."""
     return settings.small_unavailable_fallback
 
 

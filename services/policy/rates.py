@@ -1,8 +1,18 @@
-"""The target escalation rate: the tenant's fixed rate, or p(B) from its budget per query."""
+"""The target escalation rate: the tenant's fixed rate (or a middle tier's own), or p(B) from its
+budget per query.
+
+Under a budget per query B a cascade of n tiers escalates at the same rate q at every stage, the
+q with c_1 + q c_2 + q^2 c_3 + ... + q^(n-1) c_n = B (``equal_rates``): a query reaches tier k
+with probability q^(k-1), so that is the expected cost per query. For two tiers it is p(B) =
+(B - c_1) / c_2 (``budget_rate``). The offline evaluation (services/evaluation/cascades.py) spends
+its budgets by the same rule. One rate for all stages is the simplest split that spends B; the
+evaluation found that the best split in hindsight does little better (docs/cascades.md).
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 
 from sqlalchemy import func, select
@@ -24,17 +34,74 @@ def budget_rate(budget_per_query: Decimal, *, small_cost: Decimal, large_cost: D
     return float(min(max(rate, Decimal(0)), Decimal(1)))
 
 
+def equal_rates(costs: Sequence[float], budget: float) -> list[float]:
+    """The same escalation rate q at every stage such that the expected cost per query is
+    ``budget`` (q = 0 below the first tier's cost, 1 above the whole chain's)."""
+
+    def expected(q: float) -> float:
+        return sum(cost * q**stage for stage, cost in enumerate(costs))
+
+    low, high = 0.0, 1.0
+    if budget <= expected(low):
+        return [0.0] * (len(costs) - 1)
+    if budget >= expected(high):
+        return [1.0] * (len(costs) - 1)
+    for _ in range(50):
+        middle = (low + high) / 2
+        low, high = (middle, high) if expected(middle) < budget else (low, middle)
+    return [low] * (len(costs) - 1)
+
+
 def target_escalation_rate(
-    session: Session, *, tenant: Tenant, settings: Settings, worst_case: WorstCase
+    session: Session,
+    *,
+    tenant: Tenant,
+    settings: Settings,
+    worst_case: WorstCase,
+    stage: int = 0,
+    middle_worst_case: Callable[[], Mapping[str, Decimal]] | None = None,
 ) -> float:
-    """The rate to escalate at: the tenant's target, or p(B) from its average budget per query B
-    and the expected costs of a call on each tier (``expected_costs``)."""
+    """The rate the tier at ``stage`` escalates at: the tenant's target (or a middle tier's
+    own), or, under a budget per query B, p(B) for two tiers and ``equal_rates`` for more,
+    from the expected cost of a call on each tier (``expected_costs``)."""
     if tenant.budget_per_query is None:
-        return tenant.target_escalation_rate
+        own = settings.stage_target_rate(stage)
+        return tenant.target_escalation_rate if own is None else own
     small_cost, large_cost = expected_costs(
         session, tenant=tenant, settings=settings, worst_case=worst_case
     )
-    return budget_rate(tenant.budget_per_query, small_cost=small_cost, large_cost=large_cost)
+    if not settings.middle_tiers:
+        return budget_rate(tenant.budget_per_query, small_cost=small_cost, large_cost=large_cost)
+    middle = expected_middle_costs(
+        session,
+        tenant=tenant,
+        settings=settings,
+        worst_case=middle_worst_case or (lambda: {}),
+    )
+    costs = [small_cost, *middle, large_cost]
+    return equal_rates([float(cost) for cost in costs], float(tenant.budget_per_query))[stage]
+
+
+def expected_middle_costs(
+    session: Session,
+    *,
+    tenant: Tenant,
+    settings: Settings,
+    worst_case: Callable[[], Mapping[str, Decimal]],
+) -> list[Decimal]:
+    """The middle tiers' expected call costs, found as ``expected_costs`` finds c_l."""
+    small = recent_averages(session, tenant.id, Tier.SMALL)
+    costs = []
+    for tier in settings.middle_tiers:
+        recent = recent_averages(session, tenant.id, tier.name)
+        if recent:
+            costs.append(recent[0])
+        elif small:
+            price = current_price(session, tier)
+            costs.append(price.cost(input_tokens=round(small[1]), output_tokens=round(small[2])))
+        else:
+            costs.append(worst_case().get(tier.name, Decimal(0)))
+    return costs
 
 
 def expected_costs(
@@ -60,7 +127,7 @@ def expected_costs(
 
 
 def recent_averages(
-    session: Session, tenant_id: uuid.UUID, tier: Tier
+    session: Session, tenant_id: uuid.UUID, tier: str
 ) -> tuple[Decimal, float, float] | None:
     """Average cost, input and output tokens of the tenant's recent calls on ``tier``."""
     recent = (

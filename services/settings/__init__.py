@@ -24,6 +24,7 @@ from services.settings.tiers import (
     DEFAULT_SERVER_CONCURRENCY,
     BackendKind,
     LargeTierSettings,
+    MiddleTierSettings,
     SmallTierSettings,
     TierSettings,
 )
@@ -33,10 +34,12 @@ __all__ = [
     "DEFAULT_SERVER_CONCURRENCY",
     "BackendKind",
     "LargeTierSettings",
+    "MiddleTierSettings",
     "Settings",
     "SmallTierSettings",
     "TierSettings",
     "get_settings",
+    "tier_variable",
 ]
 
 
@@ -122,11 +125,11 @@ class Settings(BatchSettings, ResilienceSettings, AnswerSettings, DeploymentSett
 
     @model_validator(mode="after")
     def _complete(self) -> Settings:
-        for name, tier in (("small", self.small), ("large", self.large)):
+        for name, tier in self.tiers:
             if tier.backend == "local" and not tier.model:
                 tier.model = BUNDLED_MODEL_NAME if tier.local_model is None else tier.local_model
             if tier.backend != "local" and tier.url is None:
-                variable = f"TWOTIER_{name.upper()}__URL"
+                variable = tier_variable(name, "url")
                 raise ValueError(f"{variable} must be set for the {tier.backend} backend")
         if self.admin_token is not None:
             token = self.admin_token.get_secret_value()
@@ -146,8 +149,39 @@ class Settings(BatchSettings, ResilienceSettings, AnswerSettings, DeploymentSett
 
     @property
     def model_pair(self) -> str:
-        """The two tiers' models, as a threshold scope and the metrics name them."""
-        return f"{self.small.model}->{self.large.model}"
+        """The first two tiers' models, as a threshold scope and the metrics name them."""
+        return self.model_pair_at(0)
+
+    @property
+    def tiers(self) -> list[tuple[str, TierSettings]]:
+        """Every tier with its name, in cascade order: small, the middle tiers, large."""
+        middle: list[tuple[str, TierSettings]] = [(tier.name, tier) for tier in self.middle_tiers]
+        return [("small", self.small), *middle, ("large", self.large)]
+
+    @property
+    def tier_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.tiers)
+
+    def tier(self, name: str) -> TierSettings:
+        """The settings of the tier called ``name`` (KeyError for no such tier)."""
+        return dict(self.tiers)[name]
+
+    def stage_of(self, name: str) -> int:
+        """The tier's place in the cascade: 0 for small, the number of tiers less one for large."""
+        return self.tier_names.index(name)
+
+    def model_pair_at(self, stage: int) -> str:
+        """The models of the tier at ``stage`` and the next: the threshold scope of the
+        decision that tier's answers take."""
+        tiers = self.tiers
+        return f"{tiers[stage][1].model}->{tiers[stage + 1][1].model}"
+
+    def stage_target_rate(self, stage: int) -> float | None:
+        """The escalation rate the tier at ``stage`` sets for itself (a middle tier's
+        ``target_escalation_rate``); None: the tenant's."""
+        if 0 < stage <= len(self.middle_tiers):
+            return self.middle_tiers[stage - 1].target_escalation_rate
+        return None
 
     @property
     def demo_key_file(self) -> Path:
@@ -170,6 +204,13 @@ class Settings(BatchSettings, ResilienceSettings, AnswerSettings, DeploymentSett
     def embedded(self) -> bool:
         """No broker: one process runs the API and both tiers (``twotier serve``)."""
         return self.broker_url is None
+
+
+def tier_variable(tier: str, field: str) -> str:
+    """The environment variable of a tier's setting, as a message names it."""
+    if tier in ("small", "large"):
+        return f"TWOTIER_{tier.upper()}__{field.upper()}"
+    return f"TWOTIER_MIDDLE_TIERS ({tier}: {field})"
 
 
 @built_once

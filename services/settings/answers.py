@@ -5,9 +5,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
-from services.settings.tiers import LargeTierSettings, SmallTierSettings
+from services.settings.tiers import (
+    RESERVED_TIER_NAMES,
+    LargeTierSettings,
+    MiddleTierSettings,
+    SmallTierSettings,
+)
 
 
 class AnswerSettings(BaseModel):
@@ -15,6 +20,11 @@ class AnswerSettings(BaseModel):
 
     small: SmallTierSettings = SmallTierSettings()
     large: LargeTierSettings = LargeTierSettings()
+    middle_tiers: list[MiddleTierSettings] = Field(
+        default=[],
+        description="Tiers between the small and the large one, in cascade order (a JSON list "
+        "of tier settings, each with a `name`); empty: the two-tier cascade.",
+    )
 
     top_n_tokens: int = Field(default=5, ge=2, description="First-token candidates asked of TGI.")
     max_top_n_tokens: int = Field(
@@ -87,3 +97,18 @@ class AnswerSettings(BaseModel):
         description="Tokens a chat template or BOS may add to a prompt; part of the worst-case "
         "cost a budget reserves.",
     )
+
+    @field_validator("middle_tiers")
+    @classmethod
+    def _distinct_names(cls, tiers: list[MiddleTierSettings]) -> list[MiddleTierSettings]:
+        seen: set[str] = set()
+        for tier in tiers:
+            if tier.name in RESERVED_TIER_NAMES:
+                raise ValueError(
+                    f"TWOTIER_MIDDLE_TIERS: a middle tier cannot be named {tier.name!r} "
+                    "(the first and the last tier have that name)"
+                )
+            if tier.name in seen:
+                raise ValueError(f"TWOTIER_MIDDLE_TIERS names the tier {tier.name!r} twice")
+            seen.add(tier.name)
+        return tiers

@@ -41,13 +41,13 @@ class ResilienceSettings(BaseModel):
     )
     small_unavailable_fallback: Literal["escalate", "fail"] = Field(
         default="escalate",
-        description="When the small tier keeps failing: answer on the large tier (if the "
-        "budget allows), or fail the query with `model_unavailable`.",
+        description="When the small tier (or a middle one) keeps failing: answer on the next "
+        "tier (if the budget allows), or fail the query with `model_unavailable`.",
     )
     large_unavailable_fallback: Literal["small_answer", "fail"] = Field(
         default="small_answer",
-        description="When the large tier keeps failing: answer with the small tier's answer "
-        "(`decision: large_unavailable`), or fail the query with `model_unavailable`.",
+        description="When the large tier keeps failing: answer with the answer of the tier "
+        "below it (`decision: large_unavailable`), or fail the query with `model_unavailable`.",
     )
     stuck_after_s: int = Field(
         default=15,

@@ -1,4 +1,5 @@
-"""The settings of one model tier (``TWOTIER_SMALL__*``, ``TWOTIER_LARGE__*``)."""
+"""The settings of one model tier (``TWOTIER_SMALL__*``, ``TWOTIER_LARGE__*``, and each entry of
+``TWOTIER_MIDDLE_TIERS``)."""
 
 from __future__ import annotations
 
@@ -74,3 +75,24 @@ class SmallTierSettings(TierSettings):
 class LargeTierSettings(TierSettings):
     price_input_per_mtok: float = Field(default=3.0, ge=0)
     price_output_per_mtok: float = Field(default=15.0, ge=0)
+
+
+# The names of the first and the last tier; a middle tier takes any other slug.
+RESERVED_TIER_NAMES = frozenset({"small", "large"})
+
+
+class MiddleTierSettings(TierSettings):
+    """A tier between the small and the large one (``TWOTIER_MIDDLE_TIERS``, a JSON list in
+    cascade order). Its name is its Celery queue, its ``tier`` in the ledger and the API."""
+
+    name: str = Field(
+        pattern=r"^[a-z][a-z0-9-]{0,15}$",
+        description="A slug of up to 16 characters, other than `small` and `large`, unique.",
+    )
+    target_escalation_rate: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="The share of the queries this tier answers that go on to the next tier; "
+        "unset: the tenant's target (a tenant's budget per query sets every stage's rate).",
+    )

@@ -1,0 +1,87 @@
+"""The embedded default's in-process queue (``twotier serve``) with three tiers: its threads
+serve every tier of the settings' cascade, and a query climbs them as on Celery."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from services.api.app import create_app
+from services.cli.embedded import InProcessQueue
+from services.runtime import Runtime
+from services.settings import get_settings
+from tests.conftest import TenantApi, forget_earlier_work
+from tests.scripted_tgi import ScriptedTGI
+from tests.three_tiers import (
+    CONFIDENT,
+    MIDDLE,
+    MIDDLE_MODEL,
+    Margins,
+    ledger,
+    new_tenant_api,
+    settings_in_env,
+    three_tier_env,
+    warm_up,
+)
+
+
+@pytest.fixture(scope="module")
+def middle_tgi() -> Iterator[ScriptedTGI]:
+    server = ScriptedTGI(MIDDLE_MODEL).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(middle_tgi: ScriptedTGI) -> Iterator[TestClient]:
+    """The API with the in-process queue for a dispatcher, as `twotier serve` runs them."""
+    forget_earlier_work()
+    with settings_in_env(three_tier_env(middle_tgi)):
+        runtime = Runtime(get_settings())
+        embedded = InProcessQueue(runtime)
+        embedded.start()
+        try:
+            with TestClient(create_app(embedded)) as test_client:
+                yield test_client
+        finally:
+            embedded.stop(timeout_s=30)
+            runtime.close()
+
+
+@pytest.fixture(scope="module")
+def tenant(
+    client: TestClient, small_tgi: ScriptedTGI, middle_tgi: ScriptedTGI
+) -> tuple[TenantApi, Margins]:
+    tenant, margins = new_tenant_api(client), Margins()
+    warm_up(tenant, small_tgi, middle_tgi, lambda text: f"{text} [embedded]", margins)
+    return tenant, margins
+
+
+def test_the_embedded_queue_runs_every_tier(
+    tenant: tuple[TenantApi, Margins],
+    small_tgi: ScriptedTGI,
+    middle_tgi: ScriptedTGI,
+    large_tgi: ScriptedTGI,
+    unique: Callable[[str], str],
+) -> None:
+    api, margins = tenant
+    climbs, stops = unique("embedded climbs"), unique("embedded stops")
+    for prompt in (climbs, stops):
+        small_tgi.script(prompt, margin=margins.below_all())
+    middle_tgi.script(climbs, margin=margins.below_all())
+    middle_tgi.script(stops, answer="middle it is", margin=CONFIDENT)
+    large_tgi.script(climbs, answer="large it is")
+    climbed = api.wait_finished(api.submit(climbs)["id"])
+    stopped = api.wait_finished(api.submit(stops)["id"])
+
+    assert (climbed["tier"], climbed["answer"]) == ("large", "large it is")
+    assert [(step["tier"], step["decision"]) for step in climbed["path"]] == [
+        ("small", "below_threshold"), (MIDDLE, "below_threshold"), ("large", "last_tier"),
+    ]  # fmt: skip
+    assert all(step["margin"] < step["threshold"] for step in climbed["path"][:2])
+    assert set(ledger(climbed["id"])) == {"small", MIDDLE, "large"}
+    assert (stopped["tier"], stopped["answer"]) == (MIDDLE, "middle it is")
+    assert [step["tier"] for step in stopped["path"]] == ["small", MIDDLE]
+    assert large_tgi.calls[stops] == 0

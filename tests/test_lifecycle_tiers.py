@@ -1,0 +1,194 @@
+"""The query lifecycle with a middle tier: a query escalates once per tier it leaves (escalated
+-> escalated), its stage names the tier it waits for, and whatever sequence of moves, calls and
+cancellations it goes through, the budget stays whole and the hard limit holds."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from services import budgets, lifecycle
+from services.accounting import price_of
+from services.db import session_factory, session_scope
+from services.errors import BudgetExceeded
+from services.lifecycle import IllegalTransition
+from services.llm.base import Generation
+from services.models import BudgetPeriod, ModelCall, Query, QueryStatus, Tenant
+from services.settings import get_settings
+from tests.three_tiers import settings_in_env
+
+MIDDLE = "medium"
+TIERS = ("small", MIDDLE, "large")
+# Room for one query's whole worst path and a little: the others reserve their small call only,
+# and some escalations are refused.
+LIMIT = Decimal("0.0006")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def three_tiers() -> Iterator[None]:
+    tier = {"name": MIDDLE, "backend": "tgi", "url": "http://127.0.0.1:1", "model": "m",
+            "price_input_per_mtok": 1, "price_output_per_mtok": 5}  # fmt: skip
+    with settings_in_env({"TWOTIER_MIDDLE_TIERS": json.dumps([tier])}):
+        yield
+
+
+def _tenant(session: Session) -> Tenant:
+    tenant = Tenant(name=f"tiers-{uuid.uuid4().hex[:10]}", target_escalation_rate=0.5,
+                    budget_period="none", budget_hard_limit=LIMIT)  # fmt: skip
+    session.add(tenant)
+    session.flush()
+    return tenant
+
+
+def _query(session: Session, tenant: Tenant, prompt: str) -> Query:
+    query = Query(tenant_id=tenant.id, prompt=prompt, max_new_tokens=8, delivery_attempts=0)
+    lifecycle.admit(session, query, tenant=tenant, settings=get_settings())
+    session.flush()
+    return query
+
+
+def test_a_query_climbs_one_stage_per_escalation_and_no_further_than_the_last() -> None:
+    settings = get_settings()
+    with session_scope() as session:
+        tenant = _tenant(session)
+        query = _query(session, tenant, "climb")
+        # The whole worst path fits the limit: reserved at submit, tier by tier.
+        assert budgets.reserved_tiers(query) == list(TIERS)
+        lifecycle.claim(session, query, "small", lease_s=30)
+        assert lifecycle.waiting_tier(query, settings.tier_names) == "small"
+        assert lifecycle.escalate(session, query, tenant=tenant, settings=settings)
+        assert (query.status, query.stage) == (QueryStatus.ESCALATED, 1)
+        assert lifecycle.waiting_tier(query, settings.tier_names) == MIDDLE
+        assert lifecycle.escalate(session, query, tenant=tenant, settings=settings)
+        assert (query.status, query.stage) == (QueryStatus.ESCALATED, 2)
+        assert lifecycle.waiting_tier(query, settings.tier_names) == "large"
+        with pytest.raises(IllegalTransition, match="cannot escalate further"):
+            lifecycle.escalate(session, query, tenant=tenant, settings=settings)
+        # Nothing charged yet: every tier's reservation waits for its call or the finish.
+        assert budgets.reserved_tiers(query) == list(TIERS)
+        lifecycle.succeed(session, query, answer="a", tier="large")
+        assert budgets.reserved_tiers(query) == []
+        assert query.reserved_middle is None
+
+
+def test_skipping_to_the_large_tier_gives_back_the_tiers_it_jumps_over() -> None:
+    settings = get_settings()
+    with session_scope() as session:
+        tenant = _tenant(session)
+        query = _query(session, tenant, "skip")
+        assert lifecycle.escalate(
+            session, query, tenant=tenant, settings=settings, small_called=False, to_tier="large"
+        )
+        assert query.stage == 2
+        assert budgets.reserved_tiers(query) == ["large"]
+        period = session.get_one(BudgetPeriod, query.budget_period_id)
+        assert period.reserved == query.reserved_large
+
+
+def _generation(tokens: int) -> Generation:
+    return Generation(text="ok", first_token_candidates=(), input_tokens=tokens,
+                      output_tokens=tokens, finish_reason="length")  # fmt: skip
+
+
+def _charge(tier: str) -> Callable[[Session, Query, Tenant], object]:
+    def charge(session: Session, query: Query, tenant: Tenant) -> object:
+        tier_settings = get_settings().tier(tier)
+        return lifecycle.charge(
+            session, query, tenant=tenant, tier=tier, tier_settings=tier_settings,
+            generation=_generation(40), latency_ms=1, price=price_of(None, tier_settings),
+        )  # fmt: skip
+
+    return charge
+
+
+def _claim(tier: str) -> Callable[[Session, Query, Tenant], object]:
+    return lambda session, query, _: lifecycle.claim(session, query, tier, lease_s=30)
+
+
+MOVES: dict[str, Callable[[Session, Query, Tenant], object]] = {
+    **{f"claim_{tier}": _claim(tier) for tier in TIERS},
+    **{f"charge_{tier}": _charge(tier) for tier in TIERS},
+    "escalate": lambda s, q, t: lifecycle.escalate(s, q, tenant=t, settings=get_settings()),
+    "skip": lambda s, q, t: lifecycle.escalate(
+        s, q, tenant=t, settings=get_settings(), small_called=False
+    ),
+    "large_alone": lambda s, q, t: lifecycle.escalate(
+        s, q, tenant=t, settings=get_settings(), small_called=False, to_tier="large"
+    ),
+    "succeed": lambda s, q, t: lifecycle.succeed(
+        s, q, answer="a", tier=lifecycle.waiting_tier(q, get_settings().tier_names)
+    ),
+    "fail": lambda s, q, t: lifecycle.fail(s, q, code="model_error", message="m"),
+    "cancel": lambda s, q, t: lifecycle.cancel(s, q),
+    "release_after_cancel": lambda s, q, t: lifecycle.release_after_cancel(s, q),
+}
+
+
+def _held(query: Query) -> Decimal:
+    return sum((budgets.reserved_for(query, tier) for tier in TIERS), Decimal(0))
+
+
+def _check_budget(session: Session, tenant_id: uuid.UUID) -> None:
+    queries = session.scalars(select(Query).where(Query.tenant_id == tenant_id)).all()
+    period = session.scalar(select(BudgetPeriod).where(BudgetPeriod.tenant_id == tenant_id))
+    if period is None:
+        return
+    assert period.reserved == sum((_held(query) for query in queries), Decimal(0))
+    assert all(budgets.reserved_for(q, tier) >= 0 for q in queries for tier in TIERS)
+    assert period.spent + period.reserved <= LIMIT
+    charged = session.scalar(
+        select(func.coalesce(func.sum(ModelCall.cost), 0)).where(ModelCall.tenant_id == tenant_id)
+    )
+    assert period.spent == charged
+    for query in queries:
+        if query.status in (QueryStatus.SUCCEEDED, QueryStatus.FAILED):
+            assert _held(query) == 0, query.status
+            assert query.reserved_middle is None
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    steps=st.lists(
+        st.tuples(st.integers(0, 3), st.sampled_from(sorted(MOVES))), min_size=1, max_size=30
+    )
+)
+def test_any_sequence_of_moves_keeps_the_budget_whole_with_a_middle_tier(
+    steps: list[tuple[int, str]],
+) -> None:
+    """Four queries of one budgeted tenant, three tiers; each step one move in its own
+    transaction. An illegal move is refused and rolled back; after every step the period's
+    reservations are the queries' own (per tier), spend is what the ledger charged, the hard
+    limit holds, and a finished query reserves nothing."""
+    with session_scope() as session:
+        tenant = _tenant(session)
+        ids = []
+        for number in range(4):
+            with contextlib.suppress(BudgetExceeded), session.begin_nested():
+                ids.append(_query(session, tenant, f"q{number}").id)
+        tenant_id = tenant.id
+    for index, name in steps:
+        if not ids:
+            break
+        query_id = ids[index % len(ids)]
+        with session_factory()() as session:
+            query = session.get_one(Query, query_id, with_for_update=True)
+            tenant = session.get_one(Tenant, tenant_id)
+            before = QueryStatus(query.status)
+            try:
+                MOVES[name](session, query, tenant)
+                session.commit()
+            except IllegalTransition:
+                session.rollback()
+            after = QueryStatus(session.get_one(Query, query_id).status)
+            assert after == before or lifecycle.can_move(before, after)
+        with session_scope() as session:
+            _check_budget(session, tenant_id)
