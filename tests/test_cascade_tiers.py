@@ -391,6 +391,9 @@ def middle_tiers_env(*tiers: dict[str, object]) -> str:
     [
         ([{"name": "small"}], "a middle tier cannot be named 'small'"),
         ([{"name": "large"}], "a middle tier cannot be named 'large'"),
+        # A tier's name is its queue: the webhook and maintenance queues are taken too.
+        ([{"name": "webhooks"}], "a middle tier cannot be named 'webhooks'"),
+        ([{"name": "maintenance"}], "a middle tier cannot be named 'maintenance'"),
         ([{"name": "mid"}, {"name": "mid"}], "TWOTIER_MIDDLE_TIERS names the tier 'mid' twice"),
         ([{"name": "Not A Slug"}], "String should match pattern"),
     ],

@@ -105,8 +105,9 @@ class AnswerSettings(BaseModel):
         for tier in tiers:
             if tier.name in RESERVED_TIER_NAMES:
                 raise ValueError(
-                    f"TWOTIER_MIDDLE_TIERS: a middle tier cannot be named {tier.name!r} "
-                    "(the first and the last tier have that name)"
+                    f"TWOTIER_MIDDLE_TIERS: a middle tier cannot be named {tier.name!r}: a "
+                    "tier's name is its Celery queue, and small, large, webhooks and "
+                    "maintenance are taken"
                 )
             if tier.name in seen:
                 raise ValueError(f"TWOTIER_MIDDLE_TIERS names the tier {tier.name!r} twice")

@@ -77,8 +77,9 @@ class LargeTierSettings(TierSettings):
     price_output_per_mtok: float = Field(default=15.0, ge=0)
 
 
-# The names of the first and the last tier; a middle tier takes any other slug.
-RESERVED_TIER_NAMES = frozenset({"small", "large"})
+# A middle tier's name is its Celery queue: not the first or the last tier's name, nor the
+# name of another queue the deployment runs.
+RESERVED_TIER_NAMES = frozenset({"small", "large", "webhooks", "maintenance"})
 
 
 class MiddleTierSettings(TierSettings):
@@ -87,7 +88,8 @@ class MiddleTierSettings(TierSettings):
 
     name: str = Field(
         pattern=r"^[a-z][a-z0-9-]{0,15}$",
-        description="A slug of up to 16 characters, other than `small` and `large`, unique.",
+        description="A slug of up to 16 characters, unique, other than the names of the "
+        "other queues (`small`, `large`, `webhooks`, `maintenance`).",
     )
     target_escalation_rate: float | None = Field(
         default=None,
