@@ -141,7 +141,9 @@ def test_a_query_climbs_all_three_tiers(
             session.get_one(ThresholdScope, step["threshold_scope"]).model_pair
             for step in (small, middle)
         ]
-    assert pairs == [f"{small_tgi.model_id}->{MIDDLE_MODEL}", f"{MIDDLE_MODEL}->test/large"]
+    assert pairs == [
+        f"{small_tgi.model_id}->{MIDDLE_MODEL}", f"{MIDDLE}: {MIDDLE_MODEL}->test/large"
+    ]  # fmt: skip
     assert (large["margin"], large["threshold"]) == (None, None)
     # The audit of the middle tier's scope shows the middle tier's decision.
     history = tenant.client.get(
@@ -415,7 +417,8 @@ def test_middle_tiers_are_read_from_json_in_cascade_order(monkeypatch: pytest.Mo
     assert settings.tier_names == ("small", "eight-b", "thirty-b", "large")
     assert settings.stage_target_rate(1) is None
     assert settings.stage_target_rate(2) == 0.2
-    assert settings.model_pair_at(1) == f"{settings.tier('eight-b').model}->" + (
+    assert settings.model_pair_at(0) == f"{settings.small.model}->{settings.tier('eight-b').model}"
+    assert settings.model_pair_at(1) == f"eight-b: {settings.tier('eight-b').model}->" + (
         settings.tier("thirty-b").model
     )
 
@@ -446,3 +449,17 @@ def test_the_api_schema_describes_the_path(client: TestClient) -> None:
     assert {"tier", "model", "margin", "threshold", "threshold_version", "decision", "cost"} <= set(
         schemas["PathStep"]["properties"]
     )
+
+
+def test_stages_naming_the_same_models_keep_histories_of_their_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As a demo runs one local model on every tier: without the tier's name in the scope, the
+    # middle tier's decision on a query would land in the small tier's history a second time.
+    for tier in ("SMALL", "LARGE"):
+        monkeypatch.setenv(f"TWOTIER_{tier}__MODEL", "one-model")
+    monkeypatch.setenv(
+        "TWOTIER_MIDDLE_TIERS", middle_tiers_env({"name": "mid", "model": "one-model"})
+    )
+    settings = Settings()
+    assert len({settings.model_pair_at(0), settings.model_pair_at(1)}) == 2

@@ -81,11 +81,11 @@ def _print_banner(
         f"-H 'Content-Type: application/json' -d '{{\"prompt\": \"{EXAMPLE_PROMPT}\"}}'"
     )
     elapsed = time.monotonic() - started
+    tiers = "".join(f"  {f'{name} tier:':<11} {_describe(tier)}\n" for name, tier in settings.tiers)
     console.print(
         f"\n[bold green]twotier is ready[/] at {url} (started in {elapsed:.1f} s)\n"
         f"  database:   {settings.database_url} (in-process queue)\n"
-        f"  small tier: {_describe(settings.small)}\n"
-        f"  large tier: {_describe(settings.large)}\n"
+        f"{tiers}"
         f"  demo API key: {api_key}\n"
         f"  try:  {curl}\n"
         f"  or:   {ask_command(url)} {shlex.quote(EXAMPLE_PROMPT)}\n"
@@ -93,9 +93,9 @@ def _print_banner(
         soft_wrap=True,
         highlight=False,
     )
-    if settings.small.backend == settings.large.backend == "local":
+    if all(tier.backend == "local" for _, tier in settings.tiers):
         console.print(
-            "  [yellow]Demo pairing:[/] both tiers run the same small local model. Point the "
+            "  [yellow]Demo pairing:[/] every tier runs the same small local model. Point the "
             "large tier at a real model with TWOTIER_LARGE__BACKEND=tgi|openai and "
             "TWOTIER_LARGE__URL.\n",
             soft_wrap=True,

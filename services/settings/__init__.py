@@ -172,9 +172,12 @@ class Settings(BatchSettings, ResilienceSettings, AnswerSettings, DeploymentSett
 
     def model_pair_at(self, stage: int) -> str:
         """The models of the tier at ``stage`` and the next: the threshold scope of the
-        decision that tier's answers take."""
-        tiers = self.tiers
-        return f"{tiers[stage][1].model}->{tiers[stage + 1][1].model}"
+        decision that tier's answers take. A middle tier's is prefixed with its name, so that
+        two stages never share a history, even where they name the same models (a demo that
+        runs one local model on every tier)."""
+        (name, tier), (_, following) = self.tiers[stage], self.tiers[stage + 1]
+        pair = f"{tier.model}->{following.model}"
+        return pair if stage == 0 else f"{name}: {pair}"
 
     def stage_target_rate(self, stage: int) -> float | None:
         """The escalation rate the tier at ``stage`` sets for itself (a middle tier's
