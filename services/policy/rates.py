@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from services.accounting import current_price
 from services.budgets import WorstCase
 from services.models import ModelCall, Tenant, Tier
+from services.policy.pacing import answered_and_spent, paced_rate
 from services.settings import Settings
 
 RECENT_CALLS = 1000  # the window of calls whose average cost p(B) uses
@@ -25,16 +26,33 @@ def budget_rate(budget_per_query: Decimal, *, small_cost: Decimal, large_cost: D
 
 
 def target_escalation_rate(
-    session: Session, *, tenant: Tenant, settings: Settings, worst_case: WorstCase
+    session: Session,
+    *,
+    tenant: Tenant,
+    settings: Settings,
+    worst_case: WorstCase,
+    query_id: uuid.UUID | None = None,
 ) -> float:
     """The rate to escalate at: the tenant's target, or p(B) from its average budget per query B
-    and the expected costs of a call on each tier (``expected_costs``)."""
+    and the expected costs of a call on each tier (``expected_costs``); under
+    ``budget_pacing_queries``, p(B) paced by what the tenant's answered queries (``query_id``
+    left out) left unspent (``pacing.paced_rate``)."""
     if tenant.budget_per_query is None:
         return tenant.target_escalation_rate
     small_cost, large_cost = expected_costs(
         session, tenant=tenant, settings=settings, worst_case=worst_case
     )
-    return budget_rate(tenant.budget_per_query, small_cost=small_cost, large_cost=large_cost)
+    rate = budget_rate(tenant.budget_per_query, small_cost=small_cost, large_cost=large_cost)
+    window = settings.budget_pacing_queries
+    if window is None or large_cost <= 0 or query_id is None:
+        return rate
+    answered, spent = answered_and_spent(
+        session, tenant_id=tenant.id, large_cost=large_cost, exclude=query_id
+    )
+    return paced_rate(
+        rate, budget_per_query=float(tenant.budget_per_query), answered=answered,
+        spent=float(spent), large_cost=float(large_cost), window=window,
+    )  # fmt: skip
 
 
 def expected_costs(
