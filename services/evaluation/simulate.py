@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from services.evaluation.data import BoolArray, FloatArray
 from services.policy import offline, pacing
-from services.policy.offline import OFFLINE_POLICIES, Mode, threshold_rule
+from services.policy.offline import OFFLINE_POLICIES, Mode, PacedThreshold, StepRule, threshold_rule
 
 BUDGET_POINTS = 100
 streaming_escalations = offline.streaming_escalations  # the service's rule along one stream
@@ -132,8 +132,14 @@ class Stream:
     def oracle_wants(self) -> BoolArray:
         return OFFLINE_POLICIES["oracle"].wants(self)
 
+    def paced_threshold(self, signal: FloatArray, window: int) -> PacedThreshold:
+        """The service's rule under ``budget_pacing_queries = window``, for ``run``."""
+        return PacedThreshold(
+            self, signal, budget=self.budget, large_cost=self.large_cost_expected, window=window
+        )
+
     # -- the budgeted stream ---------------------------------------------------------------
-    def run(self, wants: BoolArray, mode: Mode, *, large_alone: bool = False) -> Curves:
+    def run(self, wants: BoolArray | StepRule, mode: Mode, *, large_alone: bool = False) -> Curves:
         """Spend each column's budget B * n along the stream, with the paper's budget guards.
 
         A cascade always pays c_s and escalates (paying c_l too) only if what is left still pays
@@ -144,8 +150,11 @@ class Stream:
         queries add no margin, the threshold here was computed with every query's signal in
         the history: the L-alone queries are chosen without looking at the signal, so the
         history's quantiles are the same in expectation. A query no model can be paid for
-        counts as wrong.
+        counts as wrong. ``wants`` is either every query's wish up front, (columns, n), or a
+        ``StepRule`` asked at each step with what each column has spent so far (then
+        ``large_alone`` asks the rule's own large-alone test), and told what escalated.
         """
+        step_rule = None if isinstance(wants, np.ndarray) else wants
         seed, grid = self.seed_of, self.grid_of
         remaining = self.budget * self.n
         correct = np.zeros(remaining.shape)
@@ -158,22 +167,31 @@ class Stream:
             small_ok = self.small_correct[seed, t]
             large_ok = self.large_correct[seed, t]
             affordable = remaining >= small_cost
+            spent_before = self.budget * self.n - remaining
+            if step_rule is None:
+                wants_now = wants[:, t]  # type: ignore[index]
+                alone_wanted = pacing.covers_large(
+                    budget_per_query=self.budget, answered=t, spent=spent_before,
+                    large_cost=self.large_cost_expected,
+                )  # fmt: skip
+            else:
+                wants_now = step_rule.wants(t, spent_before)
+                alone_wanted = step_rule.large_alone(t, spent_before)
             alone = (
-                np.asarray(pacing.covers_large(
-                    budget_per_query=self.budget, answered=t,
-                    spent=self.budget * self.n - remaining, large_cost=self.large_cost_expected,
-                )) & (remaining - large_cost >= reserve)
+                np.asarray(alone_wanted) & (remaining - large_cost >= reserve)
                 if large_alone
                 else no_alone
-            )  # fmt: skip
+            )
             if mode == "cascade":
-                to_large = ~alone & wants[:, t] & (remaining - small_cost - large_cost >= reserve)
+                to_large = ~alone & wants_now & (remaining - small_cost - large_cost >= reserve)
                 spent = np.where(affordable, small_cost + to_large * large_cost, 0.0)
                 spent = np.where(alone, large_cost, spent)
                 ok = np.where(alone | to_large, large_ok, small_ok & affordable)
+                if step_rule is not None:
+                    step_rule.record(t, to_large)  # both tiers answered these
                 to_large |= alone
             else:
-                to_large = (alone | wants[:, t]) & (remaining - large_cost >= reserve)
+                to_large = (alone | wants_now) & (remaining - large_cost >= reserve)
                 on_small = ~to_large & affordable
                 spent = np.where(to_large, large_cost, np.where(on_small, small_cost, 0.0))
                 ok = np.where(to_large, large_ok, small_ok & on_small)

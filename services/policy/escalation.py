@@ -21,7 +21,7 @@ from services.budgets import WorstCase
 from services.llm.base import Generation
 from services.llm.margin import margin_and_answer
 from services.models import Query, Tenant
-from services.policy.pacing import answered_and_spent, covers_large
+from services.policy.pacing import answered_and_spent, covers_large, large_alone_when_paced
 from services.policy.rates import expected_costs, target_escalation_rate
 from services.settings import Settings
 from services.threshold import Reason
@@ -85,6 +85,7 @@ def decide(
         worst_case=worst_case,
         stage=stage,
         middle_worst_case=lambda: budgets.worst_case_middle(session, settings, query=query),
+        query_id=query.id,
     )
     pair = settings.model_pair_at(stage)
     decision = threshold.decide(
@@ -179,13 +180,19 @@ def goes_large_alone(
     A target rate of 1 escalates everything, so the small call would be paid for nothing. Under
     a budget per query B, the query goes to L alone when the surplus of B over the tenant's
     recent spend pays the large call (``services.policy.pacing``); with B >= c_l that is every
-    query. The budget guard is the caller's, as for an escalation.
+    query. Under budget pacing (``budget_pacing_queries``) the surplus goes to the threshold
+    instead, and only B >= c_l sends a query to L alone. The budget guard is the caller's, as
+    for an escalation.
     """
     if tenant.budget_per_query is None:
         return tenant.target_escalation_rate >= 1
     if worst_case is None:
         worst_case = budgets.lazy_worst_case(session, settings, query=query)
     _, large_cost = expected_costs(session, tenant=tenant, settings=settings, worst_case=worst_case)
+    if settings.budget_pacing_queries is not None:
+        return bool(
+            large_alone_when_paced(budget_per_query=tenant.budget_per_query, large_cost=large_cost)
+        )
     answered, spent = answered_and_spent(
         session, tenant_id=tenant.id, large_cost=large_cost, exclude=query.id
     )

@@ -17,6 +17,7 @@ from typing import Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from services.policy.pacing import large_alone_when_paced, paced_rate
 from services.threshold import escalates, quantile_index
 
 FloatArray = npt.NDArray[np.float64]
@@ -116,6 +117,72 @@ def oracle_rule(stream: OfflineStream, _signal: FloatArray | None, _mode: Mode) 
     wanted = ~stream.small_correct & stream.large_correct  # (seeds, n)
     chosen: BoolArray = wanted[stream.seed_of]
     return chosen
+
+
+class StepRule(Protocol):
+    """A rule that decides query by query from what each column has done so far, as the
+    service does under budget pacing; ``Stream.run`` asks it at every step."""
+
+    def wants(self, t: int, spent: FloatArray) -> BoolArray:
+        """(columns,): whether each column would send query t to the large model, given what
+        each spent on the queries before it."""
+        ...
+
+    def large_alone(self, t: int, spent: FloatArray) -> BoolArray:
+        """(columns,): whether query t skips the small model (before the budget guard)."""
+        ...
+
+    def record(self, t: int, escalated: BoolArray) -> None:
+        """Which columns escalated query t (both tiers answered it)."""
+        ...
+
+
+class PacedThreshold:
+    """The service's threshold at the paced rate (``pacing.paced_rate``) on a recorded signal:
+    the rule of a tenant with a budget per query under ``budget_pacing_queries``."""
+
+    def __init__(
+        self,
+        stream: OfflineStream,
+        signal: FloatArray,
+        *,
+        budget: FloatArray,
+        large_cost: FloatArray,
+        window: int,
+    ) -> None:
+        """``budget`` and ``large_cost`` (the expected c_l) per column, as ``Stream`` has them."""
+        self.warmup = stream.warmup
+        self.seed_of = stream.seed_of
+        self.rates = stream.rates("cascade")
+        self.budget = budget
+        self.large_cost = large_cost
+        self.window = window
+        self.ordered = signal[stream.orders]  # (seeds, n)
+        self.history = np.empty_like(self.ordered)  # each seed's sorted margins so far
+
+    def wants(self, t: int, spent: FloatArray) -> BoolArray:
+        value = self.ordered[:, t]
+        for seed, history in enumerate(self.history):  # the current query joins H
+            position = int(np.searchsorted(history[:t], value[seed], side="right"))
+            history[position + 1 : t + 1] = history[position:t]
+            history[position] = value[seed]
+        rates = paced_rate(
+            self.rates, budget_per_query=self.budget, answered=t, spent=spent,
+            large_cost=self.large_cost, window=self.window,
+        )  # fmt: skip
+        threshold = self.history[self.seed_of, quantile_index(t + 1, rates)]
+        chosen: BoolArray = np.asarray(
+            escalates(value[self.seed_of], threshold, history_size=t + 1, warmup=self.warmup)
+        )
+        return chosen
+
+    def large_alone(self, t: int, spent: FloatArray) -> BoolArray:
+        return np.asarray(
+            large_alone_when_paced(budget_per_query=self.budget, large_cost=self.large_cost)
+        )
+
+    def record(self, t: int, escalated: BoolArray) -> None:
+        pass  # the rate reads only the spend
 
 
 OFFLINE_POLICIES: dict[str, OfflinePolicy] = {

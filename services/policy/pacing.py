@@ -15,6 +15,18 @@ at the threshold that cannot escalate, escalations the budget guard refused. The
 instead sends the stream's last queries to L alone once its remaining budget pays L for all of
 them, which needs the stream's length in advance.
 
+Under ``TWOTIER_BUDGET_PACING_QUERIES`` (N) the surplus is spent by the threshold instead:
+the rate is p(B) plus what the answered queries left unspent, spread over the next N queries,
+
+    p_t = clip(p(B) + (B * answered - spent) / (c_l * N), 0, 1),
+
+so that the least confident queries get the surplus rather than whichever query comes next,
+and a query goes to L alone only when B >= c_l (the large model alone is affordable on
+average). On the recorded chains this spends 96 % of B and gains more than the large-alone
+step on three tasks of four (docs/evaluation.md). ``paced_rate`` and ``large_alone_when_paced``
+are the rules; the service (``rates.target_escalation_rate``, ``escalation.goes_large_alone``)
+and the offline evaluation (``services.policy.offline.PacedThreshold``) both ask them.
+
 ``covers_large`` is the one test; the service (``escalation.goes_large_alone``) and the
 offline evaluation (``services.evaluation.simulate.Stream.run``) both ask it. The service counts
 the tenant's last ``RECENT_QUERIES`` answered queries and their spend (``answered_and_spent``),
@@ -42,6 +54,8 @@ from services.models import ModelCall, Query, QueryStatus
 # The window of the tenant's answered queries whose spend the service compares with B.
 RECENT_QUERIES = 1000
 Amount = TypeVar("Amount", Decimal, float, npt.NDArray[np.float64])
+Rate = TypeVar("Rate", float, npt.NDArray[np.float64])
+BoolArray = npt.NDArray[np.bool_]
 
 
 def surplus(*, budget_per_query: Amount, answered: int, spent: Amount) -> Amount:
@@ -52,12 +66,31 @@ def surplus(*, budget_per_query: Amount, answered: int, spent: Amount) -> Amount
 
 def covers_large(
     *, budget_per_query: Amount, answered: int, spent: Amount, large_cost: Amount
-) -> bool | npt.NDArray[np.bool_]:
+) -> bool | BoolArray:
     """Whether the surplus pays the large call: then the query goes to the large model alone."""
     left = surplus(budget_per_query=budget_per_query, answered=answered, spent=spent)
     return (
         np.greater_equal(left, large_cost) if isinstance(left, np.ndarray) else left >= large_cost
     )
+
+
+def paced_rate(
+    rate: Rate, *, budget_per_query: Rate, answered: int, spent: Rate, large_cost: Rate, window: int
+) -> Rate:
+    """p(B) with what the ``answered`` queries left unspent spread over the next ``window``:
+    clip(rate + (B * answered - spent) / (c_l * window), 0, 1). Overspending lowers it."""
+    unspent = budget_per_query * answered - spent
+    paced = np.clip(rate + unspent / (large_cost * window), 0.0, 1.0)
+    return paced if isinstance(paced, np.ndarray) else float(paced)  # type: ignore[return-value]
+
+
+def large_alone_when_paced(*, budget_per_query: Amount, large_cost: Amount) -> bool | BoolArray:
+    """Under pacing a query skips the small model only when B pays the large call for every
+    query: the surplus goes to the threshold, not to L alone."""
+    return covers_large(
+        budget_per_query=budget_per_query, answered=0, spent=budget_per_query * 0,
+        large_cost=large_cost,
+    )  # fmt: skip
 
 
 def answered_and_spent(

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from services.accounting import current_price
 from services.budgets import WorstCase
 from services.models import ModelCall, Tenant, Tier
+from services.policy.pacing import answered_and_spent, paced_rate
 from services.settings import Settings
 
 RECENT_CALLS = 1000  # the window of calls whose average cost p(B) uses
@@ -60,26 +61,39 @@ def target_escalation_rate(
     worst_case: WorstCase,
     stage: int = 0,
     middle_worst_case: Callable[[], Mapping[str, Decimal]] | None = None,
+    query_id: uuid.UUID | None = None,
 ) -> float:
     """The rate the tier at ``stage`` escalates at: the tenant's target (or a middle tier's
     own), or, under a budget per query B, p(B) for two tiers and ``equal_rates`` for more,
-    from the expected cost of a call on each tier (``expected_costs``)."""
+    from the expected cost of a call on each tier (``expected_costs``). For two tiers under
+    ``budget_pacing_queries``, p(B) is paced by what the tenant's answered queries
+    (``query_id`` left out) left unspent (``pacing.paced_rate``)."""
     if tenant.budget_per_query is None:
         own = settings.stage_target_rate(stage)
         return tenant.target_escalation_rate if own is None else own
     small_cost, large_cost = expected_costs(
         session, tenant=tenant, settings=settings, worst_case=worst_case
     )
-    if not settings.middle_tiers:
-        return budget_rate(tenant.budget_per_query, small_cost=small_cost, large_cost=large_cost)
-    middle = expected_middle_costs(
-        session,
-        tenant=tenant,
-        settings=settings,
-        worst_case=middle_worst_case or (lambda: {}),
+    if settings.middle_tiers:
+        middle = expected_middle_costs(
+            session,
+            tenant=tenant,
+            settings=settings,
+            worst_case=middle_worst_case or (lambda: {}),
+        )
+        costs = [small_cost, *middle, large_cost]
+        return equal_rates([float(cost) for cost in costs], float(tenant.budget_per_query))[stage]
+    rate = budget_rate(tenant.budget_per_query, small_cost=small_cost, large_cost=large_cost)
+    window = settings.budget_pacing_queries
+    if window is None or large_cost <= 0 or query_id is None:
+        return rate
+    answered, spent = answered_and_spent(
+        session, tenant_id=tenant.id, large_cost=large_cost, exclude=query_id
     )
-    costs = [small_cost, *middle, large_cost]
-    return equal_rates([float(cost) for cost in costs], float(tenant.budget_per_query))[stage]
+    return paced_rate(
+        rate, budget_per_query=float(tenant.budget_per_query), answered=answered,
+        spent=float(spent), large_cost=float(large_cost), window=window,
+    )  # fmt: skip
 
 
 def expected_middle_costs(

@@ -76,6 +76,14 @@ class AnswerSettings(BaseModel):
         "scope's long run is above this (0.1: some shift, 0.25: a major one).",
     )
     default_target_escalation_rate: float = Field(default=0.3, ge=0, le=1)
+    budget_pacing_queries: int | None = Field(
+        default=None,
+        ge=1,
+        description="N: for a tenant with a budget per query, escalate at p(B) plus what its "
+        "answered queries left unspent spread over the next N queries, and send a query to the "
+        "large model alone only when B pays it for every query (services/policy/pacing.py). "
+        "Unset: p(B), and L alone whenever the unspent budget pays the large call.",
+    )
 
     # Room for a one- or two-sentence answer ("The capital of France is Paris." is 8 tokens with
     # its end): the margin needs only the first token, and on the local model each token is a
