@@ -6,20 +6,31 @@ are pinned here on streams worked by hand."""
 
 from __future__ import annotations
 
+import itertools
 import uuid
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from services import policy
+from services.api.app import create_app
+from services.cli.embedded import InProcessQueue
 from services.db import session_scope
 from services.evaluation.simulate import BudgetGrid, CostScheme, Stream
 from services.models import ModelCall, QueryStatus, Tenant, Tier
 from services.policy import pacing
+from services.policy.rates import expected_costs
+from services.runtime import Runtime
 from services.settings import Settings, get_settings
+from services.tenants import create_tenant
+from tests.conftest import TenantApi, forget_earlier_work
 from tests.factories import add_query, new_tenant
+from tests.scripted_tgi import ScriptedTGI
+from tests.three_tiers import settings_in_env
 
 WINDOW = 4
 
@@ -172,3 +183,47 @@ def test_offline_pacing_asks_the_services_rate_at_every_step() -> None:
     assert not wants.all()
     assert not rule.large_alone(3, spent)[:-1].any()  # only B = c_l sends L alone
     assert rule.large_alone(3, spent)[-1]
+
+
+@pytest.fixture(scope="module")
+def paced_client() -> Iterator[TestClient]:
+    """The API with the embedded queue's workers, under budget pacing over WINDOW queries."""
+    forget_earlier_work()
+    with settings_in_env({"TWOTIER_BUDGET_PACING_QUERIES": str(WINDOW)}):
+        runtime = Runtime(get_settings())
+        embedded = InProcessQueue(runtime)
+        embedded.start()
+        try:
+            with TestClient(create_app(embedded)) as client:
+                yield client
+        finally:
+            embedded.stop(timeout_s=30)
+            runtime.close()
+
+
+def test_through_the_api_a_paced_tenant_escalates_at_a_rate_that_grows_with_its_surplus(
+    paced_client: TestClient, small_tgi: ScriptedTGI, unique: Callable[[str], str]
+) -> None:
+    """Every answer is confident, so each query spends c_s < B and the surplus grows: each
+    decision's rate is above the last (unpaced, all would be p(B)); nothing escalates."""
+    with session_scope() as session:
+        created = create_tenant(session, name=unique("paced"), target_escalation_rate=0.3)
+    tenant = TenantApi(paced_client, created.tenant.id, created.api_key)
+    prompts = [unique(f"paced question {i:02d}") for i in range(7)]  # one length: one c_s
+    for prompt in prompts:
+        small_tgi.script(prompt, answer="sure", margin=0.9)
+    tenant.wait_finished(tenant.submit(prompts.pop(0), max_new_tokens=8)["id"])
+    with session_scope() as session:  # c_s and c_l as the service now takes them: p(B) = 0.2
+        settings, row = get_settings(), session.get_one(Tenant, tenant.tenant_id)
+        small, large = expected_costs(
+            session, tenant=row, settings=settings, worst_case=lambda: (Decimal(0), Decimal(0))
+        )
+        row.budget_per_query = small + large / 5
+    rates = []
+    for prompt in prompts:
+        query = tenant.wait_finished(tenant.submit(prompt, max_new_tokens=8)["id"])
+        assert (query["status"], query["tier"]) == ("succeeded", "small")
+        rates.append(query["target_escalation_rate"])
+    assert rates[0] > 0.2  # the first query's own surplus already counts
+    assert all(later > earlier for earlier, later in itertools.pairwise(rates)), rates
+    assert rates[-1] < 1
