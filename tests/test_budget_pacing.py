@@ -17,20 +17,17 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from services import policy
-from services.api.app import create_app
-from services.cli.embedded import InProcessQueue
 from services.db import session_scope
 from services.evaluation.simulate import BudgetGrid, CostScheme, Stream
 from services.models import ModelCall, QueryStatus, Tenant, Tier
 from services.policy import pacing
 from services.policy.rates import expected_costs
-from services.runtime import Runtime
 from services.settings import Settings, get_settings
 from services.tenants import create_tenant
-from tests.conftest import TenantApi, forget_earlier_work
+from tests.conftest import TenantApi
 from tests.factories import add_query, new_tenant
 from tests.scripted_tgi import ScriptedTGI
-from tests.three_tiers import settings_in_env
+from tests.three_tiers import embedded_api
 
 WINDOW = 4
 
@@ -188,17 +185,8 @@ def test_offline_pacing_asks_the_services_rate_at_every_step() -> None:
 @pytest.fixture(scope="module")
 def paced_client() -> Iterator[TestClient]:
     """The API with the embedded queue's workers, under budget pacing over WINDOW queries."""
-    forget_earlier_work()
-    with settings_in_env({"TWOTIER_BUDGET_PACING_QUERIES": str(WINDOW)}):
-        runtime = Runtime(get_settings())
-        embedded = InProcessQueue(runtime)
-        embedded.start()
-        try:
-            with TestClient(create_app(embedded)) as client:
-                yield client
-        finally:
-            embedded.stop(timeout_s=30)
-            runtime.close()
+    with embedded_api({"TWOTIER_BUDGET_PACING_QUERIES": str(WINDOW)}) as client:
+        yield client
 
 
 def test_through_the_api_a_paced_tenant_escalates_at_a_rate_that_grows_with_its_surplus(

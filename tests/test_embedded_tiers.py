@@ -8,20 +8,16 @@ from collections.abc import Callable, Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from services.api.app import create_app
-from services.cli.embedded import InProcessQueue
-from services.runtime import Runtime
-from services.settings import get_settings
-from tests.conftest import TenantApi, forget_earlier_work
+from tests.conftest import TenantApi
 from tests.scripted_tgi import ScriptedTGI
 from tests.three_tiers import (
     CONFIDENT,
     MIDDLE,
     MIDDLE_MODEL,
     Margins,
+    embedded_api,
     ledger,
     new_tenant_api,
-    settings_in_env,
     three_tier_env,
     warm_up,
 )
@@ -37,17 +33,8 @@ def middle_tgi() -> Iterator[ScriptedTGI]:
 @pytest.fixture(scope="module")
 def client(middle_tgi: ScriptedTGI) -> Iterator[TestClient]:
     """The API with the in-process queue for a dispatcher, as `twotier serve` runs them."""
-    forget_earlier_work()
-    with settings_in_env(three_tier_env(middle_tgi)):
-        runtime = Runtime(get_settings())
-        embedded = InProcessQueue(runtime)
-        embedded.start()
-        try:
-            with TestClient(create_app(embedded)) as test_client:
-                yield test_client
-        finally:
-            embedded.stop(timeout_s=30)
-            runtime.close()
+    with embedded_api(three_tier_env(middle_tgi)) as test_client:
+        yield test_client
 
 
 @pytest.fixture(scope="module")

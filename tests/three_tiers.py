@@ -2,7 +2,8 @@
 
 ``three_tier_env`` is the settings of such a run (the session's, plus ``TWOTIER_MIDDLE_TIERS``);
 ``settings_in_env`` puts them in this process's environment for a module, so that the API, the
-workers it starts and the embedded queue all read the same cascade. ``warm_up`` fills both
+workers it starts and the embedded queue all read the same cascade; ``embedded_api`` is the API
+with the embedded queue under such settings. ``warm_up`` fills both
 scopes' warm-up windows of a tenant, and ``Margins`` hands out margins below every one seen so
 far, which escalate at any target rate once the warm-up is over.
 """
@@ -19,11 +20,14 @@ from decimal import Decimal
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from services.api.app import create_app
+from services.cli.embedded import InProcessQueue
 from services.db import session_scope
 from services.models import BudgetPeriod, ModelCall, Tenant
+from services.runtime import Runtime
 from services.settings import get_settings
 from services.tenants import create_tenant
-from tests.conftest import WARMUP, TenantApi
+from tests.conftest import WARMUP, TenantApi, forget_earlier_work
 from tests.scripted_tgi import ScriptedTGI
 
 MIDDLE = "medium"
@@ -66,6 +70,23 @@ def settings_in_env(settings: dict[str, str]) -> Iterator[None]:
             else:
                 os.environ[name] = value
         get_settings.cache_clear()
+
+
+@contextmanager
+def embedded_api(settings: dict[str, str]) -> Iterator[TestClient]:
+    """The API with the embedded queue's workers for a dispatcher, as `twotier serve` runs
+    them, under ``settings`` (the session's, with these)."""
+    forget_earlier_work()
+    with settings_in_env(settings):
+        runtime = Runtime(get_settings())
+        embedded = InProcessQueue(runtime)
+        embedded.start()
+        try:
+            with TestClient(create_app(embedded)) as client:
+                yield client
+        finally:
+            embedded.stop(timeout_s=30)
+            runtime.close()
 
 
 def new_tenant_api(client: TestClient) -> TenantApi:
