@@ -7,6 +7,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,24 @@ def forget_earlier_work() -> None:
     redis.Redis.from_url(TEST_REDIS_URL).delete(
         "small", "large", "webhooks", "maintenance", "unacked", "unacked_index"
     )
+
+
+@contextmanager
+def settings_in_env(settings: dict[str, str]) -> Iterator[None]:
+    """``settings`` in this process's environment (and its settings read again) until the
+    block ends; then the session's."""
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        get_settings.cache_clear()
 
 
 @pytest.fixture(scope="module")

@@ -3,14 +3,13 @@ routes' tests)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import openai
 
 from services.api.app import create_app
-from services.settings import get_settings
+from tests.conftest import settings_in_env
 from tests.server_thread import ServerThread
 from workers.celery_dispatcher import CeleryDispatcher
 
@@ -18,20 +17,12 @@ from workers.celery_dispatcher import CeleryDispatcher
 @contextmanager
 def api_with(settings: dict[str, str]) -> Iterator[ServerThread]:
     """The API, built while ``settings`` are in the environment; they are undone after."""
-    saved = {name: os.environ.get(name) for name in settings}
-    os.environ.update(settings)
-    get_settings.cache_clear()
-    server = ServerThread(create_app(CeleryDispatcher())).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        get_settings.cache_clear()
+    with settings_in_env(settings):
+        server = ServerThread(create_app(CeleryDispatcher())).start()
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from services.models import ModelCall, Query, QueryStatus, ThresholdScope, utcno
 from services.recovery import sweep
 from services.settings import Settings, get_settings
 from tests.celery_workers import CeleryWorker
-from tests.conftest import WARMUP, TenantApi, forget_earlier_work
+from tests.conftest import WARMUP, TenantApi, forget_earlier_work, settings_in_env
 from tests.factories import add_query, new_tenant
 from tests.scripted_tgi import ScriptedTGI
 from tests.three_tiers import (
@@ -37,7 +37,6 @@ from tests.three_tiers import (
     ledger,
     new_tenant_api,
     set_hard_limit,
-    settings_in_env,
     three_tier_env,
     warm_up,
 )

@@ -24,7 +24,7 @@ from services.lifecycle import IllegalTransition
 from services.llm.base import Generation
 from services.models import BudgetPeriod, ModelCall, Query, QueryStatus, Tenant
 from services.settings import get_settings
-from tests.three_tiers import settings_in_env
+from tests.conftest import settings_in_env
 
 MIDDLE = "medium"
 TIERS = ("small", MIDDLE, "large")

@@ -11,7 +11,6 @@ far, which escalate at any target rate once the warm-up is over.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,7 +26,7 @@ from services.models import BudgetPeriod, ModelCall, Tenant
 from services.runtime import Runtime
 from services.settings import get_settings
 from services.tenants import create_tenant
-from tests.conftest import WARMUP, TenantApi, forget_earlier_work
+from tests.conftest import WARMUP, TenantApi, forget_earlier_work, settings_in_env
 from tests.scripted_tgi import ScriptedTGI
 
 MIDDLE = "medium"
@@ -52,24 +51,6 @@ def three_tier_env(middle: ScriptedTGI) -> dict[str, str]:
         "target_escalation_rate": MIDDLE_TARGET_RATE,
     }
     return {"TWOTIER_MIDDLE_TIERS": json.dumps([tier])}
-
-
-@contextmanager
-def settings_in_env(settings: dict[str, str]) -> Iterator[None]:
-    """``settings`` in this process's environment (and its settings read again) until the
-    block ends; then the session's."""
-    saved = {name: os.environ.get(name) for name in settings}
-    os.environ.update(settings)
-    get_settings.cache_clear()
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        get_settings.cache_clear()
 
 
 @contextmanager
