@@ -21,11 +21,11 @@ from services.api.fields import (
     ChoiceName,
     StoredJson,
     StoredText,
-    WebhookUrl,
     json_integer,
 )
 from services.llm.labels import check_distinct_labels
 from services.models import Query, QueryStatus
+from services.storable import TaskLabel, WebhookUrl
 
 
 class RequestBody(BaseModel):
@@ -52,11 +52,8 @@ class QueryCreate(RequestBody):
     max_new_tokens: json_integer(ge=1) | None = Field(  # type: ignore[valid-type]
         default=None, description="Most tokens to generate; the server default if absent."
     )
-    task: str | None = Field(
+    task: TaskLabel | None = Field(
         default=None,
-        min_length=1,
-        max_length=100,
-        pattern=r"^[A-Za-z0-9_.:-]+$",
         description="Task label: queries with the same label share one escalation threshold.",
     )
     metadata: StoredJson | None = Field(
@@ -196,7 +193,7 @@ class QueryView(BaseModel):
             webhook_url=query.webhook_url,
             answer=query.answer,
             tier=query.answered_by,
-            escalated=None if query.decision is None else query.escalated_at is not None,
+            escalated=query.escalated,
             margin=query.margin,
             threshold=query.threshold,
             threshold_version=query.threshold_version,

@@ -159,6 +159,11 @@ class Query(Base):
     large_started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
 
+    @property
+    def escalated(self) -> bool | None:
+        """Whether the query went on past the small tier; None while nothing decided it."""
+        return None if self.decision is None else self.escalated_at is not None
+
 
 class ModelPrice(Base):
     """A price set through the admin API; it overrides the tier's price settings for a model."""

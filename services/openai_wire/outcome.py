@@ -121,7 +121,7 @@ def outcome_of(query: Query, ledger_rows: list[ModelCall]) -> QueryOutcome:
         max_new_tokens=query.max_new_tokens,
         answer=query.answer,
         tier=query.answered_by,
-        escalated=None if query.decision is None else query.escalated_at is not None,
+        escalated=query.escalated,
         margin=query.margin,
         threshold=query.threshold,
         threshold_version=query.threshold_version,
