@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
+from services import storable
 from services.api import fields
 
 STORED_TEXT = TypeAdapter(fields.StoredText)
@@ -23,7 +24,7 @@ STORED_JSON = TypeAdapter(fields.StoredJson)
 STORED_AMOUNT = TypeAdapter(fields.StoredAmount)
 STORED_COUNT = TypeAdapter(fields.StoredCount)
 UTC_INSTANT = TypeAdapter(fields.UtcInstant)
-WEBHOOK_URL = TypeAdapter(fields.WebhookUrl)
+WEBHOOK_URL = TypeAdapter(storable.WebhookUrl)
 CHOICE_NAME = TypeAdapter(fields.ChoiceName)
 
 # Text that PostgreSQL stores: no NUL, no unpaired surrogate.

@@ -146,11 +146,6 @@ StoredAmount = Annotated[
 ]
 StoredCount = json_integer(ge=1, le=2**31 - 1)
 
-WebhookUrl = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=2000, pattern=r"^https?://[^\s\x00]+$"),
-    AfterValidator(storable_text),
-]
 ChoiceName = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=NOT_BLANK),

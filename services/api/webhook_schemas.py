@@ -9,9 +9,10 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, Strict
 
-from services.api.fields import StoredText, WebhookUrl
+from services.api.fields import StoredText
 from services.api.schemas import RequestBody
 from services.models import WebhookEndpoint
+from services.storable import WebhookUrl
 from services.webhooks.events import EventType
 from services.webhooks.signing import SecretHolder
 

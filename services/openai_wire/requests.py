@@ -24,7 +24,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from services.llm.labels import check_distinct_labels
-from services.storable import storable_text
+from services.storable import TaskLabel, WebhookUrl, storable_text
 
 StoredText = Annotated[str, AfterValidator(storable_text)]
 Label = Annotated[
@@ -106,13 +106,9 @@ class TwotierOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    task: str | None = Field(
-        default=None, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$"
-    )
+    task: TaskLabel | None = None
     choices: list[Label] | None = Field(default=None, min_length=2, max_length=50)
-    webhook_url: StoredText | None = Field(
-        default=None, min_length=1, max_length=2000, pattern=r"^https?://[^\s\x00]+$"
-    )
+    webhook_url: WebhookUrl | None = None
 
     @field_validator("choices")
     @classmethod
