@@ -29,7 +29,7 @@ from services.batches.finishing import (
     finalize_next_batch,
     start_finalizing,
 )
-from services.batches.store import UNFINISHED_QUERIES
+from services.batches.store import UNFINISHED_QUERIES, oldest_unlocked
 from services.db import session_scope
 from services.errors import BudgetExceeded, RateLimited, TwotierError
 from services.models import (
@@ -86,13 +86,7 @@ def feed(*, settings: Settings, room: FeedRoom, batches_at_once: int = 10) -> Fe
 
 def validate_next_batch(session: Session, *, models: list[str]) -> bool:
     """Read the oldest validating batch's input file into its requests; False if none."""
-    batch = session.scalars(
-        select(Batch)
-        .where(Batch.status == BatchStatus.VALIDATING)
-        .order_by(Batch.created_at)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-    ).first()
+    batch = oldest_unlocked(session, BatchStatus.VALIDATING, by=Batch.created_at)
     if batch is None:
         return False
     now = utcnow()

@@ -8,7 +8,11 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from services.batches.results import collect_results, write_result_files
-from services.batches.store import UNFINISHED_QUERIES, cancel_unfinished_queries
+from services.batches.store import (
+    UNFINISHED_QUERIES,
+    cancel_unfinished_queries,
+    oldest_unlocked,
+)
 from services.models import Batch, BatchRequest, BatchStatus, Query, utcnow
 
 
@@ -56,13 +60,7 @@ def start_finalizing(session: Session) -> int:
 def finalize_next_batch(session: Session) -> bool:
     """Write the oldest finalizing batch's output and error files and finish it; False if
     none."""
-    batch = session.scalars(
-        select(Batch)
-        .where(Batch.status == BatchStatus.FINALIZING)
-        .order_by(Batch.finalizing_at)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-    ).first()
+    batch = oldest_unlocked(session, BatchStatus.FINALIZING, by=Batch.finalizing_at)
     if batch is None:
         return False
     stopped_as = "cancelled" if batch.cancelling_at else "expired" if batch.expired_at else None

@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from services import dispatch, lifecycle, paging
 from services.batches.files import get_file
@@ -86,6 +86,20 @@ def get_batch(session: Session, *, tenant_id: uuid.UUID, batch_id: uuid.UUID) ->
     if batch is None or batch.tenant_id != tenant_id:
         raise NotFound(f"no batch batch_{batch_id.hex}", details={"param": "batch_id"})
     return batch
+
+
+def oldest_unlocked(
+    session: Session, status: BatchStatus, *, by: InstrumentedAttribute[Any]
+) -> Batch | None:
+    """The oldest batch in ``status`` by the column ``by`` that no other transaction holds,
+    locked; None if there is none."""
+    return session.scalars(
+        select(Batch)
+        .where(Batch.status == status)
+        .order_by(by)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    ).first()
 
 
 def list_batches(
