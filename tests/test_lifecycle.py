@@ -3,9 +3,7 @@ that hold whatever sequence of moves, calls and cancellations a query goes throu
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
@@ -16,10 +14,8 @@ from sqlalchemy.orm import Session
 
 from services import lifecycle
 from services.accounting import price_of
-from services.db import session_factory, session_scope
-from services.errors import BudgetExceeded
+from services.db import session_scope
 from services.lifecycle import TRANSITIONS, IllegalTransition
-from services.llm.base import Generation
 from services.models import (
     TERMINAL_STATUSES,
     BudgetPeriod,
@@ -30,6 +26,7 @@ from services.models import (
     Tier,
 )
 from services.settings import get_settings
+from tests.lifecycle_moves import Move, admitted_query, budgeted_tenant, generation, play_moves
 
 LIMIT = Decimal("0.0005")  # a few worst cases: some queries are refused, some escalations too
 
@@ -47,24 +44,13 @@ def test_finished_is_final_and_every_status_is_reachable_from_queued() -> None:
 
 
 def _tenant(session: Session) -> Tenant:
-    tenant = Tenant(name=f"lifecycle-{uuid.uuid4().hex[:10]}", target_escalation_rate=0.5,
-                    budget_period="none", budget_hard_limit=LIMIT)  # fmt: skip
-    session.add(tenant)
-    session.flush()
-    return tenant
-
-
-def _query(session: Session, tenant: Tenant, prompt: str) -> Query:
-    query = Query(tenant_id=tenant.id, prompt=prompt, max_new_tokens=8, delivery_attempts=0)
-    lifecycle.admit(session, query, tenant=tenant, settings=get_settings())
-    session.flush()
-    return query
+    return budgeted_tenant(session, hard_limit=LIMIT, name="lifecycle")
 
 
 def test_an_illegal_move_raises_before_it_changes_anything() -> None:
     with session_scope() as session:
         tenant = _tenant(session)
-        query = _query(session, tenant, "finished")
+        query = admitted_query(session, tenant, "finished")
         lifecycle.claim(session, query, Tier.SMALL, lease_s=30)
         lifecycle.succeed(session, query, answer="yes", tier=Tier.SMALL)
         before = (query.status, query.answer, query.finished_at, query.reserved_small)
@@ -81,23 +67,18 @@ def test_an_illegal_move_raises_before_it_changes_anything() -> None:
             assert (query.status, query.answer, query.finished_at, query.reserved_small) == before
 
 
-def _generation(tokens: int) -> Generation:
-    return Generation(text="ok", first_token_candidates=(), input_tokens=tokens,
-                      output_tokens=tokens, finish_reason="length")  # fmt: skip
-
-
-def _charge(tier: Tier, tokens: int) -> Callable[[Session, Query, Tenant], object]:
+def _charge(tier: Tier, tokens: int) -> Move:
     def charge(session: Session, query: Query, tenant: Tenant) -> object:
         tier_settings = get_settings().small if tier is Tier.SMALL else get_settings().large
         return lifecycle.charge(
             session, query, tenant=tenant, tier=tier, tier_settings=tier_settings,
-            generation=_generation(tokens), latency_ms=1, price=price_of(None, tier_settings),
+            generation=generation(tokens), latency_ms=1, price=price_of(None, tier_settings),
         )  # fmt: skip
 
     return charge
 
 
-MOVES: dict[str, Callable[[Session, Query, Tenant], object]] = {
+MOVES: dict[str, Move] = {
     "claim_small": lambda s, q, t: lifecycle.claim(s, q, Tier.SMALL, lease_s=30),
     "claim_large": lambda s, q, t: lifecycle.claim(s, q, Tier.LARGE, lease_s=30),
     "charge_small": _charge(Tier.SMALL, 40),
@@ -113,9 +94,9 @@ MOVES: dict[str, Callable[[Session, Query, Tenant], object]] = {
 }
 
 
-def _check_budget(session: Session, tenant: Tenant) -> None:
-    queries = session.scalars(select(Query).where(Query.tenant_id == tenant.id)).all()
-    period = session.scalar(select(BudgetPeriod).where(BudgetPeriod.tenant_id == tenant.id))
+def _check_budget(session: Session, tenant_id: uuid.UUID) -> None:
+    queries = session.scalars(select(Query).where(Query.tenant_id == tenant_id)).all()
+    period = session.scalar(select(BudgetPeriod).where(BudgetPeriod.tenant_id == tenant_id))
     if period is None:
         return
     held = sum((q.reserved_small + q.reserved_large for q in queries), Decimal(0))
@@ -123,7 +104,7 @@ def _check_budget(session: Session, tenant: Tenant) -> None:
     assert all(q.reserved_small >= 0 and q.reserved_large >= 0 for q in queries)
     assert period.spent + period.reserved <= LIMIT
     charged = session.scalar(
-        select(func.coalesce(func.sum(ModelCall.cost), 0)).where(ModelCall.tenant_id == tenant.id)
+        select(func.coalesce(func.sum(ModelCall.cost), 0)).where(ModelCall.tenant_id == tenant_id)
     )
     assert period.spent == charged
     for query in queries:
@@ -142,27 +123,4 @@ def test_any_sequence_of_moves_keeps_the_budget_whole(steps: list[tuple[int, str
     illegal move is refused and rolled back; after every step the period's reservations are
     the queries' own, spend is what the ledger charged, the hard limit holds, a finished query
     reserves nothing, and a finished query stays finished."""
-    with session_scope() as session:
-        tenant = _tenant(session)
-        ids = []
-        for number in range(4):
-            with contextlib.suppress(BudgetExceeded), session.begin_nested():
-                ids.append(_query(session, tenant, f"q{number}").id)
-        tenant_id = tenant.id
-    for index, name in steps:
-        if not ids:
-            break
-        query_id = ids[index % len(ids)]
-        with session_factory()() as session:
-            query = session.get_one(Query, query_id, with_for_update=True)
-            tenant = session.get_one(Tenant, tenant_id)
-            before = QueryStatus(query.status)
-            try:
-                MOVES[name](session, query, tenant)
-                session.commit()
-            except IllegalTransition:
-                session.rollback()
-            after = QueryStatus(session.get_one(Query, query_id).status)
-            assert after == before or lifecycle.can_move(before, after)
-        with session_scope() as session:
-            _check_budget(session, session.get_one(Tenant, tenant_id))
+    play_moves(steps, tenant=_tenant, moves=MOVES, check=_check_budget)

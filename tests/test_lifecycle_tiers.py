@@ -4,10 +4,9 @@ cancellations it goes through, the budget stays whole and the hard limit holds."
 
 from __future__ import annotations
 
-import contextlib
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
@@ -18,13 +17,12 @@ from sqlalchemy.orm import Session
 
 from services import budgets, lifecycle
 from services.accounting import price_of
-from services.db import session_factory, session_scope
-from services.errors import BudgetExceeded
+from services.db import session_scope
 from services.lifecycle import IllegalTransition
-from services.llm.base import Generation
 from services.models import BudgetPeriod, ModelCall, Query, QueryStatus, Tenant
 from services.settings import get_settings
 from tests.conftest import settings_in_env
+from tests.lifecycle_moves import Move, admitted_query, budgeted_tenant, generation, play_moves
 
 MIDDLE = "medium"
 TIERS = ("small", MIDDLE, "large")
@@ -42,25 +40,14 @@ def three_tiers() -> Iterator[None]:
 
 
 def _tenant(session: Session) -> Tenant:
-    tenant = Tenant(name=f"tiers-{uuid.uuid4().hex[:10]}", target_escalation_rate=0.5,
-                    budget_period="none", budget_hard_limit=LIMIT)  # fmt: skip
-    session.add(tenant)
-    session.flush()
-    return tenant
-
-
-def _query(session: Session, tenant: Tenant, prompt: str) -> Query:
-    query = Query(tenant_id=tenant.id, prompt=prompt, max_new_tokens=8, delivery_attempts=0)
-    lifecycle.admit(session, query, tenant=tenant, settings=get_settings())
-    session.flush()
-    return query
+    return budgeted_tenant(session, hard_limit=LIMIT, name="tiers")
 
 
 def test_a_query_climbs_one_stage_per_escalation_and_no_further_than_the_last() -> None:
     settings = get_settings()
     with session_scope() as session:
         tenant = _tenant(session)
-        query = _query(session, tenant, "climb")
+        query = admitted_query(session, tenant, "climb")
         # The whole worst path fits the limit: reserved at submit, tier by tier.
         assert budgets.reserved_tiers(query) == list(TIERS)
         lifecycle.claim(session, query, "small", lease_s=30)
@@ -84,7 +71,7 @@ def test_skipping_to_the_large_tier_gives_back_the_tiers_it_jumps_over() -> None
     settings = get_settings()
     with session_scope() as session:
         tenant = _tenant(session)
-        query = _query(session, tenant, "skip")
+        query = admitted_query(session, tenant, "skip")
         assert lifecycle.escalate(
             session, query, tenant=tenant, settings=settings, small_called=False, to_tier="large"
         )
@@ -94,27 +81,22 @@ def test_skipping_to_the_large_tier_gives_back_the_tiers_it_jumps_over() -> None
         assert period.reserved == query.reserved_large
 
 
-def _generation(tokens: int) -> Generation:
-    return Generation(text="ok", first_token_candidates=(), input_tokens=tokens,
-                      output_tokens=tokens, finish_reason="length")  # fmt: skip
-
-
-def _charge(tier: str) -> Callable[[Session, Query, Tenant], object]:
+def _charge(tier: str) -> Move:
     def charge(session: Session, query: Query, tenant: Tenant) -> object:
         tier_settings = get_settings().tier(tier)
         return lifecycle.charge(
             session, query, tenant=tenant, tier=tier, tier_settings=tier_settings,
-            generation=_generation(40), latency_ms=1, price=price_of(None, tier_settings),
+            generation=generation(40), latency_ms=1, price=price_of(None, tier_settings),
         )  # fmt: skip
 
     return charge
 
 
-def _claim(tier: str) -> Callable[[Session, Query, Tenant], object]:
+def _claim(tier: str) -> Move:
     return lambda session, query, _: lifecycle.claim(session, query, tier, lease_s=30)
 
 
-MOVES: dict[str, Callable[[Session, Query, Tenant], object]] = {
+MOVES: dict[str, Move] = {
     **{f"claim_{tier}": _claim(tier) for tier in TIERS},
     **{f"charge_{tier}": _charge(tier) for tier in TIERS},
     "escalate": lambda s, q, t: lifecycle.escalate(s, q, tenant=t, settings=get_settings()),
@@ -168,27 +150,4 @@ def test_any_sequence_of_moves_keeps_the_budget_whole_with_a_middle_tier(
     transaction. An illegal move is refused and rolled back; after every step the period's
     reservations are the queries' own (per tier), spend is what the ledger charged, the hard
     limit holds, and a finished query reserves nothing."""
-    with session_scope() as session:
-        tenant = _tenant(session)
-        ids = []
-        for number in range(4):
-            with contextlib.suppress(BudgetExceeded), session.begin_nested():
-                ids.append(_query(session, tenant, f"q{number}").id)
-        tenant_id = tenant.id
-    for index, name in steps:
-        if not ids:
-            break
-        query_id = ids[index % len(ids)]
-        with session_factory()() as session:
-            query = session.get_one(Query, query_id, with_for_update=True)
-            tenant = session.get_one(Tenant, tenant_id)
-            before = QueryStatus(query.status)
-            try:
-                MOVES[name](session, query, tenant)
-                session.commit()
-            except IllegalTransition:
-                session.rollback()
-            after = QueryStatus(session.get_one(Query, query_id).status)
-            assert after == before or lifecycle.can_move(before, after)
-        with session_scope() as session:
-            _check_budget(session, tenant_id)
+    play_moves(steps, tenant=_tenant, moves=MOVES, check=_check_budget)
