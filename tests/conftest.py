@@ -57,6 +57,17 @@ def large_tgi() -> Iterator[ScriptedTGI]:
     server.stop()
 
 
+# The model of the middle tier that tests/three_tiers.py adds to the cascade.
+MIDDLE_MODEL = "test/middle"
+
+
+@pytest.fixture(scope="module")
+def middle_tgi() -> Iterator[ScriptedTGI]:
+    server = ScriptedTGI(MIDDLE_MODEL).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def environment(small_tgi: ScriptedTGI, large_tgi: ScriptedTGI) -> Iterator[dict[str, str]]:
     """Point every process (this one and the workers) at throwaway databases."""

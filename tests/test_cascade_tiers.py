@@ -49,13 +49,6 @@ TIERS = ("small", MIDDLE, "large")
 
 
 @pytest.fixture(scope="module")
-def middle_tgi() -> Iterator[ScriptedTGI]:
-    server = ScriptedTGI(MIDDLE_MODEL).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def client(middle_tgi: ScriptedTGI, log_dir: Path) -> Iterator[TestClient]:
     """The API and one `twotier worker` for every tier's queue, both with the three tiers."""
     forget_earlier_work()

@@ -13,7 +13,6 @@ from tests.scripted_tgi import ScriptedTGI
 from tests.three_tiers import (
     CONFIDENT,
     MIDDLE,
-    MIDDLE_MODEL,
     Margins,
     embedded_api,
     ledger,
@@ -21,13 +20,6 @@ from tests.three_tiers import (
     three_tier_env,
     warm_up,
 )
-
-
-@pytest.fixture(scope="module")
-def middle_tgi() -> Iterator[ScriptedTGI]:
-    server = ScriptedTGI(MIDDLE_MODEL).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -26,11 +26,16 @@ from services.models import BudgetPeriod, ModelCall, Tenant
 from services.runtime import Runtime
 from services.settings import get_settings
 from services.tenants import create_tenant
-from tests.conftest import WARMUP, TenantApi, forget_earlier_work, settings_in_env
+from tests.conftest import (
+    MIDDLE_MODEL,
+    WARMUP,
+    TenantApi,
+    forget_earlier_work,
+    settings_in_env,
+)
 from tests.scripted_tgi import ScriptedTGI
 
 MIDDLE = "medium"
-MIDDLE_MODEL = "test/middle"
 # The middle tier sets its own target (the tenants below have another), so a test can tell
 # which one a decision used.
 MIDDLE_TARGET_RATE = 0.5
