@@ -34,12 +34,13 @@ from sqlalchemy.orm import Session
 
 from services.db import after_commit, session_scope
 from services.models import Query, QueryStatus, Tier
+from services.settings.tiers import SERVICE_QUEUES
 from services.threshold_window import DriftReading
 
 log = structlog.get_logger(__name__)
 
 # Every Celery queue the deployment runs; the api reports the length of each.
-QUEUES = ("small", "large", "maintenance", "webhooks")
+QUEUES = ("small", "large", *SERVICE_QUEUES)
 UNFINISHED = (QueryStatus.QUEUED, QueryStatus.RUNNING, QueryStatus.ESCALATED)
 # What the webhook worker reports per delivery attempt.
 WEBHOOK_OUTCOMES = ("delivered", "retrying", "dead_lettered")

@@ -22,7 +22,7 @@ from services.cli.ports import (
 )
 from services.llm.local_extra import require_local_extra
 from services.settings import get_settings
-from services.settings.tiers import DEFAULT_LOCAL_BATCH_SIZE
+from services.settings.tiers import DEFAULT_LOCAL_BATCH_SIZE, SERVICE_QUEUES
 
 
 def _require_broker() -> None:
@@ -233,7 +233,7 @@ def worker(queues: str | None, concurrency: int | None, celery_args: tuple[str, 
         settings.worker_metrics_port, variable="TWOTIER_WORKER_METRICS_PORT",
         host=METRICS_SERVER_HOST,
     )  # fmt: skip
-    queues = queues or ",".join([*settings.tier_names, "webhooks", "maintenance"])
+    queues = queues or ",".join([*settings.tier_names, *SERVICE_QUEUES])
     queue_names = [name.strip() for name in queues.split(",") if name.strip()]
     argv = ["worker", "--queues", ",".join(queue_names), "--loglevel", settings.log_level]
     if not names_its_node(celery_args):

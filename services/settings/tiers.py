@@ -77,9 +77,11 @@ class LargeTierSettings(TierSettings):
     price_output_per_mtok: float = Field(default=15.0, ge=0)
 
 
+# The Celery queues that serve no model tier: webhook deliveries; the sweep, relay and feeder.
+SERVICE_QUEUES = ("webhooks", "maintenance")
 # A middle tier's name is its Celery queue: not the first or the last tier's name, nor the
 # name of another queue the deployment runs.
-RESERVED_TIER_NAMES = frozenset({"small", "large", "webhooks", "maintenance"})
+RESERVED_TIER_NAMES = frozenset({"small", "large", *SERVICE_QUEUES})
 
 
 class MiddleTierSettings(TierSettings):
