@@ -23,7 +23,7 @@ from services.settings import get_settings
 from services.tenants import create_tenant
 from tests.conftest import WARMUP
 from tests.scripted_tgi import ScriptedTGI
-from tests.sql_counter import counted_statements
+from tests.sql_counter import counted_statements, sent_statements
 
 # Submit: authenticate, insert. Small tier: claim (select, update), then lock the query with its
 # tenant and price, charge, lock the scope, append the margin, update query and scope. Large
@@ -109,6 +109,21 @@ def test_each_stage_of_a_query_sends_at_most_its_statements(
     assert outcome is cascade.Outcome.ESCALATE
     assert all(counts[stage] <= MOST[stage] for stage in counts), counts
     assert sum(counts.values()) <= sum(MOST.values())
+
+
+def test_no_stage_of_a_query_reads_the_tenants_signing_secrets(
+    api: tuple[TestClient, dict[str, str]],
+    runtime: Runtime,
+    small_tgi: ScriptedTGI,
+    unique: Callable[[str], str],
+) -> None:
+    # Every stage loads the tenant; its secrets (decrypted on load) sign webhooks only.
+    prompt = unique("unsure")
+    small_tgi.script(prompt, margin=0.01)
+    with sent_statements() as sent:
+        _stages(api, runtime, prompt)
+    assert any("tenants.id" in statement for statement in sent)  # the tenant is read
+    assert not [s for s in sent if "webhook_secret" in s or "webhook_previous_secrets" in s]
 
 
 def _new_query() -> uuid.UUID:

@@ -39,12 +39,14 @@ class Tenant(Base):
     max_concurrent_queries: Mapped[int | None] = mapped_column(Integer)
     # Endpoints not deleted: with none, a finishing query looks for no endpoint to notify.
     webhook_endpoint_count: Mapped[int] = mapped_column(Integer, default=0)
-    # Signs the callbacks sent to a query's own ``webhook_url``; encrypted at rest.
-    webhook_secret: Mapped[str] = mapped_column(EncryptedText, default=new_secret)
+    # Signs the callbacks sent to a query's own ``webhook_url``; encrypted at rest. Loaded
+    # only when read: every request and every tier's claim loads the tenant, few sign.
+    webhook_secret: Mapped[str] = mapped_column(EncryptedText, default=new_secret, deferred=True)
     webhook_previous_secrets: Mapped[list[PreviousSecret]] = mapped_column(
         EncryptedJSON,
         default=list,
         nullable=True,  # NULL: none (an empty list)
+        deferred=True,
     )
     webhook_previous_secret_expires_at: Mapped[datetime | None] = mapped_column()
 

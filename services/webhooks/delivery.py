@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 import structlog
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, undefer
 
 from services import metrics
 from services.db import after_commit, session_scope
@@ -114,7 +114,11 @@ def _claim(delivery_id: uuid.UUID, settings: Settings) -> _Attempt | float | Non
             delivery.next_attempt_at = now + timedelta(seconds=wait_s)
             return wait_s
         message = session.get_one(WebhookMessage, delivery.message_id)
-        signer = endpoint or session.get_one(Tenant, delivery.tenant_id)
+        signer = endpoint or session.get_one(
+            Tenant,
+            delivery.tenant_id,
+            options=[undefer(Tenant.webhook_secret), undefer(Tenant.webhook_previous_secrets)],
+        )
         delivery.attempts += 1
         delivery.lease_expires_at = now + timedelta(seconds=lease_s(settings.webhook_timeout_s))
         return _Attempt(

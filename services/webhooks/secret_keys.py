@@ -8,7 +8,7 @@ the list. Until it has run, both keys read every row, so no process stops signin
 from __future__ import annotations
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, undefer
 from sqlalchemy.orm.attributes import flag_modified
 
 from services.models import Tenant, WebhookEndpoint
@@ -18,7 +18,8 @@ def reencrypt_webhook_secrets(session: Session) -> int:
     """Rewrite the secrets of every tenant and endpoint; the number of rows rewritten."""
     rewritten = 0
     for model in (Tenant, WebhookEndpoint):
-        for row in session.scalars(select(model).with_for_update()):
+        secrets = (undefer(model.webhook_secret), undefer(model.webhook_previous_secrets))
+        for row in session.scalars(select(model).options(*secrets).with_for_update()):
             flag_modified(row, "webhook_secret")  # encrypted again, with the first key
             flag_modified(row, "webhook_previous_secrets")
             rewritten += 1
