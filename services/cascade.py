@@ -18,6 +18,7 @@ import functools
 import random
 import time
 import uuid
+from collections.abc import Sequence
 
 import structlog
 from sqlalchemy import select
@@ -163,7 +164,7 @@ def _call_and_record(
         raise
     except ModelError as exc:
         _observe_call(tier, model, "error", started)
-        fail_query(query_id, code="model_error", message=str(exc))
+        fail_query(query_id, code="model_error", message=str(exc), tier_names=settings.tier_names)
         return TierResult(Outcome.FAILED)
     latency_ms = round(_observe_call(tier, model, "ok", started) * 1000)
     with session_scope() as session:
@@ -237,14 +238,14 @@ def fall_back(query_id: uuid.UUID, tier: str, *, reason: str, settings: Settings
             )
             return TierResult(Outcome.ANSWERED)
         message = f"the {tier} model server kept failing: {reason}"
-        return mark_failed(session, query, "model_unavailable", message)
+        return mark_failed(session, query, "model_unavailable", message, tier_names=names)
 
 
-def fail_query(query_id: uuid.UUID, *, code: str, message: str) -> None:
+def fail_query(query_id: uuid.UUID, *, code: str, message: str, tier_names: Sequence[str]) -> None:
     with session_scope() as session:
         query = locked_query(session, query_id)
         if query.status not in TERMINAL_STATUSES:
-            mark_failed(session, query, code, message)
+            mark_failed(session, query, code, message, tier_names=tier_names)
 
 
 def _decide(
@@ -268,7 +269,9 @@ def _decide(
         )
     except MarginUnavailable as exc:
         message = f"{exc}; is the server's --max-top-n-tokens at least 2?"
-        return mark_failed(session, query, "margin_unavailable", message)
+        return mark_failed(
+            session, query, "margin_unavailable", message, tier_names=settings.tier_names
+        )
     margin, answer, pair = decision.margin, decision.answer, decision.model_pair
     query.small_answer = answer  # the answer should the later tiers be unavailable
     metrics.observe_margin(margin, model_pair=pair, kind=settings.margin_kind)

@@ -224,18 +224,23 @@ def succeed(session: Session, query: Query, *, answer: str, tier: str) -> None:
     _finish(session, query, SUCCEEDED)
 
 
-def fail(session: Session, query: Query, *, code: str, message: str) -> None:
+def fail(
+    session: Session, query: Query, *, code: str, message: str, tier_names: Sequence[str]
+) -> None:
+    """Failed at the tier it is at (of the cascade ``tier_names``): what is still reserved is
+    given back."""
     _check(query, FAILED)
-    metrics.count_query(session, FAILED, metrics.waiting_tier(query))
+    metrics.count_query(session, FAILED, waiting_tier(query, tier_names))
     budgets.release(session, query=query)
     _finish(session, query, FAILED, error=(code, message))
     log.warning("query_failed", error_code=code, error=message)
 
 
-def cancel(session: Session, query: Query) -> None:
-    """Cancelled by its tenant. A call that may be running keeps its reservation, and the
-    query its lease, so that the call settles when it ends; a call running in this process
-    is told to stop once the cancel commits."""
+def cancel(session: Session, query: Query, *, tier_names: Sequence[str]) -> None:
+    """Cancelled by its tenant, at the tier it is at (of the cascade ``tier_names``). A call
+    that may be running keeps its reservation, and the query its lease, so that the call
+    settles when it ends; a call running in this process is told to stop once the cancel
+    commits."""
     _check(query, CANCELLED)
     lease = query.lease_expires_at
     if query.status == RUNNING:
@@ -249,7 +254,7 @@ def cancel(session: Session, query: Query) -> None:
         budgets.release(session, query=query, tier=Tier.LARGE)
     else:
         budgets.release(session, query=query)
-    metrics.count_query(session, CANCELLED, metrics.waiting_tier(query))
+    metrics.count_query(session, CANCELLED, waiting_tier(query, tier_names))
     _finish(session, query, CANCELLED)
     query.lease_expires_at = lease
     after_commit(session, functools.partial(cancellation.signals.cancel, query.id))

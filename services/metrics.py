@@ -33,7 +33,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from services.db import after_commit, session_scope
-from services.models import Query, QueryStatus, Tier
+from services.models import Query, QueryStatus
 from services.settings.tiers import SERVICE_QUEUES
 from services.threshold_window import DriftReading
 
@@ -148,11 +148,6 @@ for _outcome in WEBHOOK_OUTCOMES:
 def count_query(session: Session, status: QueryStatus, tier: str) -> None:
     """Count a query reaching ``status`` at ``tier`` once the transaction commits."""
     after_commit(session, QUERIES.labels(status=status.value, tier=str(tier)).inc)
-
-
-def waiting_tier(query: Query) -> Tier:
-    """The tier a query that has not finished is at."""
-    return Tier.LARGE if query.status == QueryStatus.ESCALATED else Tier.SMALL
 
 
 def observe_decision(

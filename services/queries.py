@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -118,13 +119,15 @@ def list_queries(
     return QueryPage(queries=page, next_cursor=next_cursor)
 
 
-def cancel_query(session: Session, *, tenant_id: uuid.UUID, query_id: uuid.UUID) -> Query:
+def cancel_query(
+    session: Session, *, tenant_id: uuid.UUID, query_id: uuid.UUID, tier_names: Sequence[str]
+) -> Query:
     query = session.get(Query, query_id, with_for_update=True, populate_existing=True)
     if query is None or query.tenant_id != tenant_id:
         raise NotFound(f"no query {query_id}")
     if query.status in TERMINAL_STATUSES:
         raise QueryAlreadyFinished(f"query {query_id} is already {query.status}")
-    lifecycle.cancel(session, query)
+    lifecycle.cancel(session, query, tier_names=tier_names)
     return query
 
 

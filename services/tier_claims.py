@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -91,6 +92,7 @@ def claim_for_tier(query_id: uuid.UUID, tier: str, settings: Settings) -> Claim 
                 query,
                 "delivery_attempts_exhausted",
                 f"delivered {settings.max_delivery_attempts} times without finishing",
+                tier_names=settings.tier_names,
             )
         lifecycle.claim(session, query, tier, lease_s=settings.task_lease_s)
         return Claim(
@@ -125,8 +127,10 @@ def _goes_large_alone(session: Session, query: Query, tenant: Tenant, settings: 
     return True
 
 
-def mark_failed(session: Session, query: Query, code: str, message: str) -> TierResult:
-    lifecycle.fail(session, query, code=code, message=message)
+def mark_failed(
+    session: Session, query: Query, code: str, message: str, *, tier_names: Sequence[str]
+) -> TierResult:
+    lifecycle.fail(session, query, code=code, message=message, tier_names=tier_names)
     return TierResult(Outcome.FAILED)
 
 

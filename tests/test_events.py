@@ -267,9 +267,12 @@ def events_of_moves(moves: list[str]) -> list[str]:
             elif move == "succeed":
                 lifecycle.succeed(session, query, answer="Yes", tier=Tier.SMALL)
             elif move == "fail":
-                lifecycle.fail(session, query, code="model_error", message="boom")
+                lifecycle.fail(
+                    session, query, code="model_error", message="boom",
+                    tier_names=settings.tier_names,
+                )  # fmt: skip
             elif move == "cancel":
-                lifecycle.cancel(session, query)
+                lifecycle.cancel(session, query, tier_names=settings.tier_names)
             session.flush()
         return [
             message.event_type

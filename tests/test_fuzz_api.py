@@ -31,6 +31,7 @@ from services.models import (
     WebhookDelivery,
 )
 from services.queries import cancel_query
+from services.settings import get_settings
 from services.webhooks import endpoints
 from tests.conftest import ADMIN_TOKEN, TenantApi
 from tests.server_thread import ServerThread
@@ -76,7 +77,10 @@ def _finish_fuzz_work(tenant_id: uuid.UUID, prices: list[tuple[str, object, obje
             )
         ).all()
         for query_id in open_ids:
-            cancel_query(session, tenant_id=tenant_id, query_id=query_id)
+            cancel_query(
+                session, tenant_id=tenant_id, query_id=query_id,
+                tier_names=get_settings().tier_names,
+            )  # fmt: skip
         for endpoint in endpoints.list_endpoints(session, tenant_id=tenant_id):
             endpoints.delete_endpoint(session, tenant_id=tenant_id, endpoint_id=endpoint.id)
         session.execute(

@@ -55,8 +55,10 @@ def test_an_illegal_move_raises_before_it_changes_anything() -> None:
         lifecycle.succeed(session, query, answer="yes", tier=Tier.SMALL)
         before = (query.status, query.answer, query.finished_at, query.reserved_small)
         for move in (
-            lambda: lifecycle.cancel(session, query),
-            lambda: lifecycle.fail(session, query, code="x", message="y"),
+            lambda: lifecycle.cancel(session, query, tier_names=get_settings().tier_names),
+            lambda: lifecycle.fail(
+                session, query, code="x", message="y", tier_names=get_settings().tier_names
+            ),
             lambda: lifecycle.succeed(session, query, answer="no", tier=Tier.LARGE),
             lambda: lifecycle.claim(session, query, Tier.SMALL, lease_s=30),
             lambda: lifecycle.escalate(session, query, tenant=tenant, settings=get_settings()),
@@ -88,8 +90,10 @@ MOVES: dict[str, Move] = {
         s, q, tenant=t, settings=get_settings(), small_called=False
     ),
     "succeed": lambda s, q, t: lifecycle.succeed(s, q, answer="a", tier=Tier.SMALL),
-    "fail": lambda s, q, t: lifecycle.fail(s, q, code="model_error", message="m"),
-    "cancel": lambda s, q, t: lifecycle.cancel(s, q),
+    "fail": lambda s, q, t: lifecycle.fail(
+        s, q, code="model_error", message="m", tier_names=get_settings().tier_names
+    ),
+    "cancel": lambda s, q, t: lifecycle.cancel(s, q, tier_names=get_settings().tier_names),
     "release_after_cancel": lambda s, q, t: lifecycle.release_after_cancel(s, q),
 }
 

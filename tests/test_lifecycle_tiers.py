@@ -12,6 +12,7 @@ from decimal import Decimal
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -67,6 +68,28 @@ def test_a_query_climbs_one_stage_per_escalation_and_no_further_than_the_last() 
         assert query.reserved_middle is None
 
 
+@pytest.mark.parametrize("end", ["failed", "cancelled"])
+def test_a_query_that_ends_at_the_middle_tier_is_counted_at_the_middle_tier(end: str) -> None:
+    def counted() -> float:
+        sample = REGISTRY.get_sample_value("twotier_queries_total", {"status": end, "tier": MIDDLE})
+        return sample or 0.0
+
+    settings = get_settings()
+    before = counted()
+    with session_scope() as session:
+        tenant = _tenant(session)
+        query = admitted_query(session, tenant, f"ends at the middle tier: {end}")
+        lifecycle.claim(session, query, "small", lease_s=30)
+        assert lifecycle.escalate(session, query, tenant=tenant, settings=settings)
+        if end == "failed":
+            lifecycle.fail(
+                session, query, code="model_error", message="m", tier_names=settings.tier_names
+            )
+        else:
+            lifecycle.cancel(session, query, tier_names=settings.tier_names)
+    assert counted() == before + 1  # once the transaction commits
+
+
 def test_skipping_to_the_large_tier_gives_back_the_tiers_it_jumps_over() -> None:
     settings = get_settings()
     with session_scope() as session:
@@ -109,8 +132,10 @@ MOVES: dict[str, Move] = {
     "succeed": lambda s, q, t: lifecycle.succeed(
         s, q, answer="a", tier=lifecycle.waiting_tier(q, get_settings().tier_names)
     ),
-    "fail": lambda s, q, t: lifecycle.fail(s, q, code="model_error", message="m"),
-    "cancel": lambda s, q, t: lifecycle.cancel(s, q),
+    "fail": lambda s, q, t: lifecycle.fail(
+        s, q, code="model_error", message="m", tier_names=get_settings().tier_names
+    ),
+    "cancel": lambda s, q, t: lifecycle.cancel(s, q, tier_names=get_settings().tier_names),
     "release_after_cancel": lambda s, q, t: lifecycle.release_after_cancel(s, q),
 }
 

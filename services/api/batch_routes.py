@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 from sqlalchemy.orm import Session
 
-from services.api.deps import TenantDep
+from services.api.deps import SettingsDep, TenantDep
 from services.batches import store
 from services.models import Batch, Tenant
 from services.openai_wire import batch_objects
@@ -93,13 +93,15 @@ async def get_batch(batch_id: str, caller: TenantDep) -> Any:
 
 
 @router.post("/{batch_id}/cancel")
-async def cancel_batch(batch_id: str, caller: TenantDep) -> Any:
+async def cancel_batch(batch_id: str, caller: TenantDep, settings: SettingsDep) -> Any:
     """Stop the batch: nothing more of it is sent, its unfinished queries are cancelled, and
     it finalizes as `cancelled` with the answers it has."""
     batch_uuid = batch_objects.parse_batch_id(batch_id)
 
     def cancel(session: Session, tenant: Tenant) -> dict[str, Any]:
-        batch = store.cancel_batch(session, tenant_id=tenant.id, batch_id=batch_uuid)
+        batch = store.cancel_batch(
+            session, tenant_id=tenant.id, batch_id=batch_uuid, tier_names=settings.tier_names
+        )
         cancelled = _object(session, batch)
         session.commit()
         return cancelled

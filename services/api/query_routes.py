@@ -135,11 +135,13 @@ async def list_queries(
     "/{query_id}",
     responses={**NOT_FOUND, 409: {"model": ErrorBody, "description": "Already finished."}},
 )
-async def cancel_query(query_id: uuid.UUID, caller: TenantDep) -> QueryView:
+async def cancel_query(query_id: uuid.UUID, caller: TenantDep, settings: SettingsDep) -> QueryView:
     """Cancel a query that has not finished; a model call already running is still paid."""
 
     def cancel(session: Session, tenant: Tenant) -> QueryView:
-        query = queries.cancel_query(session, tenant_id=tenant.id, query_id=query_id)
+        query = queries.cancel_query(
+            session, tenant_id=tenant.id, query_id=query_id, tier_names=settings.tier_names
+        )
         session.commit()
         return _view(session, query)
 

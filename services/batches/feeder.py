@@ -68,7 +68,7 @@ def feed(*, settings: Settings, room: FeedRoom, batches_at_once: int = 10) -> Fe
             if not validate_next_batch(session, models=models):
                 break
     with session_scope() as session:
-        expire_overdue_batches(session)
+        expire_overdue_batches(session, tier_names=settings.tier_names)
     result = FeedResult(sent=[], run_again=False)
     if room.queues_have_room:
         with session_scope() as session:

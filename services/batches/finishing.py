@@ -4,6 +4,8 @@ with its output and error files written (results.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
@@ -16,7 +18,7 @@ from services.batches.store import (
 from services.models import Batch, BatchRequest, BatchStatus, Query, utcnow
 
 
-def expire_overdue_batches(session: Session) -> int:
+def expire_overdue_batches(session: Session, *, tier_names: Sequence[str]) -> int:
     """Batches past their completion window stop: their unfinished queries are cancelled and
     they finalize as ``expired``."""
     overdue = session.scalars(
@@ -30,7 +32,7 @@ def expire_overdue_batches(session: Session) -> int:
     ).all()
     for batch in overdue:
         batch.expired_at = utcnow()
-        cancel_unfinished_queries(session, batch)
+        cancel_unfinished_queries(session, batch, tier_names=tier_names)
     return len(overdue)
 
 

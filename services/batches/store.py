@@ -9,6 +9,7 @@ queries at once; the feeder then sends nothing more of it and finalizes it as ``
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -117,7 +118,9 @@ def list_batches(
     )
 
 
-def cancel_batch(session: Session, *, tenant_id: uuid.UUID, batch_id: uuid.UUID) -> Batch:
+def cancel_batch(
+    session: Session, *, tenant_id: uuid.UUID, batch_id: uuid.UUID, tier_names: Sequence[str]
+) -> Batch:
     """Stop the batch: nothing more of it is sent, its unfinished queries are cancelled, and
     the feeder finalizes it (``cancelled``) with what has finished."""
     batch = session.get(Batch, batch_id, with_for_update=True, populate_existing=True)
@@ -129,12 +132,12 @@ def cancel_batch(session: Session, *, tenant_id: uuid.UUID, batch_id: uuid.UUID)
         raise BatchAlreadyFinished(f"batch batch_{batch_id.hex} is already {batch.status}")
     batch.status = BatchStatus.CANCELLING
     batch.cancelling_at = utcnow()
-    cancel_unfinished_queries(session, batch)
+    cancel_unfinished_queries(session, batch, tier_names=tier_names)
     dispatch.feed_batches_after_commit(session)
     return batch
 
 
-def cancel_unfinished_queries(session: Session, batch: Batch) -> int:
+def cancel_unfinished_queries(session: Session, batch: Batch, *, tier_names: Sequence[str]) -> int:
     unfinished = session.scalars(
         select(Query)
         .where(Query.batch_id == batch.id, Query.status.in_(UNFINISHED_QUERIES))
@@ -142,7 +145,7 @@ def cancel_unfinished_queries(session: Session, batch: Batch) -> int:
         .with_for_update()
     ).all()
     for query in unfinished:
-        lifecycle.cancel(session, query)
+        lifecycle.cancel(session, query, tier_names=tier_names)
     return len(unfinished)
 
 
