@@ -1,22 +1,23 @@
 """Random sequences of lifecycle moves on a budgeted tenant's queries (the property tests of
 tests/test_lifecycle.py and tests/test_lifecycle_tiers.py): the tenant, its queries, a call's
-generation, and the loop that plays the moves."""
+generation, the loop that plays the moves, and the budget invariants checked after each."""
 
 from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from services import lifecycle
+from services import budgets, lifecycle
 from services.db import session_factory, session_scope
 from services.errors import BudgetExceeded
 from services.lifecycle import IllegalTransition
 from services.llm.base import Generation
-from services.models import Query, QueryStatus, Tenant
+from services.models import BudgetPeriod, ModelCall, Query, QueryStatus, Tenant
 from services.settings import get_settings
 
 Move = Callable[[Session, Query, Tenant], object]
@@ -76,3 +77,30 @@ def play_moves(
             assert after == before or lifecycle.can_move(before, after)
         with session_scope() as session:
             check(session, tenant_id)
+
+
+def check_budget_whole(
+    session: Session, tenant_id: uuid.UUID, *, tiers: Sequence[str], limit: Decimal
+) -> None:
+    """The period's reservations are the queries' own (per tier of ``tiers``, none negative),
+    spend is what the ledger charged, the hard limit ``limit`` holds, and a finished query
+    reserves nothing."""
+    queries = session.scalars(select(Query).where(Query.tenant_id == tenant_id)).all()
+    period = session.scalar(select(BudgetPeriod).where(BudgetPeriod.tenant_id == tenant_id))
+    if period is None:
+        return
+
+    def held(query: Query) -> Decimal:
+        return sum((budgets.reserved_for(query, tier) for tier in tiers), Decimal(0))
+
+    assert period.reserved == sum((held(query) for query in queries), Decimal(0))
+    assert all(budgets.reserved_for(q, tier) >= 0 for q in queries for tier in tiers)
+    assert period.spent + period.reserved <= limit
+    charged = session.scalar(
+        select(func.coalesce(func.sum(ModelCall.cost), 0)).where(ModelCall.tenant_id == tenant_id)
+    )
+    assert period.spent == charged
+    for query in queries:
+        if query.status in (QueryStatus.SUCCEEDED, QueryStatus.FAILED):
+            assert held(query) == 0, query.status
+            assert query.reserved_middle is None

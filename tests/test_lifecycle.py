@@ -3,13 +3,12 @@ that hold whatever sequence of moves, calls and cancellations a query goes throu
 
 from __future__ import annotations
 
-import uuid
+import functools
 from decimal import Decimal
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from services import lifecycle
@@ -18,15 +17,20 @@ from services.db import session_scope
 from services.lifecycle import TRANSITIONS, IllegalTransition
 from services.models import (
     TERMINAL_STATUSES,
-    BudgetPeriod,
-    ModelCall,
     Query,
     QueryStatus,
     Tenant,
     Tier,
 )
 from services.settings import get_settings
-from tests.lifecycle_moves import Move, admitted_query, budgeted_tenant, generation, play_moves
+from tests.lifecycle_moves import (
+    Move,
+    admitted_query,
+    budgeted_tenant,
+    check_budget_whole,
+    generation,
+    play_moves,
+)
 
 LIMIT = Decimal("0.0005")  # a few worst cases: some queries are refused, some escalations too
 
@@ -98,24 +102,6 @@ MOVES: dict[str, Move] = {
 }
 
 
-def _check_budget(session: Session, tenant_id: uuid.UUID) -> None:
-    queries = session.scalars(select(Query).where(Query.tenant_id == tenant_id)).all()
-    period = session.scalar(select(BudgetPeriod).where(BudgetPeriod.tenant_id == tenant_id))
-    if period is None:
-        return
-    held = sum((q.reserved_small + q.reserved_large for q in queries), Decimal(0))
-    assert period.reserved == held
-    assert all(q.reserved_small >= 0 and q.reserved_large >= 0 for q in queries)
-    assert period.spent + period.reserved <= LIMIT
-    charged = session.scalar(
-        select(func.coalesce(func.sum(ModelCall.cost), 0)).where(ModelCall.tenant_id == tenant_id)
-    )
-    assert period.spent == charged
-    for query in queries:
-        if query.status in (QueryStatus.SUCCEEDED, QueryStatus.FAILED):
-            assert query.reserved_small == query.reserved_large == 0, query.status
-
-
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     steps=st.lists(
@@ -127,4 +113,5 @@ def test_any_sequence_of_moves_keeps_the_budget_whole(steps: list[tuple[int, str
     illegal move is refused and rolled back; after every step the period's reservations are
     the queries' own, spend is what the ledger charged, the hard limit holds, a finished query
     reserves nothing, and a finished query stays finished."""
-    play_moves(steps, tenant=_tenant, moves=MOVES, check=_check_budget)
+    check = functools.partial(check_budget_whole, tiers=(Tier.SMALL, Tier.LARGE), limit=LIMIT)
+    play_moves(steps, tenant=_tenant, moves=MOVES, check=check)

@@ -4,8 +4,8 @@ cancellations it goes through, the budget stays whole and the hard limit holds."
 
 from __future__ import annotations
 
+import functools
 import json
-import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -13,17 +13,23 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from services import budgets, lifecycle
 from services.accounting import price_of
 from services.db import session_scope
 from services.lifecycle import IllegalTransition
-from services.models import BudgetPeriod, ModelCall, Query, QueryStatus, Tenant
+from services.models import BudgetPeriod, Query, QueryStatus, Tenant
 from services.settings import get_settings
 from tests.conftest import settings_in_env
-from tests.lifecycle_moves import Move, admitted_query, budgeted_tenant, generation, play_moves
+from tests.lifecycle_moves import (
+    Move,
+    admitted_query,
+    budgeted_tenant,
+    check_budget_whole,
+    generation,
+    play_moves,
+)
 
 MIDDLE = "medium"
 TIERS = ("small", MIDDLE, "large")
@@ -140,28 +146,6 @@ MOVES: dict[str, Move] = {
 }
 
 
-def _held(query: Query) -> Decimal:
-    return sum((budgets.reserved_for(query, tier) for tier in TIERS), Decimal(0))
-
-
-def _check_budget(session: Session, tenant_id: uuid.UUID) -> None:
-    queries = session.scalars(select(Query).where(Query.tenant_id == tenant_id)).all()
-    period = session.scalar(select(BudgetPeriod).where(BudgetPeriod.tenant_id == tenant_id))
-    if period is None:
-        return
-    assert period.reserved == sum((_held(query) for query in queries), Decimal(0))
-    assert all(budgets.reserved_for(q, tier) >= 0 for q in queries for tier in TIERS)
-    assert period.spent + period.reserved <= LIMIT
-    charged = session.scalar(
-        select(func.coalesce(func.sum(ModelCall.cost), 0)).where(ModelCall.tenant_id == tenant_id)
-    )
-    assert period.spent == charged
-    for query in queries:
-        if query.status in (QueryStatus.SUCCEEDED, QueryStatus.FAILED):
-            assert _held(query) == 0, query.status
-            assert query.reserved_middle is None
-
-
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     steps=st.lists(
@@ -175,4 +159,5 @@ def test_any_sequence_of_moves_keeps_the_budget_whole_with_a_middle_tier(
     transaction. An illegal move is refused and rolled back; after every step the period's
     reservations are the queries' own (per tier), spend is what the ledger charged, the hard
     limit holds, and a finished query reserves nothing."""
-    play_moves(steps, tenant=_tenant, moves=MOVES, check=_check_budget)
+    check = functools.partial(check_budget_whole, tiers=TIERS, limit=LIMIT)
+    play_moves(steps, tenant=_tenant, moves=MOVES, check=check)
