@@ -248,16 +248,21 @@ class TenantApi:
         )
 
 
+def new_tenant_api(client: TestClient, *, target_escalation_rate: float = 0.3) -> TenantApi:
+    """A new tenant, calling the API through ``client`` with its key."""
+    with session_scope() as session:
+        created = create_tenant(
+            session,
+            name=f"tenant-{uuid.uuid4().hex[:10]}",
+            target_escalation_rate=target_escalation_rate,
+        )
+    return TenantApi(client, created.tenant.id, created.api_key)
+
+
 @pytest.fixture
 def make_tenant(client: TestClient) -> Callable[..., TenantApi]:
     def make(target_escalation_rate: float = 0.3) -> TenantApi:
-        with session_scope() as session:
-            created = create_tenant(
-                session,
-                name=f"tenant-{uuid.uuid4().hex[:10]}",
-                target_escalation_rate=target_escalation_rate,
-            )
-        return TenantApi(client, created.tenant.id, created.api_key)
+        return new_tenant_api(client, target_escalation_rate=target_escalation_rate)
 
     return make
 

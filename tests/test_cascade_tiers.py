@@ -23,7 +23,7 @@ from services.models import ModelCall, Query, QueryStatus, ThresholdScope, utcno
 from services.recovery import sweep
 from services.settings import Settings, get_settings
 from tests.celery_workers import CeleryWorker
-from tests.conftest import WARMUP, TenantApi, forget_earlier_work, settings_in_env
+from tests.conftest import WARMUP, TenantApi, forget_earlier_work, new_tenant_api, settings_in_env
 from tests.factories import add_query, new_tenant
 from tests.scripted_tgi import ScriptedTGI
 from tests.three_tiers import (
@@ -35,7 +35,6 @@ from tests.three_tiers import (
     Margins,
     budget_period,
     ledger,
-    new_tenant_api,
     set_hard_limit,
     three_tier_env,
     warm_up,
@@ -78,7 +77,7 @@ def tenant(
     margins: Margins,
 ) -> TenantApi:
     """A tenant with a budget (so that reservations are made) whose scopes are warm."""
-    tenant = new_tenant_api(client)
+    tenant = new_tenant_api(client, target_escalation_rate=TENANT_TARGET_RATE)
     set_hard_limit(tenant.tenant_id, Decimal(1000))
     run = uuid.uuid4().hex[:8]
     warm_up(tenant, small_tgi, middle_tgi, lambda text: f"{text} [{run}]", margins)
@@ -203,7 +202,7 @@ def warm_tenant(
     margins: Margins,
     unique: Callable[[str], str],
 ) -> TenantApi:
-    tenant = new_tenant_api(client)
+    tenant = new_tenant_api(client, target_escalation_rate=TENANT_TARGET_RATE)
     warm_up(tenant, small_tgi, middle_tgi, unique, margins)
     return tenant
 

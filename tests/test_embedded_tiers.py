@@ -8,15 +8,15 @@ from collections.abc import Callable, Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import TenantApi
+from tests.conftest import TenantApi, new_tenant_api
 from tests.scripted_tgi import ScriptedTGI
 from tests.three_tiers import (
     CONFIDENT,
     MIDDLE,
+    TENANT_TARGET_RATE,
     Margins,
     embedded_api,
     ledger,
-    new_tenant_api,
     three_tier_env,
     warm_up,
 )
@@ -33,7 +33,7 @@ def client(middle_tgi: ScriptedTGI) -> Iterator[TestClient]:
 def tenant(
     client: TestClient, small_tgi: ScriptedTGI, middle_tgi: ScriptedTGI
 ) -> tuple[TenantApi, Margins]:
-    tenant, margins = new_tenant_api(client), Margins()
+    tenant, margins = new_tenant_api(client, target_escalation_rate=TENANT_TARGET_RATE), Margins()
     warm_up(tenant, small_tgi, middle_tgi, lambda text: f"{text} [embedded]", margins)
     return tenant, margins
 

@@ -25,7 +25,6 @@ from services.db import session_scope
 from services.models import BudgetPeriod, ModelCall, Tenant
 from services.runtime import Runtime
 from services.settings import get_settings
-from services.tenants import create_tenant
 from tests.conftest import (
     MIDDLE_MODEL,
     WARMUP,
@@ -73,16 +72,6 @@ def embedded_api(settings: dict[str, str]) -> Iterator[TestClient]:
         finally:
             embedded.stop(timeout_s=30)
             runtime.close()
-
-
-def new_tenant_api(client: TestClient) -> TenantApi:
-    with session_scope() as session:
-        created = create_tenant(
-            session,
-            name=f"tiers-{uuid.uuid4().hex[:10]}",
-            target_escalation_rate=TENANT_TARGET_RATE,
-        )
-    return TenantApi(client, created.tenant.id, created.api_key)
 
 
 class Margins:
