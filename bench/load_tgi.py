@@ -189,7 +189,10 @@ def main() -> None:
         max_concurrent=args.max_concurrent,
         prefill=args.prefill,
     )
-    sock = socket.socket()
+    # Named as TCP so that asyncio sets TCP_NODELAY on each accepted connection, as a real
+    # server does: without it, an answer's body waits for the client's delayed ACK of its
+    # headers, 40 ms added to every call.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     print(f"http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
     config = uvicorn.Config(app, log_level="warning", access_log=False, backlog=4096)
