@@ -19,7 +19,8 @@ processes for the bench's database, the bench's own clients): unlike the through
 moves with what else runs on the machine.
 
 Then, in this process, a few queries go through the same service functions one stage at a time
-while every SQL statement is counted: submit, the small tier, the large tier, a poll.
+while every SQL statement and the process's CPU time are counted: submit, the small tier, the
+large tier, a poll (the service's own work, without the processes and queues around it).
 
 Prints a table and writes bench/results/pipeline.json.
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -437,7 +439,9 @@ def _percentile(values: list[float], share: float) -> float:
 
 
 def count_statements(queries: int = 40) -> dict[str, Any]:
-    """SQL statements per stage of a query, run in this process stage by stage."""
+    """SQL statements and CPU per stage of a query, run in this process stage by stage: the
+    cost of the service's own work, without Celery, HTTP between processes or other queries'
+    threads."""
     configure_logging(level="WARNING", json=True)  # the stages' own log lines, not the table
 
     class Recorder:
@@ -454,37 +458,51 @@ def count_statements(queries: int = 40) -> dict[str, Any]:
         key = create_tenant(session, name="statements", target_escalation_rate=0.3).api_key
     recorder = Recorder()
     runtime = Runtime(get_settings())
+    answer = cascade.answer_on_tier
     stages: dict[str, list[int]] = {"submit": [], "small": [], "large": [], "poll": []}
+    cpu_ms: dict[str, list[float]] = {stage: [] for stage in stages}
     totals: dict[str, list[int]] = {"confident": [], "escalated": []}
     with TestClient(create_app(recorder)) as client:
         headers = {"Authorization": f"Bearer {key}"}
         for i in range(queries):
-            counts = {}
-            with counted_statements() as counted:
-                response = client.post(
-                    "/v1/queries", json={"prompt": f"statements {i}"}, headers=headers
-                )
-            counts["submit"] = counted.total()
-            query_id = uuid.UUID(response.json()["id"])
-            with counted_statements() as counted:
-                outcome = cascade.answer_on_tier(query_id, Tier.SMALL, runtime)
-            counts["small"] = counted.total()
-            if outcome.outcome is cascade.Outcome.ESCALATE:
-                with counted_statements() as counted:
-                    cascade.answer_on_tier(query_id, Tier.LARGE, runtime)
-                counts["large"] = counted.total()
-            with counted_statements() as counted:
-                client.get(f"/v1/queries/{query_id}", headers=headers)
-            counts["poll"] = counted.total()
+            counts: dict[str, int] = {}
+            cpu: dict[str, float] = {}
+            stage = functools.partial(_measure_stage, counts, cpu)
+            submit = functools.partial(
+                client.post, "/v1/queries", json={"prompt": f"statements {i}"}, headers=headers
+            )
+            query_id = uuid.UUID(stage("submit", submit).json()["id"])
+            small = stage("small", functools.partial(answer, query_id, Tier.SMALL, runtime))
+            if small.outcome is cascade.Outcome.ESCALATE:
+                stage("large", functools.partial(answer, query_id, Tier.LARGE, runtime))
+            poll = functools.partial(client.get, f"/v1/queries/{query_id}", headers=headers)
+            stage("poll", poll)
             if i < 25:  # the threshold's warm-up (W = 20) and a margin; count decided queries
                 continue
-            for stage, count in counts.items():
-                stages[stage].append(count)
+            for name, count in counts.items():
+                stages[name].append(count)
+                cpu_ms[name].append(cpu[name])
             totals["escalated" if "large" in counts else "confident"].append(sum(counts.values()))
     return {
         "per_stage": {stage: max(counts) for stage, counts in stages.items() if counts},
         "per_query": {kind: max(counts) for kind, counts in totals.items() if counts},
+        "cpu_ms_per_stage_median": {
+            stage: round(statistics.median(values), 2) for stage, values in cpu_ms.items() if values
+        },
     }
+
+
+def _measure_stage(
+    counts: dict[str, int], cpu_ms: dict[str, float], name: str, run: Callable[[], Any]
+) -> Any:
+    """Run one stage, counting its SQL statements and the process's CPU time (every thread's:
+    the test client runs the api's work in threads of its own)."""
+    started = time.process_time()
+    with counted_statements() as counted:
+        result = run()
+    cpu_ms[name] = (time.process_time() - started) * 1000
+    counts[name] = counted.total()
+    return result
 
 
 def _start_model_servers() -> tuple[str, str]:
@@ -535,6 +553,8 @@ def _print(results: dict[str, Any]) -> None:
     stages = ", ".join(f"{stage} {count}" for stage, count in statements["per_stage"].items())
     totals = ", ".join(f"{kind} {count}" for kind, count in statements["per_query"].items())
     print(f"SQL statements per stage: {stages}; per query: {totals}")
+    cpu = ", ".join(f"{k} {v} ms" for k, v in statements["cpu_ms_per_stage_median"].items())
+    print(f"CPU per stage, one at a time in one process (median): {cpu}")
 
 
 def _exit_on_sigterm(_signal: int, _frame: object) -> None:
